@@ -1,0 +1,98 @@
+"""Settings of the provider emulator.
+
+One mutable object is shared by every part of a running emulator, so a test may
+change, say, ``time_scale`` between two tests without restarting the server.
+Values are read when they are needed: a task freezes its own timings when it is
+created (providers.md §6.0 "Task clock").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+FLAVORS: tuple[str, ...] = ("novita", "highway", "wavespeed")
+"""The emulated providers; each is mounted at ``/<flavor>``."""
+
+HighwayBalanceStyle = Literal["novita", "jiekou", "bare"]
+
+
+@dataclass
+class EmulatorConfig:
+    """Every knob of the emulator.
+
+    Durations are seconds. ``time_scale`` multiplies the task clock (queue,
+    render and WaveSpeed sync-mode wait), so ``0.01`` turns a 3 s render into
+    30 ms. Result-URL lifetimes are *not* scaled: they are a wall-clock promise
+    the client reads back from ``video_url_ttl``.
+    """
+
+    time_scale: float = 1.0
+    queue_seconds: float = 1.0
+    """Time a task spends QUEUED / ``created`` (§6.0)."""
+    run_seconds: float = 3.0
+    """Time a task spends PROCESSING; a ``[[render:N]]`` prompt token overrides it per task."""
+    result_ttl_seconds: int = 3600
+    """Lifetime of a result URL from the moment a poll hands it out (§1.4: ``video_url_ttl`` "3600")."""
+    state_dir: Path | None = None
+    """Where tasks, uploads and clips live; ``None`` uses a private temporary directory."""
+    valid_keys: frozenset[str] = frozenset({"test-key", "sandbox"})
+    rpm_limit: int = 10_000
+    """Submissions allowed per key, per flavor, per rolling minute (§1.7, §3.10); 429 beyond."""
+    video_long_side: int = 320
+    """Pixels on the long side of a synthesized clip (rounded to even)."""
+    fps: int = 24
+    check_shot_sum: bool = True
+    """Reject multi-shot requests whose shot durations do not add up to ``duration`` (§4)."""
+    min_shot_seconds: int = 1
+    """Shortest allowed shot (official Kling: 1; PPIO lists 3), §6.1 step 4."""
+    sync_timeout_seconds: float = 90.0
+    """WaveSpeed ``enable_sync_mode`` wait before answering ``processing`` / 5004 (§3.6)."""
+    novita_auth_401: bool = False
+    """Answer unknown Novita/Highway keys with 401 FAILED_TO_AUTH instead of 403 INVALID_API_KEY (§6.1 step 1)."""
+    highway_balance_style: HighwayBalanceStyle = "novita"
+    """HighwayAPI insufficient-balance body: 400 BILLING_BALANCE_NOT_ENOUGH, 403 NOT_ENOUGH_BALANCE, or bare (§6.2)."""
+    wavespeed_balance_status: int = 400
+    """HTTP status of WaveSpeed's insufficient-balance answer (§6.3 step 3: 400, or 402/403)."""
+
+    def __post_init__(self) -> None:
+        if self.state_dir is not None:
+            self.state_dir = Path(self.state_dir)
+        self.valid_keys = frozenset(self.valid_keys)
+        if self.time_scale < 0:
+            raise ValueError("time_scale must be >= 0")
+        if self.video_long_side < 16 or self.fps < 1:
+            raise ValueError("video_long_side must be >= 16 and fps >= 1")
+
+    def scaled(self, seconds: float) -> float:
+        """Real seconds for ``seconds`` of emulated provider time."""
+        return seconds * self.time_scale
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply ``changes`` (field name -> value), coercing to each field's current type.
+
+        Used by ``POST /__fake/config``; ``state_dir`` cannot change on a live emulator.
+        Raises ``ValueError`` for unknown or immutable fields.
+        """
+        settable = {f.name for f in fields(self)} - {"state_dir"}
+        for name, value in changes.items():
+            if name not in settable:
+                raise ValueError(f"cannot set {name!r}")
+            current = getattr(self, name)
+            if isinstance(current, frozenset):
+                value = frozenset(value)
+            elif isinstance(current, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{name} must be a boolean")
+            elif isinstance(current, (int, float)):
+                value = type(current)(value)
+            setattr(self, name, value)
+        self.__post_init__()
+
+    def public(self) -> dict[str, Any]:
+        """A JSON-ready view of the settings."""
+        view = {f.name: getattr(self, f.name) for f in fields(self)}
+        view["state_dir"] = str(self.state_dir) if self.state_dir else None
+        view["valid_keys"] = sorted(self.valid_keys)
+        return view

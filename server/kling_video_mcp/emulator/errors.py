@@ -1,0 +1,38 @@
+"""The provider-neutral error every handler raises; each flavor renders its own envelope.
+
+``reason`` uses Novita's vocabulary (providers.md §1.6), which Novita and
+HighwayAPI send as-is and WaveSpeed drops (§3.9: only ``code`` and ``message``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ApiError(Exception):
+    """An HTTP error answer: ``status``, Novita-style ``reason``, human ``message``, extra ``headers``.
+
+    ``body``, when given, is sent verbatim instead of the flavor's envelope (a
+    provider that answers off-envelope, e.g. HighwayAPI's bare balance error, §6.2).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.headers = dict(headers or {})
+        self.body = body
+
+
+def invalid(message: str, reason: str = "INVALID_REQUEST_BODY") -> ApiError:
+    """A 400 for a request the provider refuses to accept (§6.1 steps 3-5, §6.3 step 4)."""
+    return ApiError(400, reason, message)

@@ -1,0 +1,125 @@
+"""Injected transport faults for reliability tests (a side channel; prompt tokens are in ``tokens``).
+
+A fault is armed for one flavor and one *target* (which requests it hits) and
+is spent after ``times`` matching requests. Kinds and their parameters:
+
+- ``status`` (any target): answer HTTP ``status`` in the flavor's error envelope
+  without doing the work; ``retry_after`` (seconds) adds a ``Retry-After`` header;
+  ``reason`` / ``message`` override the envelope text.
+- ``created_then_status`` (submit): create the task, then answer ``status``.
+- ``hang`` (any target): do the work, then wait ``seconds`` before answering.
+- ``truncate`` (media, GET only): announce the full ``Content-Length`` but send
+  only the first ``fraction`` of the body, then drop the connection.
+- ``expired`` (media): answer 403 AccessDenied as an expired presigned URL would.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import FLAVORS
+
+TARGETS = frozenset({"submit", "poll", "media", "upload"})
+KIND_TARGETS: dict[str, frozenset[str]] = {
+    "status": TARGETS,
+    "created_then_status": frozenset({"submit"}),
+    "hang": TARGETS,
+    "truncate": frozenset({"media"}),
+    "expired": frozenset({"media"}),
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One armed fault; see the module docstring for the meaning of each parameter."""
+
+    flavor: str
+    target: str
+    kind: str
+    times: int = 1
+    status: int = 500
+    retry_after: float | None = None
+    seconds: float = 30.0
+    fraction: float = 0.5
+    reason: str | None = None
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}")
+        if self.kind not in KIND_TARGETS:
+            raise ValueError(f"kind must be one of {', '.join(sorted(KIND_TARGETS))}")
+        if self.target not in KIND_TARGETS[self.kind]:
+            raise ValueError(f"a {self.kind} fault cannot target {self.target!r}")
+        if self.times < 1:
+            raise ValueError("times must be >= 1")
+        if not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError("fraction must be between 0 and 1")
+        if self.seconds < 0 or (self.retry_after is not None and self.retry_after < 0):
+            raise ValueError("seconds and retry_after must be >= 0")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Fault:
+        """Build from a JSON object (``POST /__fake/faults``); raises ``ValueError`` on bad input."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault parameter(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def retry_headers(self) -> dict[str, str]:
+        """``Retry-After`` as whole seconds (rounded up), when requested."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(math.ceil(self.retry_after))}
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Armed:
+    fault: Fault
+    remaining: int
+
+
+class FaultBook:
+    """Armed faults in arming order; the first match is served and counted down."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: list[_Armed] = []
+
+    def arm(self, fault: Fault) -> None:
+        with self._lock:
+            self._armed.append(_Armed(fault, fault.times))
+
+    def take(self, flavor: str, target: str, accepts: Callable[[Fault], bool] = lambda _f: True) -> Fault | None:
+        """Spend one use of the first fault armed for (``flavor``, ``target``) that ``accepts`` allows."""
+        with self._lock:
+            for entry in self._armed:
+                fault = entry.fault
+                if fault.flavor == flavor and fault.target == target and accepts(fault):
+                    entry.remaining -= 1
+                    if entry.remaining == 0:
+                        self._armed.remove(entry)
+                    return fault
+        return None
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Armed faults with their remaining uses (for ``GET /__fake/faults``)."""
+        with self._lock:
+            return [{**entry.fault.public(), "remaining": entry.remaining} for entry in self._armed]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._armed.clear()

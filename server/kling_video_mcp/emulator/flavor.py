@@ -1,0 +1,258 @@
+"""What every emulated provider has in common (providers.md §6.0).
+
+A :class:`Flavor` turns the shared :class:`~.state.Emulator` into one
+provider's HTTP surface. This base class owns the parts that do not vary:
+request recording and fault handling around every provider endpoint, the
+submission pipeline (auth, rate, body, fields, content, billing), result-URL
+minting, the media route and the per-flavor control routes. Subclasses supply
+routes, the error catalogue and the envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mimetypes
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from . import downloads
+from .access import Caller, KeyStatus, identify
+from .config import EmulatorConfig
+from .errors import ApiError
+from .faults import Fault
+from .rules import FlavorRules, Model, Submission, validate
+from .state import Emulator
+from .tasks import Phase, Task
+from .tokens import Directives, read_directives
+
+Handler = Callable[[Request, bytes], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+HANG_CHECK_SECONDS = 0.1
+
+ErrorCatalogue = Mapping[str, tuple[int, str, str]]
+"""Error kind -> (HTTP status, Novita reason, message). Kinds: missing_key, unknown_key,
+forbidden_key, rate_limited, bad_body, illegal_prompt, illegal_image, balance, create_failed,
+result_failed, unavailable, task_not_found, api_not_found."""
+
+_FAULT_KINDS: dict[tuple[int, str | None], str] = {
+    (429, None): "rate_limited",
+    (500, "submit"): "create_failed",
+    (500, "poll"): "result_failed",
+    (503, None): "unavailable",
+}
+"""Which catalogue entry words a ``status`` fault (any target when the target is ``None``)."""
+
+
+class Flavor(ABC):
+    """One provider's routes over the shared emulator state."""
+
+    name: ClassVar[str]
+    rules: ClassVar[FlavorRules]
+    errors: ClassVar[ErrorCatalogue]
+    balance_before_fields: ClassVar[bool]
+    """WaveSpeed checks balance right after the rate limit (§6.3 step 3); Novita after content (§6.1 step 6)."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    @property
+    def config(self) -> EmulatorConfig:
+        """The live settings (tests may change them between requests)."""
+        return self.emulator.config
+
+    # -- what subclasses provide ---------------------------------------------
+
+    @abstractmethod
+    def provider_routes(self) -> list[BaseRoute]:
+        """The real provider's routes (relative to the flavor mount)."""
+
+    @abstractmethod
+    def render_error(self, error: ApiError) -> Response:
+        """``error`` in this provider's envelope."""
+
+    def error(self, kind: str) -> ApiError:
+        """The catalogue error of ``kind``; subclasses override for configurable variants."""
+        status, reason, message = self.errors[kind]
+        return ApiError(status, reason, message)
+
+    # -- routing ---------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        """Control routes, media, provider routes, then a recorded 404 for everything else."""
+        return [
+            Route("/__fake/requests", self._requests, methods=["GET"]),
+            Route("/__fake/tasks/{task_id}/complete", self._complete, methods=["POST"]),
+            Route("/__fake/media/{name}", self.endpoint("media", self._media), methods=["GET", "HEAD"]),
+            *self.provider_routes(),
+            Route("/{path:path}", self.endpoint(None, self._unknown_route), methods=ALL_METHODS),
+        ]
+
+    def endpoint(self, target: str | None, handler: Handler) -> Endpoint:
+        """Wrap ``handler``: record the request, apply a fault armed for ``target``, render ``ApiError``.
+
+        ``status`` faults answer before any work; ``created_then_status`` replaces
+        a successful answer; ``hang`` delays the finished answer; media-only kinds
+        are left on ``request.state.fault`` for the media handler.
+        """
+
+        async def run(request: Request) -> Response:
+            body = await request.body()
+            self.emulator.journal.record(self.name, request, body)
+            fault = self._take_fault(target, request) if target else None
+            if fault is not None and fault.kind == "status":
+                return self._fault_response(fault)
+            request.state.fault = fault
+            try:
+                response = await handler(request, body)
+            except ApiError as error:
+                response = self.render_error(error)
+            if fault is not None and fault.kind == "created_then_status" and response.status_code == 200:
+                response = self._fault_response(fault)
+            elif fault is not None and fault.kind == "hang":
+                await _hang(request, fault.seconds)
+            return response
+
+        return run
+
+    def _take_fault(self, target: str, request: Request) -> Fault | None:
+        # A HEAD has no body to cut off, so it must not use up a truncate fault meant for the GET.
+        head = request.method == "HEAD"
+        return self.emulator.faults.take(self.name, target, lambda fault: not (head and fault.kind == "truncate"))
+
+    def _fault_response(self, fault: Fault) -> Response:
+        if fault.target == "media":
+            return downloads.s3_error(fault.status, fault.reason, fault.message, fault.retry_headers())
+        return self.render_error(self.fault_error(fault))
+
+    def fault_error(self, fault: Fault) -> ApiError:
+        """A ``status`` fault's answer: its own wording, else the catalogue's, else HTTP's name for the code."""
+        kind = _FAULT_KINDS.get((fault.status, None)) or _FAULT_KINDS.get((fault.status, fault.target))
+        if kind is not None:
+            _status, reason, message = self.errors[kind]
+        else:
+            reason, message = HTTPStatus(fault.status).name, HTTPStatus(fault.status).phrase
+        return ApiError(fault.status, fault.reason or reason, fault.message or message, fault.retry_headers())
+
+    # -- the submission pipeline ------------------------------------------------
+
+    def admit(self, request: Request, *, submission: bool) -> Caller:
+        """Steps 1-2 of §6.1/§6.3: a usable key, and under its per-minute limit when submitting."""
+        caller = identify(request.headers.get("authorization"), self.config.valid_keys)
+        refusal = {
+            KeyStatus.MISSING: "missing_key",
+            KeyStatus.UNKNOWN: "unknown_key",
+            KeyStatus.FORBIDDEN: "forbidden_key",
+            KeyStatus.RATE_LIMITED: "rate_limited",
+        }.get(caller.status)
+        if refusal is not None:
+            raise self.error(refusal)
+        limiter, now = self.emulator.limiter, self.emulator.now()
+        if submission and not limiter.allow(self.name, caller.key, self.config.rpm_limit, now):
+            raise self.error("rate_limited")
+        return caller
+
+    def accept(self, request: Request, body: bytes, model: Model) -> tuple[Caller, Submission, Directives]:
+        """Run a submission through every check, in the flavor's order; raises ``ApiError`` on refusal."""
+        caller = self.admit(request, submission=True)
+        if self.balance_before_fields and caller.broke:
+            raise self.error("balance")
+        payload = parse_object(body)
+        if payload is None:
+            raise self.error("bad_body")
+        own_host = request.url.netloc
+        submission = validate(
+            self.rules, model, payload, lambda url: self.emulator.resolve_image_url(url, own_host), self.config
+        )
+        directives = read_directives(submission.texts())
+        if directives.reject is not None:
+            raise self.error(directives.reject)
+        if caller.broke:
+            raise self.error("balance")
+        if directives.fault_create:
+            raise self.error("create_failed")
+        return caller, submission, directives
+
+    def find(self, task_id: str, caller: Caller) -> Task:
+        """The caller's own task, or the catalogue's not-found error."""
+        task = self.emulator.find_task(self.name, task_id, caller.key)
+        if task is None:
+            raise self.error("task_not_found")
+        return task
+
+    # -- results ---------------------------------------------------------------
+
+    @staticmethod
+    def flavor_base(request: Request) -> str:
+        """Public URL of this flavor's mount, e.g. ``http://127.0.0.1:PORT/novita``."""
+        return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
+
+    def result_url(self, request: Request, task: Task, now: float) -> str:
+        """A fresh presigned-style URL for the clip, valid ``task.url_ttl`` seconds from now (§6.0)."""
+        expires = math.ceil(now) + task.url_ttl
+        return f"{self.flavor_base(request)}/__fake/media/{task.id}.mp4?expires={expires}"
+
+    async def _media(self, request: Request, _body: bytes) -> Response:
+        """Uploads (``up_*``) and result clips, with presigned-URL expiry for clips."""
+        fault: Fault | None = request.state.fault
+        if fault is not None and fault.kind == "expired":
+            return downloads.expired()
+        keep = fault.fraction if fault is not None and fault.kind == "truncate" else None
+        name = request.path_params["name"]
+        upload = self.emulator.store.upload_path(name)
+        if upload is not None:
+            return downloads.serve_file(upload, mimetypes.guess_type(name)[0] or "application/octet-stream", keep)
+        task_id, dot, extension = name.rpartition(".")
+        task = self.emulator.find_task(self.name, task_id) if dot and extension == "mp4" else None
+        now = self.emulator.now()
+        if task is None or task.phase(now) is not Phase.SUCCEEDED:
+            return downloads.missing()
+        try:
+            expires = float(request.query_params["expires"])
+        except (KeyError, ValueError):
+            return downloads.s3_error(403, "AccessDenied", "Query-string authentication requires the expires parameter")
+        if now >= expires:
+            return downloads.expired()
+        return downloads.serve_file(await self.emulator.clip(task), "video/mp4", keep)
+
+    # -- control routes (not recorded: they are not part of any provider) ----------
+
+    async def _requests(self, _request: Request) -> Response:
+        return JSONResponse(self.emulator.journal.entries(self.name))
+
+    async def _complete(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        try:
+            task = self.emulator.complete(self.name, task_id)
+        except KeyError:
+            return JSONResponse({"error": f"no {self.name} task {task_id}"}, status_code=404)
+        return JSONResponse({"task_id": task.id, "phase": task.phase(self.emulator.now()).value})
+
+    async def _unknown_route(self, _request: Request, _body: bytes) -> Response:
+        raise self.error("api_not_found")
+
+
+async def _hang(request: Request, seconds: float) -> None:
+    """Wait ``seconds`` before answering, but stop early once the client has given up (nobody is listening)."""
+    deadline = anyio.current_time() + seconds
+    while (left := deadline - anyio.current_time()) > 0:
+        if await request.is_disconnected():
+            return
+        await anyio.sleep(min(HANG_CHECK_SECONDS, left))
+
+
+def parse_object(body: bytes) -> dict[str, Any] | None:
+    """The JSON object in ``body``, or ``None`` when it is not one (§6.1 step 3)."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,175 @@
+"""The emulator's shared state and the operations on it that do not depend on a flavor.
+
+One :class:`Emulator` backs one app: its settings, tasks and files, the request
+log, armed faults and the rate limiter. The Python API of ``EmulatorServer``
+and the HTTP control endpoints both end up here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+
+from .access import RateLimiter
+from .config import FLAVORS, EmulatorConfig
+from .faults import Fault, FaultBook
+from .journal import RequestLog
+from .media import ClipSpec, fit_background, frame_size, render_clip
+from .rules import ASPECT_RATIOS, ImageInput, Submission
+from .store import Store, write_atomic
+from .tasks import Outcome, Shot, Task
+from .tokens import Directives, strip_tokens
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE_HOST = "unreachable.invalid"
+EXPIRE_TOKEN_TTL = 1
+"""Seconds a result URL lives when the prompt carries ``[[expire]]`` (§6.0)."""
+
+
+class Emulator:
+    """State shared by every flavor of one emulator app."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.store = Store(config.state_dir)
+        self.faults = FaultBook()
+        self.journal = RequestLog()
+        self.limiter = RateLimiter()
+        self._render_locks: dict[str, threading.Lock] = {}
+
+    @staticmethod
+    def now() -> float:
+        """Wall-clock unix seconds: the task clock must survive restarts, so no monotonic time."""
+        return time.time()
+
+    # -- control -----------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every task, upload, clip, recorded request, armed fault and rate-limit window."""
+        self.store.clear()
+        self.journal.clear()
+        self.faults.clear()
+        self.limiter.clear()
+
+    def inject_fault(self, flavor: str, target: str, kind: str, times: int = 1, **params: Any) -> Fault:
+        """Arm a fault (see ``faults``); raises ``ValueError`` for an impossible combination."""
+        fault = Fault(flavor=flavor, target=target, kind=kind, times=times, **params)
+        self.faults.arm(fault)
+        return fault
+
+    def complete(self, flavor: str, task_id: str) -> Task:
+        """Make a task succeed now; raises ``KeyError`` when ``flavor`` has no such task."""
+        task = self.find_task(flavor, task_id)
+        if task is None:
+            raise KeyError(task_id)
+        task.force_success(self.now())
+        self.store.save(task)
+        return task
+
+    # -- tasks -------------------------------------------------------------
+
+    def find_task(self, flavor: str, task_id: str, key: str | None = None) -> Task | None:
+        """The task ``task_id`` of ``flavor`` (and of ``key``, when given: other keys' tasks do not exist, §6.1)."""
+        task = self.store.get(task_id)
+        if task is None or task.flavor != flavor or (key is not None and task.key != key):
+            return None
+        return task
+
+    async def create_task(
+        self, flavor: str, task_id: str, key: str, submission: Submission, directives: Directives
+    ) -> Task:
+        """Register a task for an accepted submission, freezing its timings now (§6.0 "Task clock").
+
+        A download failure ends the task as soon as it leaves the queue; otherwise
+        it renders for ``run_seconds`` (or ``[[render:N]]``), both scaled.
+        """
+        config, created = self.config, self.now()
+        images = [image for image in (submission.image, submission.end_image) if image is not None]
+        outcome = _outcome(directives, images)
+        render = directives.render_seconds if directives.render_seconds is not None else config.run_seconds
+        run = 0.0 if outcome is Outcome.MEDIA else config.scaled(render)
+        # i2v frames take the first image's shape; when the image is unseen (external URL), t2v's default.
+        image = submission.image
+        background = image.data if image is not None else None
+        if image is not None and background is not None:
+            ratio = image.width / image.height
+        else:
+            ratio = ASPECT_RATIOS[submission.aspect_ratio]
+        width, height = frame_size(config.video_long_side, ratio)
+        task = Task(
+            id=task_id,
+            flavor=flavor,
+            key=key,
+            model=submission.model.name,
+            duration=submission.duration,
+            sound=submission.sound,
+            width=width,
+            height=height,
+            shots=[Shot(strip_tokens(shot.text), shot.seconds) for shot in submission.scenes()],
+            created_at=created,
+            starts_at=created + config.scaled(config.queue_seconds),
+            run_seconds=run,
+            outcome=outcome,
+            slow=directives.slow,
+            url_ttl=EXPIRE_TOKEN_TTL if directives.expire else config.result_ttl_seconds,
+            has_background=background is not None,
+        )
+        if background is not None:
+            png = await anyio.to_thread.run_sync(fit_background, background, (width, height))
+            write_atomic(self.store.background_path(task.id), png)
+        self.store.save(task)
+        log.info("%s task %s created (%s, %ss, outcome=%s)", flavor, task.id, task.model, task.duration, outcome)
+        return task
+
+    async def clip(self, task: Task) -> Path:
+        """The rendered clip of ``task``, rendering it off the event loop on first use."""
+        path = self.store.clip_path(task.id)
+        if not path.exists():
+            await anyio.to_thread.run_sync(self._render_once, task, path)
+        return path
+
+    def _render_once(self, task: Task, path: Path) -> None:
+        # Two first downloads of one clip must not render it twice; setdefault is atomic under the GIL.
+        with self._render_locks.setdefault(task.id, threading.Lock()):
+            if path.exists():
+                return
+            started = time.perf_counter()
+            background = self.store.background_path(task.id) if task.has_background else None
+            spec = ClipSpec(task.shots, task.duration, self.config.fps, task.width, task.height, task.sound, background)
+            render_clip(spec, path)
+            elapsed = time.perf_counter() - started
+            log.info("rendered %s (%ss, %dx%d) in %.2fs", task.id, task.duration, task.width, task.height, elapsed)
+
+    # -- media -------------------------------------------------------------
+
+    def resolve_image_url(self, url: str, own_netloc: str) -> ImageInput:
+        """What a provider would find at an image URL (§6.0 image validation).
+
+        URLs on this emulator's media routes are read from the store (an unknown
+        name cannot be downloaded); ``unreachable.invalid`` cannot be downloaded;
+        any other URL is taken on trust, never fetched.
+        """
+        parts = urlsplit(url)
+        if parts.hostname == UNREACHABLE_HOST:
+            return ImageInput(url, unreachable=True)
+        if parts.netloc != own_netloc:
+            return ImageInput(url)
+        segments = parts.path.split("/")
+        if len(segments) == 5 and segments[1] in FLAVORS and segments[2:4] == ["__fake", "media"]:
+            path = self.store.upload_path(segments[4])
+            return ImageInput(url, data=path.read_bytes()) if path else ImageInput(url, unreachable=True)
+        return ImageInput(url, unreachable=True)
+
+
+def _outcome(directives: Directives, images: list[ImageInput]) -> Outcome:
+    """How a task will end: a download failure first (it happens before rendering), then prompt tokens."""
+    if any(image.unreachable for image in images):
+        return Outcome.MEDIA
+    return Outcome(directives.fail) if directives.fail else Outcome.SUCCESS
