@@ -1,0 +1,11 @@
+"""kling-video-mcp: an MCP server that makes videos with Kling v3.0.
+
+Layout (data flows one way, top to bottom):
+
+- ``surface/``: the MCP surface (tools, results, resources, server assembly).
+- ``tasks/``: the task domain (journal, watcher, downloads, the service that ties them).
+- ``providers/``: one adapter per hosted provider behind one interface, over HTTP.
+- ``emulator/``: a local emulator of the providers' HTTP APIs (tests and the ``sandbox`` provider).
+"""
+
+__version__ = "0.1.0"

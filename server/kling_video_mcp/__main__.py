@@ -1,0 +1,3 @@
+from kling_video_mcp.cli import main
+
+main()

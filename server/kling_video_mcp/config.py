@@ -1,0 +1,122 @@
+"""Configuration, read from the environment (and nothing else).
+
+Public environment variables (a contract: keep the names):
+
+==========================  ===========================================================
+``NOVITA_API_KEY``          Novita AI key; ``NOVITA_BASE_URL`` overrides its base URL.
+``HIGHWAY_API_KEY``         HighwayAPI key; ``HIGHWAY_BASE_URL`` likewise.
+``WAVESPEED_API_KEY``       WaveSpeedAI key; ``WAVESPEED_BASE_URL`` likewise.
+``KLING_MCP_PROVIDER``      default provider; unset = the first provider with a key, else ``sandbox``.
+``KLING_MCP_MODE``          default mode: ``std``, ``pro`` or ``4k`` (default ``4k``).
+``KLING_MCP_OUTPUT_DIR``    where finished clips land (default: ``<videos>/kling-video-mcp``).
+``KLING_MCP_STATE_DIR``     where the server keeps its own files (journal, sandbox state).
+==========================  ===========================================================
+
+The remaining ``KLING_MCP_*`` settings tune timeouts and polling; their defaults suit real use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderName = Literal["novita", "highway", "wavespeed", "sandbox"]
+Mode = Literal["std", "pro", "4k"]
+
+#: Real providers in the order ``KLING_MCP_PROVIDER`` falls back through them.
+REAL_PROVIDERS: tuple[ProviderName, ...] = ("novita", "highway", "wavespeed")
+
+APP_NAME = "kling-video-mcp"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Every setting of the server. Build with ``Settings()`` to read the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KLING_MCP_", extra="ignore", populate_by_name=True)
+
+    novita_api_key: SecretStr | None = Field(None, validation_alias=_env("NOVITA_API_KEY"))
+    highway_api_key: SecretStr | None = Field(None, validation_alias=_env("HIGHWAY_API_KEY"))
+    wavespeed_api_key: SecretStr | None = Field(None, validation_alias=_env("WAVESPEED_API_KEY"))
+    novita_base_url: str = Field("https://api.novita.ai", validation_alias=_env("NOVITA_BASE_URL"))
+    highway_base_url: str = Field("https://api.highwayapi.ai", validation_alias=_env("HIGHWAY_BASE_URL"))
+    wavespeed_base_url: str = Field("https://api.wavespeed.ai", validation_alias=_env("WAVESPEED_BASE_URL"))
+
+    provider: ProviderName | None = Field(None, validation_alias=_env("KLING_MCP_PROVIDER"))
+    mode: Mode = Field("4k", validation_alias=_env("KLING_MCP_MODE"))
+    output_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_videos_dir()) / APP_NAME,
+        validation_alias=_env("KLING_MCP_OUTPUT_DIR"),
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_state_dir(APP_NAME)),
+        validation_alias=_env("KLING_MCP_STATE_DIR"),
+    )
+
+    # HTTP timeouts, in seconds. Every call has all three (providers.md §7: never hang).
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    request_deadline: float = 120.0
+    """Total wall-clock limit of one API request, retries excluded."""
+    download_deadline: float = 1800.0
+    """Total wall-clock limit of one clip download (a 4K clip can be hundreds of MB)."""
+
+    provider_rate_limit: float = 5.0
+    """Requests per second to each provider, at most (polls, submits and uploads together)."""
+    submit_retry_seconds: float = 30.0
+    """How long a submit answered 429 is retried (nothing was created, so it is safe)."""
+    poll_retry_seconds: float = 60.0
+    """How long one poll is retried through 429, 5xx and network errors."""
+
+    task_ceiling_seconds: float = 1800.0
+    """A task unfinished this long after its expected end is marked ``timed_out``."""
+    idempotency_window_seconds: float = 600.0
+    """An identical request within this window returns the existing task instead of paying twice."""
+
+    poll_time_scale: float = 1.0
+    """Scales every polling pace (expected render times, poll intervals). Only for running
+    against an emulator whose clock is sped up (tests, benchmarks); leave at 1 otherwise."""
+
+    sandbox_time_scale: float = 1.0
+    """Scales the sandbox's render clock (queue 0.5 s + render 2.5 s at 1.0)."""
+
+    @property
+    def default_provider(self) -> ProviderName:
+        """``KLING_MCP_PROVIDER``, else the first real provider with a key, else ``sandbox``."""
+        if self.provider is not None:
+            return self.provider
+        for name in REAL_PROVIDERS:
+            if self.api_key(name) is not None:
+                return name
+        return "sandbox"
+
+    def api_key(self, provider: ProviderName) -> SecretStr | None:
+        """The key configured for ``provider`` (``None`` for the sandbox, which needs none)."""
+        return {
+            "novita": self.novita_api_key,
+            "highway": self.highway_api_key,
+            "wavespeed": self.wavespeed_api_key,
+        }.get(provider)
+
+    def base_url(self, provider: ProviderName) -> str:
+        """The configured base URL of a real provider."""
+        return {
+            "novita": self.novita_base_url,
+            "highway": self.highway_base_url,
+            "wavespeed": self.wavespeed_base_url,
+        }[provider]
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "tasks.sqlite3"
+
+    @property
+    def sandbox_dir(self) -> Path:
+        return self.state_dir / "sandbox"

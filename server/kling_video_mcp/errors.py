@@ -1,0 +1,89 @@
+"""The errors a user of the server can meet, as one small class hierarchy.
+
+Every error has a stable ``code`` (part of the public result shape), a ``retryable``
+flag, and a message a person can act on. The MCP surface turns them into
+``isError`` results; nothing here ever carries an API key.
+"""
+
+from __future__ import annotations
+
+
+class KlingError(Exception):
+    """Base class. ``task_id`` is set when the error concerns a task that exists."""
+
+    code = "provider_error"
+    retryable = False
+
+    def __init__(self, message: str, *, task_id: str | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.task_id = task_id
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class InvalidRequest(KlingError):
+    """The request breaks a rule of the tool or of the chosen provider; nothing was sent."""
+
+    code = "validation_error"
+
+
+class AuthError(KlingError):
+    """The provider rejected the API key (missing, unknown, or not allowed)."""
+
+    code = "auth_error"
+
+
+class InsufficientBalance(KlingError):
+    """The provider account cannot pay for the render."""
+
+    code = "insufficient_balance"
+
+
+class RateLimited(KlingError):
+    """The provider answered 429 and kept doing so within our retry budget."""
+
+    code = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, task_id: str | None = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.retry_after = retry_after
+        """Seconds the provider asked us to wait (its ``Retry-After``), if it said."""
+
+
+class ContentPolicy(KlingError):
+    """The provider refused the prompt or image on content grounds."""
+
+    code = "content_policy"
+
+
+class ProviderError(KlingError):
+    """The provider failed the request or the task for a reason of its own."""
+
+    code = "provider_error"
+
+
+class ProviderUnreachable(KlingError):
+    """No HTTP answer came back: connection refused, DNS failure, or a timeout."""
+
+    code = "provider_unreachable"
+    retryable = True
+
+
+class UnknownOutcome(KlingError):
+    """A submit may have reached the provider, but no answer says whether a task was made."""
+
+    code = "unknown_outcome"
+
+
+class TimedOut(KlingError):
+    """A task ran past its ceiling without finishing."""
+
+    code = "timed_out"
+
+
+class NotFound(KlingError):
+    """No task with that id is known to the journal or to the provider."""
+
+    code = "not_found"

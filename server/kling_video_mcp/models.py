@@ -1,0 +1,135 @@
+"""The internal model: one request shape and one task record, shared by every layer.
+
+Field names follow the providers' own (``prompt``, ``negative_prompt``, ``aspect_ratio``,
+``cfg_scale``, ``multi_prompt``, ...); the ranges are those of the Kling v3.0 API pages
+(``shared/specs``, providers.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from kling_video_mcp.config import Mode, ProviderName
+
+Kind = Literal["t2v", "i2v"]
+"""``t2v`` text to video, ``i2v`` image to video."""
+AspectRatio = Literal["16:9", "9:16", "1:1"]
+ShotType = Literal["customize", "intelligent"]
+TaskStatus = Literal["queued", "running", "succeeded", "failed"]
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({"succeeded", "failed"})
+
+MODE_LABELS: dict[Mode, str] = {"std": "Standard", "pro": "Pro", "4k": "4K"}
+KIND_LABELS: dict[Kind, str] = {"t2v": "text-to-video", "i2v": "image-to-video"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Shot(BaseModel):
+    """One shot of a multi-shot video (Kling ``multi_prompt`` item, providers.md §4)."""
+
+    prompt: str = Field(min_length=1, max_length=512, description="What happens in this shot (at most 512 characters).")
+    duration: int = Field(ge=1, le=15, description="Length of this shot in seconds; the shots' durations add up to `duration`.")
+
+
+class GenerationRequest(BaseModel):
+    """A render request as the tools received it, before any provider's wire format."""
+
+    provider: ProviderName
+    mode: Mode
+    kind: Kind
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    duration: int = 5
+    aspect_ratio: AspectRatio | None = None
+    cfg_scale: float | None = None
+    sound: bool = False
+    multi_prompt: list[Shot] | None = None
+    shot_type: ShotType | None = None
+    element_list: list[str] | None = None
+    image: str | None = None
+    end_image: str | None = None
+
+    @property
+    def model_label(self) -> str:
+        """Human name of the model, e.g. ``Kling v3.0 4K text-to-video``."""
+        return f"Kling v3.0 {MODE_LABELS[self.mode]} {KIND_LABELS[self.kind]}"
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical request: equal requests (same provider, endpoint, parameters) match."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ImageSource(BaseModel):
+    """An input image after it was found and checked: either bytes we hold or a URL we pass on."""
+
+    label: str
+    """What the user gave, shortened for messages (a path, a URL, or ``data:`` URI head)."""
+    url: str | None = None
+    data: bytes | None = None
+    mime_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class ProviderUpdate(BaseModel):
+    """What one poll of a provider says about a task, in our terms."""
+
+    status: TaskStatus
+    progress_percent: float | None = None
+    eta_seconds: float | None = None
+    video_url: str | None = None
+    url_expires_at: datetime | None = None
+    error: str | None = None
+    error_code: str | None = None
+    """Our error code for a failed task (``content_policy`` or ``provider_error``)."""
+
+
+class TaskRecord(BaseModel):
+    """One task as the journal keeps it: everything needed to finish it after a restart."""
+
+    task_id: str
+    provider: ProviderName
+    mode: Mode
+    kind: Kind
+    endpoint: str
+    """The provider's model route, e.g. ``kling-v3.0-4k-t2v`` or ``kwaivgi/kling-v3.0-4k/text-to-video``."""
+    request: GenerationRequest
+    fingerprint: str
+    provider_task_id: str | None = None
+    status: TaskStatus = "queued"
+    progress_percent: float | None = None
+    eta_seconds: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    estimated_cost_usd: float | None = None
+    video_url: str | None = None
+    url_expires_at: datetime | None = None
+    file_path: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    provider_requests: int = 0
+    """Requests made to the provider for this task (submit and polls)."""
+    gave_up: bool = False
+    """``True`` when *we* stopped watching (ceiling, lost key, unreachable provider) rather than
+    the provider failing the task: checking it again resumes watching."""
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def delivered(self) -> bool:
+        """Succeeded and the verified clip is on disk."""
+        return self.status == "succeeded" and self.file_path is not None

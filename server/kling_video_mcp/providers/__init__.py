@@ -1,0 +1,82 @@
+"""Provider adapters behind one interface, and the registry that builds them.
+
+``RULES`` answers "what does this endpoint take?" for every provider without building an
+adapter, so requests are checked before anything is sent.
+"""
+
+from __future__ import annotations
+
+import anyio
+import httpx2
+
+from kling_video_mcp.config import REAL_PROVIDERS, ProviderName, Settings
+from kling_video_mcp.emulator import EmulatorServer
+from kling_video_mcp.errors import AuthError
+from kling_video_mcp.providers.base import EndpointRules, ProviderAdapter, RulesTable, Submitted
+from kling_video_mcp.providers.novita_family import HIGHWAY_RULES, NOVITA_RULES, NovitaFamilyAdapter
+from kling_video_mcp.providers.sandbox import SandboxAdapter, sandbox_emulator
+from kling_video_mcp.providers.wavespeed import WAVESPEED_RULES, WaveSpeedAdapter
+
+__all__ = ["RULES", "LABELS", "EndpointRules", "ProviderAdapter", "Providers", "Submitted"]
+
+RULES: dict[ProviderName, RulesTable] = {
+    "novita": NOVITA_RULES,
+    "highway": HIGHWAY_RULES,
+    "wavespeed": WAVESPEED_RULES,
+    "sandbox": WAVESPEED_RULES,
+}
+
+LABELS: dict[ProviderName, str] = {
+    "novita": "Novita AI",
+    "highway": "HighwayAPI",
+    "wavespeed": "WaveSpeedAI",
+    "sandbox": "Sandbox",
+}
+
+KEY_ENV: dict[ProviderName, str] = {
+    "novita": "NOVITA_API_KEY",
+    "highway": "HIGHWAY_API_KEY",
+    "wavespeed": "WAVESPEED_API_KEY",
+}
+
+
+class Providers:
+    """Builds each adapter on first use and keeps it; starts the sandbox emulator lazily."""
+
+    def __init__(self, settings: Settings, client: httpx2.AsyncClient) -> None:
+        self._settings = settings
+        self._client = client
+        self._adapters: dict[ProviderName, ProviderAdapter] = {}
+        self._emulator: EmulatorServer | None = None
+        self._lock = anyio.Lock()
+
+    def require_key(self, name: ProviderName) -> None:
+        """Raise :class:`AuthError` if ``name`` is a real provider with no key configured."""
+        if name in REAL_PROVIDERS and self._settings.api_key(name) is None:
+            raise AuthError(
+                f"No API key is set for {LABELS[name]}: set {KEY_ENV[name]} in the MCP server's environment "
+                "(the env block of your client's config), or use provider='sandbox' to try things for free."
+            )
+
+    async def get(self, name: ProviderName) -> ProviderAdapter:
+        """The adapter for ``name``. Raises :class:`AuthError` when its key is missing."""
+        self.require_key(name)
+        async with self._lock:
+            if name not in self._adapters:
+                self._adapters[name] = await self._build(name)
+        return self._adapters[name]
+
+    async def _build(self, name: ProviderName) -> ProviderAdapter:
+        if name == "sandbox":
+            self._emulator = sandbox_emulator(self._settings)
+            await anyio.to_thread.run_sync(self._emulator.start)
+            return SandboxAdapter(self._client, self._settings, self._emulator)
+        if name == "wavespeed":
+            return WaveSpeedAdapter(self._client, self._settings)
+        return NovitaFamilyAdapter(name, self._client, self._settings)
+
+    async def aclose(self) -> None:
+        """Stop the sandbox emulator if it was started."""
+        if self._emulator is not None:
+            await anyio.to_thread.run_sync(self._emulator.stop)
+            self._emulator = None

@@ -1,0 +1,247 @@
+"""HTTP plumbing shared by the adapters: one client, explicit timeouts, bounded retries.
+
+Retry policy (providers.md §7.3-4, and the WaveSpeed SDK's rule never to re-send a submit):
+
+- a submit answered 429 is retried, honouring ``Retry-After``: nothing was created;
+- a submit that may have reached the provider (read timeout, 5xx, dropped connection) is
+  never re-sent: it raises :class:`UnknownOutcome`;
+- a request that is safe to repeat (a poll, an upload) is retried through 429, 5xx and
+  network errors, within a time budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import anyio
+import httpx2
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from kling_video_mcp import __version__
+from kling_video_mcp.config import Settings
+from kling_video_mcp.errors import (
+    AuthError,
+    ContentPolicy,
+    InsufficientBalance,
+    InvalidRequest,
+    KlingError,
+    NotFound,
+    ProviderError,
+    ProviderUnreachable,
+    RateLimited,
+    UnknownOutcome,
+)
+from kling_video_mcp.models import utcnow
+
+log = logging.getLogger(__name__)
+
+ErrorClassifier = Callable[[httpx2.Response], KlingError]
+
+
+def make_client(settings: Settings) -> httpx2.AsyncClient:
+    """The process-wide HTTP client, with connect, read, write and pool timeouts set."""
+    timeout = httpx2.Timeout(
+        connect=settings.connect_timeout,
+        read=settings.read_timeout,
+        write=settings.read_timeout,
+        pool=settings.connect_timeout,
+    )
+    return httpx2.AsyncClient(
+        timeout=timeout,
+        follow_redirects=True,
+        headers={"User-Agent": f"kling-video-mcp/{__version__}"},
+        limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20),
+    )
+
+
+class RateGate:
+    """Spaces requests at least ``1 / rate`` seconds apart: a leaky bucket without bursts.
+
+    anyio offers concurrency limits but no rate limit, and the asyncio-only rate limiters
+    would tie us to one event loop; this is the whole of what we need.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = anyio.Lock()
+
+    async def wait(self) -> None:
+        """Return when the next request may go."""
+        async with self._lock:
+            now = anyio.current_time()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await anyio.sleep(delay)
+
+
+def retry_after_seconds(response: httpx2.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if present."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - utcnow()).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, KlingError) and exc.retryable
+
+
+def _is_rate_limited(exc: BaseException) -> bool:
+    return isinstance(exc, RateLimited)
+
+
+def _wait(retry_state: RetryCallState) -> float:
+    """Wait what ``Retry-After`` asked for, else exponential backoff with jitter (0.5 s .. 8 s)."""
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    asked = getattr(exc, "retry_after", None)
+    if asked is not None:
+        return float(asked)
+    return wait_exponential_jitter(multiplier=0.5, max=8.0)(retry_state)
+
+
+class ProviderHTTP:
+    """Authenticated requests to one provider's base URL.
+
+    ``classify`` turns a non-success response into the right :class:`KlingError`; it is the
+    only provider-specific part.
+    """
+
+    def __init__(
+        self,
+        client: httpx2.AsyncClient,
+        base_url: str,
+        api_key: str | None,
+        classify: ErrorClassifier,
+        settings: Settings,
+    ) -> None:
+        self._client = client
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._classify = classify
+        self._settings = settings
+        self._gate = RateGate(settings.provider_rate_limit)
+
+    async def submit(self, path: str, **kwargs: Any) -> httpx2.Response:
+        """POST that creates something billable. Retried only while the answer is 429.
+
+        Raises:
+            RateLimited: still 429 after ``submit_retry_seconds``.
+            ProviderUnreachable: the connection was never made (nothing was sent).
+            UnknownOutcome: the request may have reached the provider but no answer says so.
+            KlingError: any other error answer, classified.
+        """
+        return await self._retrying(self._settings.submit_retry_seconds, _is_rate_limited, self._submit_once, path, kwargs)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:
+        """A request that is safe to repeat (a poll, an upload): retried through 429, 5xx and network errors."""
+        return await self._retrying(self._settings.poll_retry_seconds, _is_retryable, self._request_once, method, path, kwargs)
+
+    async def _retrying(
+        self, budget: float, should_retry: Callable[[BaseException], bool], attempt: Callable[..., Any], *args: Any
+    ) -> httpx2.Response:
+        async for attempt_state in AsyncRetrying(
+            retry=retry_if_exception(should_retry),
+            stop=stop_after_delay(budget),
+            wait=_wait,
+            reraise=True,
+        ):
+            with attempt_state:
+                return await attempt(*args)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _send(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
+        await self._gate.wait()
+        with anyio.fail_after(self._settings.request_deadline):
+            return await self._client.request(
+                method, self._base_url + path, headers=self._headers, **kwargs
+            )
+
+    async def _submit_once(self, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
+        try:
+            response = await self._send("POST", path, kwargs)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
+            raise ProviderUnreachable(f"Could not connect to {self._base_url} ({type(exc).__name__}); nothing was submitted.") from exc
+        except (httpx2.TransportError, TimeoutError) as exc:
+            raise UnknownOutcome(
+                f"The submit request to {self._base_url} got no answer ({type(exc).__name__}); "
+                "the provider may or may not have created a task."
+            ) from exc
+        if response.is_success:
+            return response
+        error = self._classify(response)
+        if isinstance(error, RateLimited):
+            raise error
+        if response.status_code >= 500:
+            raise UnknownOutcome(
+                f"The provider answered HTTP {response.status_code} to the submit ({error.message}); "
+                "it may still have created a task."
+            )
+        raise error
+
+    async def _request_once(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
+        try:
+            response = await self._send(method, path, kwargs)
+        except (httpx2.TransportError, TimeoutError) as exc:
+            raise ProviderUnreachable(f"No answer from {self._base_url} ({type(exc).__name__}).") from exc
+        if response.is_success:
+            return response
+        raise self._classify(response)
+
+
+_AUTH_REASONS = frozenset(
+    {"MISSING_API_KEY", "INVALID_API_KEY", "FAILED_TO_AUTH", "API_NOT_ALLOWED", "BILLING_AUTH_FAILED", "NEED_REAL_NAME_VERIFY"}
+)
+_BALANCE_REASONS = frozenset({"BILLING_BALANCE_NOT_ENOUGH", "NOT_ENOUGH_BALANCE"})
+_CONTENT_REASONS = frozenset({"ILLEGAL_PROMPT", "ILLEGAL_IMAGE_CONTENT"})
+
+
+def classify_error(response: httpx2.Response, *, reason: str, message: str, provider: str, key_env: str) -> KlingError:
+    """Map an error answer to our error classes.
+
+    ``reason`` is Novita's ``reason`` enum or WaveSpeed's ``error_code`` (``""`` if none);
+    ``message`` is the provider's text. Rules from providers.md §1.6, §2.5, §3.9: balance
+    errors are recognised by reason or by the words "balance"/"credit", since the status
+    differs between providers (400, 402 or 403).
+    """
+    status = response.status_code
+    text = message or reason or response.reason_phrase
+    said = f"{provider} said: {text}"
+    lowered = text.lower()
+    if status == 429 or reason == "RATE_LIMIT_EXCEEDED":
+        return RateLimited(
+            f"{provider} is rate-limiting requests (HTTP 429). Wait a little and try again.",
+            retry_after=retry_after_seconds(response),
+        )
+    if reason in _BALANCE_REASONS or "balance" in lowered or "credit" in lowered:
+        return InsufficientBalance(f"Your {provider} account balance is too low for this render ({said}). Top up, then try again.")
+    if reason in _AUTH_REASONS or status in (401, 403):
+        return AuthError(f"{provider} rejected the API key (HTTP {status}; {said}). Check {key_env}.")
+    if reason in _CONTENT_REASONS:
+        return ContentPolicy(f"{provider} refused the content ({said}). Rephrase the prompt or use another image.")
+    if status == 404:
+        return NotFound(f"{provider} does not know that task or route (HTTP 404; {said}).")
+    if status >= 500:
+        return ProviderError(f"{provider} had an internal error (HTTP {status}; {said}).", retryable=True)
+    if status in (400, 422):
+        return InvalidRequest(f"{provider} rejected the request (HTTP {status}; {said}).")
+    return ProviderError(f"{provider} answered HTTP {status} ({said}).")
+
+
+def json_body(response: httpx2.Response) -> dict[str, Any]:
+    """The response's JSON object, or ``{}`` when the body is not a JSON object."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
