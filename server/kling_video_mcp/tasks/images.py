@@ -1,0 +1,98 @@
+"""Input images for image-to-video: find them, read them, and check them before spending.
+
+An image may be given as a local path, a ``file://`` URI, an ``http(s)`` URL or a ``data:``
+URI. Local and inline images are checked against the Kling image rules (Novita Kling v3.0
+image-to-video page, ``shared/specs/novita-kling-v3.0-4k-i2v.txt``; WaveSpeed's is the same,
+providers.md §4): JPEG or PNG, at most 10 MB, both sides at least 300 px, aspect ratio
+between 1:2.5 and 2.5:1. Remote URLs are passed on unchanged and checked by the provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from kling_video_mcp.errors import InvalidRequest
+from kling_video_mcp.models import ImageSource
+
+MAX_BYTES = 10 * 1024 * 1024
+MIN_SIDE = 300
+MIN_RATIO, MAX_RATIO = 1 / 2.5, 2.5
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+
+def _label(reference: str) -> str:
+    return reference[:40] + "..." if reference.startswith("data:") else reference
+
+
+def _read_data_uri(field: str, reference: str) -> bytes:
+    head, _, payload = reference.partition(",")
+    if not head.endswith(";base64"):
+        raise InvalidRequest(f"{field}: a data: URI must be base64 (data:image/png;base64,...).")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error as exc:
+        raise InvalidRequest(f"{field}: the data: URI is not valid base64 ({exc}).") from exc
+
+
+def _read_file(field: str, path: Path) -> bytes:
+    path = path.expanduser()
+    if not path.is_file():
+        raise InvalidRequest(f"{field}: no file at {path} (give an existing JPEG or PNG path, a URL, or a data: URI).")
+    if (size := path.stat().st_size) > MAX_BYTES:
+        raise InvalidRequest(f"{field}: {path} is {size / 1e6:.1f} MB; images may be at most 10 MB.")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"{field}: cannot read {path} ({exc.strerror}).") from exc
+
+
+def check_image_bytes(field: str, label: str, data: bytes) -> ImageSource:
+    """Check bytes against the Kling image rules; returns the source with its size and type.
+
+    Raises:
+        InvalidRequest: naming ``field`` and the rule broken.
+    """
+    from PIL import Image, UnidentifiedImageError  # Pillow loads on first use, not at start-up
+
+    if len(data) > MAX_BYTES:
+        raise InvalidRequest(f"{field}: {label} is {len(data) / 1e6:.1f} MB; images may be at most 10 MB.")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidRequest(f"{field}: {label} is not a readable image; give a JPEG or PNG.") from exc
+    if kind not in _MIME:
+        raise InvalidRequest(f"{field}: {label} is {kind}; Kling takes only JPEG or PNG images.")
+    if min(width, height) < MIN_SIDE:
+        raise InvalidRequest(f"{field}: {label} is {width}x{height} px; both sides must be at least {MIN_SIDE} px.")
+    if not MIN_RATIO <= width / height <= MAX_RATIO:
+        raise InvalidRequest(
+            f"{field}: {label} is {width}x{height} px (aspect {width / height:.2f}); "
+            "the aspect ratio must be between 1:2.5 and 2.5:1."
+        )
+    return ImageSource(label=label, data=data, mime_type=_MIME[kind], width=width, height=height)
+
+
+def resolve_image(field: str, reference: str, *, allow_local_files: bool = True) -> ImageSource:
+    """Turn what the user gave for ``field`` into a checked :class:`ImageSource`.
+
+    ``allow_local_files=False`` refuses paths and ``file://`` URIs (for HTTP deployments).
+
+    Raises:
+        InvalidRequest: the reference is malformed, missing, unreadable, or breaks a rule.
+    """
+    reference = reference.strip()
+    label = _label(reference)
+    scheme = urlparse(reference).scheme.lower()
+    if scheme in ("http", "https"):
+        return ImageSource(label=label, url=reference)
+    if scheme == "data":
+        return check_image_bytes(field, label, _read_data_uri(field, reference))
+    if not allow_local_files:
+        raise InvalidRequest(f"{field}: local files are not accepted by this server; give an http(s) URL or a data: URI.")
+    path = Path(unquote(urlparse(reference).path)) if scheme == "file" else Path(reference)
+    return check_image_bytes(field, label, _read_file(field, path))

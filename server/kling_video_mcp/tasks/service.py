@@ -1,0 +1,300 @@
+"""The task service: the one entry point of the task domain for the MCP surface.
+
+It checks a request, journals it, submits it through the provider adapter, and hands it
+to the watcher, which polls until the clip is downloaded. ``check`` reads the journal
+(after nudging the watcher for fresh news), so a task survives restarts and is finished
+whether or not anyone asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import httpx2
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from kling_video_mcp import pricing
+from kling_video_mcp.config import Mode, ProviderName, Settings
+from kling_video_mcp.errors import KlingError, NotFound, ProviderError, UnknownOutcome
+from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
+from kling_video_mcp.providers import ProviderAdapter, Providers
+from kling_video_mcp.tasks import validation
+from kling_video_mcp.tasks.downloads import IncompleteDownload, UrlExpired, download
+from kling_video_mcp.tasks.images import resolve_image
+from kling_video_mcp.tasks.journal import Journal
+from kling_video_mcp.tasks.naming import clip_filename
+from kling_video_mcp.tasks.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_ATTEMPTS = 5
+GAVE_UP_CODES = frozenset({"timed_out", "auth_error", "provider_unreachable", "rate_limited"})
+"""Failures that are our own giving up, not the provider failing the task: checking again resumes."""
+FRESH_NEWS_SECONDS = 5.0
+"""How long ``check`` waits for the watcher's next poll when asked for fresh news."""
+
+
+class TaskService:
+    """Submit, watch and check tasks. Use :meth:`running` to get one with its watcher."""
+
+    def __init__(self, settings: Settings, journal: Journal, providers: Providers, client: httpx2.AsyncClient) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.providers = providers
+        self._client = client
+        self._watcher: Watcher | None = None
+        self._locks: dict[str, anyio.Lock] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, settings: Settings, client: httpx2.AsyncClient) -> AsyncIterator[TaskService]:
+        """A service whose watcher runs for the life of the context; resumes unfinished tasks."""
+        journal = Journal(settings.journal_path)
+        providers = Providers(settings, client)
+        service = cls(settings, journal, providers, client)
+        try:
+            async with anyio.create_task_group() as task_group:
+                service._watcher = Watcher(
+                    task_group, service, ceiling=settings.task_ceiling_seconds, time_scale=settings.poll_time_scale
+                )
+                for record in journal.unfinished():
+                    service._watcher.watch(record.task_id)
+                yield service
+                task_group.cancel_scope.cancel()
+        finally:
+            await providers.aclose()
+            journal.close()
+
+    @property
+    def watcher(self) -> Watcher:
+        assert self._watcher is not None, "use TaskService.running()"
+        return self._watcher
+
+    # -- submitting -------------------------------------------------------------------
+
+    def prepare(self, request: GenerationRequest) -> dict[str, ImageSource]:
+        """Check everything that can be checked without sending anything; returns the images.
+
+        Raises:
+            InvalidRequest: a rule is broken (field and rule named).
+            AuthError: the provider has no key configured.
+        """
+        validation.check(request)
+        self.providers.require_key(request.provider)
+        references = {"image": request.image, "end_image": request.end_image}
+        return {field: resolve_image(field, ref) for field, ref in references.items() if ref}
+
+    def estimate(self, request: GenerationRequest) -> float:
+        """Estimated cost in USD (see :mod:`kling_video_mcp.pricing`)."""
+        return pricing.estimate_usd(request.provider, request.mode, request.sound, request.duration)
+
+    def find_duplicate(self, request: GenerationRequest) -> TaskRecord | None:
+        """A task from an identical request within the idempotency window that may still pay off.
+
+        A task the provider failed is not a duplicate; one with an unknown outcome is (it may
+        be running and billed).
+        """
+        since = utcnow() - timedelta(seconds=self.settings.idempotency_window_seconds)
+        record = self.journal.same_request_since(request.fingerprint(), since)
+        if record is None or (record.status == "failed" and record.error_code != UnknownOutcome.code):
+            return None
+        return record
+
+    async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> TaskRecord:
+        """Send a prepared request to its provider and start watching the task.
+
+        The task is journaled before the request leaves, so even a crash mid-submit leaves a
+        record. Returns the saved record (status ``queued``).
+
+        Raises:
+            UnknownOutcome: the provider may have created a task; the record keeps the error.
+            KlingError: the provider refused (nothing was created; the record is removed).
+        """
+        adapter = await self.providers.get(request.provider)
+        record = self.journal.save(
+            TaskRecord(
+                task_id=uuid.uuid4().hex,
+                provider=request.provider,
+                mode=request.mode,
+                kind=request.kind,
+                endpoint=adapter.endpoint(request.kind, request.mode),
+                request=request,
+                fingerprint=request.fingerprint(),
+                estimated_cost_usd=self.estimate(request),
+            )
+        )
+        try:
+            submitted = await adapter.submit(request, images)
+        except UnknownOutcome as exc:
+            exc.task_id = record.task_id
+            self.record_error(record.task_id, exc, final=True)
+            raise
+        except KlingError:
+            self.journal.delete(record.task_id)
+            raise
+        except BaseException:
+            # Cancelled or crashed mid-submit: the outcome is unknown, and the record says so.
+            self.record_error(record.task_id, UnknownOutcome("The submit was interrupted before an answer came."), final=True)
+            raise
+        record.provider_task_id = submitted.provider_task_id
+        record.provider_requests += 1
+        record.notes.extend(submitted.notes)
+        self.journal.save(record)
+        self.watcher.watch(record.task_id)
+        return record
+
+    # -- checking ---------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord:
+        """The journaled task (by our id or the provider's). Raises :class:`NotFound`."""
+        record = self.journal.get(task_id)
+        if record is None:
+            raise NotFound(
+                f"No task {task_id!r} in this server's journal. If it was submitted elsewhere, "
+                "call check_task again with its provider and mode to recover it."
+            )
+        return record
+
+    async def check(self, task_id: str, *, fresh: bool = True) -> TaskRecord:
+        """The task's current record, after one fresh poll if ``fresh`` and it is unfinished.
+
+        A task the server gave up on (``gave_up``) is watched again.
+        """
+        record = self.get(task_id)
+        if record.gave_up and record.provider_task_id:
+            record.gave_up = False
+            record.status = "running" if record.status == "failed" else record.status
+            record.error_code = record.error_message = None
+            record.created_at = utcnow()  # restart the ceiling clock from now
+            self.journal.save(record)
+        if not record.delivered and record.status != "failed" and record.provider_task_id:
+            self.watcher.watch(record.task_id)
+            if fresh:
+                await self.watcher.wait_for_update(record.task_id, FRESH_NEWS_SECONDS)
+        return self.get(record.task_id)
+
+    async def wait(self, task_id: str, seconds: float) -> TaskRecord:
+        """Wait up to ``seconds`` for the task to finish, returning at each watcher update."""
+        with anyio.move_on_after(seconds):
+            while not (record := self.get(task_id)).delivered and record.status != "failed":
+                if not await self.watcher.wait_for_update(task_id, seconds):
+                    break
+        return self.get(task_id)
+
+    async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode) -> TaskRecord:
+        """Start tracking a task submitted elsewhere, from its provider task id.
+
+        Raises:
+            NotFound: the provider does not know the task.
+        """
+        if existing := self.journal.find_provider_task(provider, provider_task_id):
+            return await self.check(existing.task_id)
+        adapter = await self.providers.get(provider)
+        update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
+        request = GenerationRequest(provider=provider, mode=mode, kind="t2v")
+        record = TaskRecord(
+            task_id=uuid.uuid4().hex,
+            provider=provider,
+            mode=mode,
+            kind="t2v",
+            endpoint=adapter.endpoint("t2v", mode),
+            request=request,
+            fingerprint=f"recovered:{provider}:{provider_task_id}",
+            provider_task_id=provider_task_id,
+            provider_requests=1,
+            notes=["Recovered from a provider task id; its parameters are unknown to this server."],
+        )
+        self._apply(record, update)
+        self.journal.save(record)
+        return await self.check(record.task_id)
+
+    # -- the watcher's side -----------------------------------------------------------
+
+    async def pacing(self, record: TaskRecord) -> tuple[float, float]:
+        adapter = await self.providers.get(record.provider)
+        return adapter.expected_render_seconds(record.request), adapter.min_poll_interval
+
+    def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
+        record = self.get(task_id)
+        if final:
+            record.status = "failed"
+            record.finished_at = utcnow()
+            record.gave_up = error.code in GAVE_UP_CODES
+        record.error_code = error.code
+        record.error_message = error.message
+        return self.journal.save(record)
+
+    async def step(self, task_id: str) -> TaskRecord:
+        """Poll the provider once and, when the render is done, download the clip."""
+        lock = self._locks.setdefault(task_id, anyio.Lock())
+        async with lock:
+            record = self.get(task_id)
+            adapter = await self.providers.get(record.provider)
+            if record.status != "succeeded":
+                assert record.provider_task_id is not None
+                update = await adapter.fetch(record.provider_task_id, record.endpoint)
+                record.provider_requests += 1
+                self._apply(record, update)
+                self.journal.save(record)
+            if record.status == "succeeded" and not record.delivered:
+                await self._deliver(record, adapter)
+            return record
+
+    @staticmethod
+    def _apply(record: TaskRecord, update: ProviderUpdate) -> None:
+        record.status = update.status
+        record.progress_percent = update.progress_percent
+        record.eta_seconds = update.eta_seconds
+        record.error_code, record.error_message = update.error_code, update.error
+        if update.video_url:
+            record.video_url = update.video_url
+            record.url_expires_at = update.url_expires_at
+        if record.is_terminal and record.finished_at is None:
+            record.finished_at = utcnow()
+
+    async def _fresh_url(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
+        """Ask the provider again for the result URL (the old one expired)."""
+        assert record.provider_task_id is not None
+        update = await adapter.fetch(record.provider_task_id, record.endpoint)
+        record.provider_requests += 1
+        if not update.video_url or update.video_url == record.video_url:
+            raise ProviderError(
+                f"The clip's download link expired and {adapter.label} gave no fresh one; "
+                "the provider may have deleted the clip.",
+            )
+        self._apply(record, update)
+        self.journal.save(record)
+
+    async def _deliver(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
+        if not record.video_url:
+            raise ProviderError(f"{adapter.label} reported success but gave no video URL.", retryable=True)
+        destination = Path(self.settings.output_dir) / clip_filename(record)
+        url_expired = False
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((IncompleteDownload, UrlExpired)),
+            stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
+            reraise=True,
+        ):
+            with attempt:
+                if url_expired:
+                    await self._fresh_url(record, adapter)
+                assert record.video_url is not None
+                try:
+                    result = await download(
+                        self._client, record.video_url, destination, deadline=self.settings.download_deadline
+                    )
+                except UrlExpired:
+                    url_expired = True
+                    raise
+        log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
+        record.file_path = str(result.path)
+        record.sha256 = result.sha256
+        record.size_bytes = result.size_bytes
+        self.journal.save(record)

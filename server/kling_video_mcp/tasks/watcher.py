@@ -1,0 +1,145 @@
+"""Background completion: every unfinished task is watched until its clip is on disk.
+
+One watch loop per task polls the provider through the service's ``step``, paced by
+:func:`next_poll_delay`: rarely early in a render and more often near its expected end.
+A caller that wants fresh news (``check_task``) can *nudge* a loop to poll now and wait for
+its next update. A task still unfinished ``ceiling`` seconds past its expected end is
+marked ``timed_out`` (it can be checked again).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from kling_video_mcp.errors import KlingError, TimedOut
+from kling_video_mcp.models import TaskRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_POLL_INTERVAL = 30.0
+"""Seconds: the longest pause between two polls of one unfinished task."""
+
+
+def next_poll_delay(record: TaskRecord, expected_seconds: float, min_interval: float, max_interval: float) -> float:
+    """Seconds to wait before polling ``record`` again.
+
+    Half of the remaining expected time (the provider's ``eta`` where it gives one, else
+    ``expected_seconds`` from submission), bounded by ``min_interval`` and ``max_interval``.
+    A finished render waiting for its download polls at once.
+    """
+    if record.status == "succeeded":
+        return 0.0
+    if record.eta_seconds is not None and record.eta_seconds > 0:
+        remaining = record.eta_seconds
+    else:
+        elapsed = (utcnow() - record.created_at).total_seconds()
+        remaining = expected_seconds - elapsed
+    if remaining <= 0:
+        # Past the expected end: poll steadily, backing off gently the later it gets.
+        overdue = -remaining
+        return min(max_interval, max(min_interval, overdue / 10))
+    return min(max_interval, max(min_interval, remaining / 2))
+
+
+class _Watch:
+    def __init__(self) -> None:
+        self.nudge = anyio.Event()
+        self.updated = anyio.Event()
+
+
+class WatchedService(Protocol):
+    """What the watcher needs from the task service."""
+
+    async def step(self, task_id: str) -> TaskRecord:
+        """Poll once (and download when done); returns the saved record."""
+
+    async def pacing(self, record: TaskRecord) -> tuple[float, float]:
+        """``(expected_seconds, min_interval)`` for the record's provider, in seconds."""
+
+    def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
+        """Save ``error`` on the task: as its failure if ``final``, else as a passing note."""
+
+
+class Watcher:
+    """Runs one watch loop per unfinished task inside ``task_group``."""
+
+    def __init__(self, task_group: TaskGroup, service: WatchedService, *, ceiling: float, time_scale: float = 1.0) -> None:
+        self._task_group = task_group
+        self._service = service
+        self._ceiling = ceiling
+        self._time_scale = time_scale
+        self._watches: dict[str, _Watch] = {}
+
+    def watching(self, task_id: str) -> bool:
+        return task_id in self._watches
+
+    def watch(self, task_id: str) -> None:
+        """Start watching ``task_id`` unless it is already watched."""
+        if task_id not in self._watches:
+            self._watches[task_id] = _Watch()
+            self._task_group.start_soon(self._run, task_id, name=f"watch {task_id}")
+
+    async def wait_for_update(self, task_id: str, timeout: float) -> bool:
+        """Nudge the task's loop to poll now and wait up to ``timeout`` s for its next update.
+
+        Returns ``False`` if no update came in time (or the task is not watched).
+        """
+        watch = self._watches.get(task_id)
+        if watch is None:
+            return False
+        updated = watch.updated
+        watch.nudge.set()
+        with anyio.move_on_after(timeout):
+            await updated.wait()
+            return True
+        return False
+
+    async def _run(self, task_id: str) -> None:
+        watch = self._watches[task_id]
+        try:
+            while True:
+                record = await self._poll_once(task_id)
+                last_poll = anyio.current_time()
+                if not (record.delivered or record.status == "failed"):
+                    expected, min_interval = (value * self._time_scale for value in await self._service.pacing(record))
+                    if utcnow() > record.created_at + timedelta(seconds=expected + self._ceiling):
+                        record = self._service.record_error(task_id, self._timed_out(expected), final=True)
+                self._announce(watch)
+                if record.delivered or record.status == "failed":
+                    return
+                max_interval = MAX_POLL_INTERVAL * self._time_scale
+                with anyio.move_on_after(next_poll_delay(record, expected, min_interval, max_interval)):
+                    await watch.nudge.wait()
+                watch.nudge = anyio.Event()
+                # A nudge never makes us poll one task faster than its provider allows.
+                await anyio.sleep(max(0.0, last_poll + min_interval - anyio.current_time()))
+        finally:
+            self._announce(watch)
+            del self._watches[task_id]
+
+    @staticmethod
+    def _announce(watch: _Watch) -> None:
+        watch.updated.set()
+        watch.updated = anyio.Event()
+
+    def _timed_out(self, expected: float) -> TimedOut:
+        minutes = (expected + self._ceiling) / 60
+        return TimedOut(
+            f"The task did not finish within {minutes:.0f} minutes of being submitted, so the server "
+            "stopped watching it. Check it again later to resume watching."
+        )
+
+    async def _poll_once(self, task_id: str) -> TaskRecord:
+        try:
+            return await self._service.step(task_id)
+        except KlingError as exc:
+            # Transient trouble (already retried by the HTTP layer) leaves the task watched;
+            # anything else ends the watch with the error on record.
+            if exc.retryable:
+                log.warning("task %s: %s", task_id, exc.message)
+            return self._service.record_error(task_id, exc, final=not exc.retryable)
