@@ -1,0 +1,85 @@
+"""Tool parameter types: the public contract of the tools' input schemas.
+
+Ranges, enums and lengths come from the Kling v3.0 API pages (``shared/specs``,
+providers.md §4), so clients see them in the JSON schema (``minimum: 3, maximum: 15``,
+``maxLength: 2500``, the aspect-ratio enum) and bad values are refused before any request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from kling_video_mcp.models import Shot
+
+Prompt = Annotated[
+    str | None,
+    Field(
+        max_length=2500,
+        description="What the video shows: scene, motion, camera, mood, sounds. At most 2500 characters. "
+        "Required unless multi_prompt is given.",
+    ),
+]
+NegativePrompt = Annotated[
+    str | None, Field(max_length=2500, description="What to keep out of the picture and sound. At most 2500 characters.")
+]
+Duration = Annotated[int, Field(ge=3, le=15, description="Clip length in seconds, 3 to 15.")]
+AspectRatioParam = Annotated[
+    Literal["16:9", "9:16", "1:1"], Field(description="Frame shape: 16:9 landscape, 9:16 portrait, 1:1 square.")
+]
+CfgScale = Annotated[
+    float | None,
+    Field(ge=0, le=1, description="0 to 1: higher follows the prompt more strictly, lower moves more naturally (provider default 0.5)."),
+]
+Sound = Annotated[bool, Field(description="Also generate synchronized audio (can raise the price).")]
+ModeParam = Annotated[
+    Literal["std", "pro", "4k"],
+    Field(description="Kling v3.0 tier: std (720p, cheapest), pro (1080p), 4k (2160p, $0.42/s)."),
+]
+MultiPrompt = Annotated[
+    list[Shot] | None,
+    Field(
+        min_length=1,
+        max_length=6,
+        description="Multi-shot video: 1 to 6 shots, each {prompt (at most 512 characters), duration in seconds}; "
+        "the shot durations must add up to `duration`. Cannot be combined with end_image. Whether `prompt` may be "
+        "given too depends on the provider and mode (HighwayAPI 4K/Pro and WaveSpeed Std/Pro take one or the other).",
+    ),
+]
+ShotTypeParam = Annotated[
+    Literal["customize", "intelligent"] | None,
+    Field(description="WaveSpeedAI only: how shots are cut, customize (default) or intelligent."),
+]
+ElementList = Annotated[
+    list[str] | None,
+    Field(max_length=3, description="WaveSpeedAI only: up to 3 Kling element ids to keep consistent in the clip."),
+]
+ProviderParam = Annotated[
+    Literal["novita", "highway", "wavespeed", "sandbox"],
+    Field(description="Who renders: novita, highway, wavespeed, or sandbox (free local placeholder clips)."),
+]
+ImageRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="First frame: a local file path, a file:// URI, an http(s) URL or a data: URI. JPEG or PNG, "
+        "at most 10 MB, both sides at least 300 px, aspect ratio between 1:2.5 and 2.5:1.",
+    ),
+]
+EndImageRef = Annotated[
+    str | None,
+    Field(description="Optional last frame, in the same forms and with the same rules as image. Not with multi_prompt."),
+]
+ForceNew = Annotated[
+    bool,
+    Field(description="Submit even if an identical request was made in the last few minutes (otherwise that task is returned)."),
+]
+TaskId = Annotated[str, Field(min_length=1, max_length=200, description="The task_id returned by generate_video or animate_image.")]
+RecoverProvider = Annotated[
+    Literal["novita", "highway", "wavespeed", "sandbox"] | None,
+    Field(description="Only to recover a task submitted elsewhere: its provider (task_id is then the provider's task id)."),
+]
+RecoverMode = Annotated[
+    Literal["std", "pro", "4k"] | None, Field(description="Only to recover a task submitted elsewhere: its mode.")
+]

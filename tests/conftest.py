@@ -1,0 +1,98 @@
+"""Shared fixtures: one provider emulator on loopback, settings that point at it, MCP clients.
+
+Every test drives the real provider code over HTTP against the emulator, and the real MCP
+server through ``mcp.Client``, in both protocol eras (``auto`` = 2026-07-28, ``legacy`` =
+the 2025-11-25 initialize handshake that Claude Desktop speaks).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from kling_video_mcp.config import Settings
+from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
+from kling_video_mcp.surface.server import build_server
+
+EMULATOR_TIME_SCALE = 0.05
+"""Emulator clock: a default render (1 s queue + 3 s run) takes 0.2 s."""
+POLL_TIME_SCALE = 0.02
+"""Server polling pace, scaled to match the fast clock."""
+KEY = "test-key"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[EmulatorServer]:
+    config = EmulatorConfig(time_scale=EMULATOR_TIME_SCALE, valid_keys=frozenset({KEY}))
+    with EmulatorServer(config) as server:
+        yield server
+
+
+@pytest.fixture
+def emulator(emulator_server: EmulatorServer) -> EmulatorServer:
+    """The shared emulator, emptied of tasks, requests and faults."""
+    emulator_server.reset()
+    return emulator_server
+
+
+def make_settings(tmp_path: Path, emulator: EmulatorServer, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
+        novita_api_key=KEY,
+        highway_api_key=KEY,
+        wavespeed_api_key=KEY,
+        novita_base_url=emulator.url("novita"),
+        highway_base_url=emulator.url("highway"),
+        wavespeed_base_url=emulator.url("wavespeed"),
+        provider="novita",
+        mode="4k",
+        output_dir=tmp_path / "clips",
+        state_dir=tmp_path / "state",
+        poll_time_scale=POLL_TIME_SCALE,
+        sandbox_time_scale=EMULATOR_TIME_SCALE,
+        submit_retry_seconds=2.0,
+        poll_retry_seconds=2.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, emulator: EmulatorServer) -> Settings:
+    return make_settings(tmp_path, emulator)
+
+
+@pytest.fixture(params=["auto", "legacy"])
+def era(request: pytest.FixtureRequest) -> str:
+    """The MCP protocol era: ``auto`` negotiates 2026-07-28, ``legacy`` speaks 2025-11-25."""
+    return request.param
+
+
+@pytest.fixture
+async def client(settings: Settings, era: str) -> AsyncIterator[Client]:
+    async with Client(build_server(settings), mode=era) as connected:
+        yield connected
+
+
+def png_bytes(width: int = 640, height: int = 360, color: str = "teal", fmt: str = "PNG") -> bytes:
+    """A real image made with Pillow."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def png_file(tmp_path: Path) -> Path:
+    path = tmp_path / "first-frame.png"
+    path.write_bytes(png_bytes())
+    return path

@@ -1,0 +1,40 @@
+"""With no API key, the sandbox renders a real placeholder clip through the same code path."""
+
+from __future__ import annotations
+
+import pytest
+from mcp import Client
+
+from conftest import EMULATOR_TIME_SCALE, POLL_TIME_SCALE
+from helpers import clip_duration, clip_size, wait_done
+from kling_video_mcp.config import Settings
+from kling_video_mcp.surface.server import build_server
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def keyless_settings(tmp_path) -> Settings:
+    return Settings(
+        novita_api_key=None, highway_api_key=None, wavespeed_api_key=None, provider=None,
+        output_dir=tmp_path / "clips", state_dir=tmp_path / "state",
+        sandbox_time_scale=EMULATOR_TIME_SCALE, poll_time_scale=POLL_TIME_SCALE,
+    )  # fmt: skip
+
+
+async def test_sandbox_is_the_default_without_keys(keyless_settings, era):
+    assert keyless_settings.default_provider == "sandbox"
+    async with Client(build_server(keyless_settings), mode=era) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert tools["generate_video"].input_schema["properties"]["provider"]["default"] == "sandbox"
+        submitted = await client.call_tool("generate_video", {"prompt": "a paper boat on a river", "duration": 3, "aspect_ratio": "1:1"})
+        assert not submitted.is_error, submitted.structured_content
+        assert submitted.structured_content["estimated_cost_usd"] == 0
+        done = await wait_done(client, submitted.structured_content["task_id"])
+    report = done.structured_content
+    assert report["status"] == "succeeded" and report["sandbox"] is True
+    assert any("placeholder" in note and "NOVITA_API_KEY" in note for note in report["notes"])
+    assert "placeholder" in done.content[0].text
+    assert clip_duration(report["file_path"]) == pytest.approx(3, abs=0.1)
+    width, height = clip_size(report["file_path"])
+    assert width == height
