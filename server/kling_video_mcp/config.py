@@ -10,6 +10,9 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_MODE``          default mode: ``std``, ``pro`` or ``4k`` (default ``4k``).
 ``KLING_MCP_OUTPUT_DIR``    where finished clips land (default: ``<videos>/kling-video-mcp``).
 ``KLING_MCP_STATE_DIR``     where the server keeps its own files (journal, sandbox state).
+``KLING_MCP_MAX_COST_USD``  refuse any single request estimated above this (default: no cap).
+``KLING_MCP_BUDGET_USD``    refuse new work once the period's estimated spend would pass this.
+``KLING_MCP_BUDGET_PERIOD`` ``day`` (default), ``week`` or ``month``: calendar periods in UTC.
 ==========================  ===========================================================
 
 The remaining ``KLING_MCP_*`` settings tune timeouts and polling; their defaults suit real use.
@@ -59,6 +62,12 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_state_dir(APP_NAME)),
         validation_alias=_env("KLING_MCP_STATE_DIR"),
     )
+
+    max_cost_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_MAX_COST_USD"))
+    budget_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_BUDGET_USD"))
+    budget_period: Literal["day", "week", "month"] = Field("day", validation_alias=_env("KLING_MCP_BUDGET_PERIOD"))
+    clip_resource_max_bytes: int = 50 * 1024 * 1024
+    """Largest clip served whole through ``resources/read`` (base64 in one JSON-RPC message)."""
 
     # HTTP timeouts, in seconds. Every call has all three (providers.md §7: never hang).
     connect_timeout: float = 10.0

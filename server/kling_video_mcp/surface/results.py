@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from mcp.types import CallToolResult, ResourceLink, TextContent
 from pydantic import BaseModel, Field
@@ -93,8 +94,15 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     )
 
 
-def report(record: TaskRecord, *, reused: bool = False) -> TaskReport:
-    """The :class:`TaskReport` of a journaled task."""
+def clip_uri(file_path: str, clip_base_url: str | None) -> str:
+    """Where a client can get the clip: ``file://`` on stdio, ``<base>/clips/<name>`` over HTTP."""
+    if clip_base_url is None:
+        return Path(file_path).as_uri()
+    return f"{clip_base_url.rstrip('/')}/clips/{quote(Path(file_path).name)}"
+
+
+def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | None = None) -> TaskReport:
+    """The :class:`TaskReport` of a journaled task (``clip_base_url``: see :func:`clip_uri`)."""
     status = public_status(record)
     cost_basis = pricing.price(record.provider, record.mode, record.request.sound)
     notes = list(record.notes)
@@ -112,7 +120,7 @@ def report(record: TaskRecord, *, reused: bool = False) -> TaskReport:
         estimated_cost_usd=record.estimated_cost_usd,
         cost_basis=f"{cost_basis.source} ({'confirmed' if cost_basis.confirmed else 'estimate'})",
         file_path=record.file_path,
-        file_uri=Path(record.file_path).as_uri() if record.file_path else None,
+        file_uri=clip_uri(record.file_path, clip_base_url) if record.file_path else None,
         size_bytes=record.size_bytes,
         sha256=record.sha256,
         provider_video_url=record.video_url,

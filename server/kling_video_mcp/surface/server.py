@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -66,6 +67,10 @@ class AppState:
 
     settings: Settings
     service: TaskService
+    clip_base_url: str | None = None
+    """Set when serving over HTTP: resource links point at ``<clip_base_url>/clips/<file>``."""
+    image_dirs: list[Path] | None = None
+    """Folders local input images may come from; ``None`` means any (stdio)."""
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -90,21 +95,20 @@ class KlingMCPServer(MCPServer[AppState]):
             raise
 
 
-def _service(ctx: Context) -> TaskService:
-    state: AppState = ctx.request_context.lifespan_context
-    return state.service
+def _state(ctx: Context) -> AppState:
+    return ctx.request_context.lifespan_context
 
 
 async def _submit(ctx: Context, request: GenerationRequest, force_new: bool) -> CallToolResult:
-    service = _service(ctx)
+    state = _state(ctx)
     try:
-        images = service.prepare(request)
-        if not force_new and (existing := service.find_duplicate(request)) is not None:
-            return task_result(report(existing, reused=True))
-        record = await service.submit(request, images)
+        images = state.service.prepare(request, image_dirs=state.image_dirs)
+        if not force_new and (existing := state.service.find_duplicate(request)) is not None:
+            return task_result(report(existing, reused=True, clip_base_url=state.clip_base_url))
+        record = await state.service.submit(request, images)
     except KlingError as exc:
         return error_result(exc)
-    return task_result(report(record))
+    return task_result(report(record, clip_base_url=state.clip_base_url))
 
 
 def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
@@ -166,25 +170,32 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         provider: p.RecoverProvider = None,
         mode: p.RecoverMode = None,
     ) -> ToolResult:
-        service = _service(ctx)
+        state = _state(ctx)
         try:
-            if provider is not None and service.journal.get(task_id) is None:
-                record = await service.recover(task_id, provider, mode or default_mode)
+            if provider is not None and state.service.journal.get(task_id) is None:
+                record = await state.service.recover(task_id, provider, mode or default_mode)
             else:
-                record = await service.check(task_id)
+                record = await state.service.check(task_id)
         except KlingError as exc:
             return error_result(exc)
-        return task_result(report(record))
+        return task_result(report(record, clip_base_url=state.clip_base_url))
 
 
-def build_server(settings: Settings | None = None) -> KlingMCPServer:
-    """The MCP server, reading the environment unless ``settings`` is given."""
+def build_server(
+    settings: Settings | None = None, *, clip_base_url: str | None = None, image_dirs: list[Path] | None = None
+) -> KlingMCPServer:
+    """The MCP server, reading the environment unless ``settings`` is given.
+
+    For stdio leave ``clip_base_url`` and ``image_dirs`` unset (``file://`` links, any local
+    image). An HTTP deployment passes the public base URL its ``/clips/`` route is served
+    under, and the folders remote callers may name local images in (``[]`` for none).
+    """
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         async with make_client(settings) as client, TaskService.running(settings, client) as service:
-            yield AppState(settings=settings, service=service)
+            yield AppState(settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs)
 
     mcp = KlingMCPServer("kling-video-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
     register_tools(mcp, settings)

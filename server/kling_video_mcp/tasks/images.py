@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -77,13 +78,21 @@ def check_image_bytes(field: str, label: str, data: bytes) -> ImageSource:
     return ImageSource(label=label, data=data, mime_type=_MIME[kind], width=width, height=height)
 
 
-def resolve_image(field: str, reference: str, *, allow_local_files: bool = True) -> ImageSource:
+def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    real = path.expanduser().resolve()
+    return any(real.is_relative_to(folder.expanduser().resolve()) for folder in folders)
+
+
+def resolve_image(field: str, reference: str, *, allowed_dirs: Sequence[Path] | None = None) -> ImageSource:
     """Turn what the user gave for ``field`` into a checked :class:`ImageSource`.
 
-    ``allow_local_files=False`` refuses paths and ``file://`` URIs (for HTTP deployments).
+    ``allowed_dirs`` limits local files (paths and ``file://`` URIs) to those folders, after
+    resolving symlinks; ``None`` allows any readable file (stdio: the user's own machine), an
+    empty list allows none (an HTTP server with no ``KLING_MCP_IMAGE_DIRS``).
 
     Raises:
-        InvalidRequest: the reference is malformed, missing, unreadable, or breaks a rule.
+        InvalidRequest: the reference is malformed, missing, unreadable, outside the allowed
+            folders, or breaks a rule.
     """
     reference = reference.strip()
     label = _label(reference)
@@ -92,7 +101,11 @@ def resolve_image(field: str, reference: str, *, allow_local_files: bool = True)
         return ImageSource(label=label, url=reference)
     if scheme == "data":
         return check_image_bytes(field, label, _read_data_uri(field, reference))
-    if not allow_local_files:
-        raise InvalidRequest(f"{field}: local files are not accepted by this server; give an http(s) URL or a data: URI.")
     path = Path(unquote(urlparse(reference).path)) if scheme == "file" else Path(reference)
+    if allowed_dirs is not None and not _inside(path, allowed_dirs):
+        where = ", ".join(str(folder) for folder in allowed_dirs) or "none (KLING_MCP_IMAGE_DIRS is not set)"
+        raise InvalidRequest(
+            f"{field}: this server only reads local images inside its allowed folders ({where}); "
+            "give an http(s) URL or a data: URI instead."
+        )
     return check_image_bytes(field, label, _read_file(field, path))

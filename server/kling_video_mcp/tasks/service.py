@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -78,8 +78,10 @@ class TaskService:
 
     # -- submitting -------------------------------------------------------------------
 
-    def prepare(self, request: GenerationRequest) -> dict[str, ImageSource]:
+    def prepare(self, request: GenerationRequest, *, image_dirs: Sequence[Path] | None = None) -> dict[str, ImageSource]:
         """Check everything that can be checked without sending anything; returns the images.
+
+        ``image_dirs`` limits local image files to those folders (see :func:`resolve_image`).
 
         Raises:
             InvalidRequest: a rule is broken (field and rule named).
@@ -88,7 +90,7 @@ class TaskService:
         validation.check(request)
         self.providers.require_key(request.provider)
         references = {"image": request.image, "end_image": request.end_image}
-        return {field: resolve_image(field, ref) for field, ref in references.items() if ref}
+        return {field: resolve_image(field, ref, allowed_dirs=image_dirs) for field, ref in references.items() if ref}
 
     def estimate(self, request: GenerationRequest) -> float:
         """Estimated cost in USD (see :mod:`kling_video_mcp.pricing`)."""
