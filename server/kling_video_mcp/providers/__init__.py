@@ -6,16 +6,20 @@ adapter, so requests are checked before anything is sent.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import httpx2
 
 from kling_video_mcp.config import REAL_PROVIDERS, ProviderName, Settings
-from kling_video_mcp.emulator import EmulatorServer
 from kling_video_mcp.errors import AuthError
 from kling_video_mcp.providers.base import EndpointRules, ProviderAdapter, RulesTable, Submitted
 from kling_video_mcp.providers.novita_family import HIGHWAY_RULES, NOVITA_RULES, NovitaFamilyAdapter
 from kling_video_mcp.providers.sandbox import SandboxAdapter, sandbox_emulator
 from kling_video_mcp.providers.wavespeed import WAVESPEED_RULES, WaveSpeedAdapter
+
+if TYPE_CHECKING:
+    from kling_video_mcp.emulator import EmulatorServer
 
 __all__ = ["RULES", "LABELS", "EndpointRules", "ProviderAdapter", "Providers", "Submitted"]
 

@@ -8,12 +8,16 @@ finishes sandbox tasks it started before.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx2
 
 from kling_video_mcp.config import Settings
-from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
 from kling_video_mcp.models import GenerationRequest
 from kling_video_mcp.providers.wavespeed import WaveSpeedAdapter
+
+if TYPE_CHECKING:
+    from kling_video_mcp.emulator import EmulatorServer
 
 SANDBOX_KEY = "sandbox"
 QUEUE_SECONDS = 0.5
@@ -28,6 +32,10 @@ PLACEHOLDER_NOTE = (
 
 def sandbox_emulator(settings: Settings) -> EmulatorServer:
     """An emulator server (not yet started) configured for the sandbox."""
+    # Imported here: the emulator brings Starlette, uvicorn and PyAV, which a server
+    # that never uses the sandbox should not pay for at start-up.
+    from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
+
     config = EmulatorConfig(
         time_scale=settings.sandbox_time_scale,
         queue_seconds=QUEUE_SECONDS,
