@@ -95,7 +95,9 @@ async def download(client: httpx2.AsyncClient, url: str, destination: Path, *, d
                     raise ProviderError(f"Downloading the clip failed with HTTP {response.status_code}.", retryable=True)
                 total = _expected_total(response, offset)
                 async with await anyio.open_file(part, "ab") as handle:
-                    async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                    # Write what arrives, unbuffered: bytes held back in a buffer would be lost
+                    # with the connection instead of being kept for the resume.
+                    async for chunk in response.aiter_bytes():
                         await handle.write(chunk)
                         digest.update(chunk)
                         offset += len(chunk)
