@@ -134,9 +134,9 @@ class TaskService:
         try:
             submitted = await adapter.submit(request, images)
         except UnknownOutcome as exc:
-            exc.task_id = record.task_id
-            self.record_error(record.task_id, exc, final=True)
-            raise
+            error = UnknownOutcome(self._unknown_outcome_advice(exc, record, adapter), task_id=record.task_id)
+            self.record_error(record.task_id, error, final=True)
+            raise error from exc
         except KlingError:
             self.journal.delete(record.task_id)
             raise
@@ -150,6 +150,15 @@ class TaskService:
         self.journal.save(record)
         self.watcher.watch(record.task_id)
         return record
+
+    @staticmethod
+    def _unknown_outcome_advice(error: UnknownOutcome, record: TaskRecord, adapter: ProviderAdapter) -> str:
+        return (
+            f"{error.message} It was not re-sent, to avoid paying twice. If it went through, it costs about "
+            f"${record.estimated_cost_usd:.2f}. To check: look for a new task in your {adapter.label} dashboard; if "
+            f"there is one, call check_task with its task id and provider='{record.provider}', mode='{record.mode}'. "
+            "Repeating this request returns this record; pass force_new=true only once you know nothing was created."
+        )
 
     # -- checking ---------------------------------------------------------------------
 
@@ -261,11 +270,15 @@ class TaskService:
             record.finished_at = utcnow()
 
     async def _fresh_url(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
-        """Ask the provider again for the result URL (the old one expired)."""
+        """Ask the provider again for the result URL (the old one was refused).
+
+        The answer may be the same URL (a stable CDN link refused for a moment); only a
+        missing one means the provider has no link to give.
+        """
         assert record.provider_task_id is not None
         update = await adapter.fetch(record.provider_task_id, record.endpoint)
         record.provider_requests += 1
-        if not update.video_url or update.video_url == record.video_url:
+        if not update.video_url:
             raise ProviderError(
                 f"The clip's download link expired and {adapter.label} gave no fresh one; "
                 "the provider may have deleted the clip.",
@@ -292,8 +305,14 @@ class TaskService:
                     result = await download(
                         self._client, record.video_url, destination, deadline=self.settings.download_deadline
                     )
-                except UrlExpired:
+                except UrlExpired as exc:
                     url_expired = True
+                    if attempt.retry_state.attempt_number == DOWNLOAD_ATTEMPTS:
+                        raise ProviderError(
+                            f"The render finished, but {adapter.label}'s download links kept failing ({exc.message}) "
+                            f"even after asking for fresh ones {DOWNLOAD_ATTEMPTS - 1} times. The clip may be gone; "
+                            f"its last link was {record.video_url}"
+                        ) from exc
                     raise
         log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
         record.file_path = str(result.path)
