@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_lists_three_tools_with_schemas_from_the_api_docs(client):
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) >= {"generate_video", "animate_image", "check_task"}
+    assert set(tools) == {"generate_video", "animate_image", "check_task", "list_tasks"}
 
     schema = tools["generate_video"].input_schema["properties"]
     assert schema["duration"]["minimum"] == 3 and schema["duration"]["maximum"] == 15
@@ -29,12 +29,16 @@ async def test_lists_three_tools_with_schemas_from_the_api_docs(client):
     assert shots["minItems"] == 1 and shots["maxItems"] == 6
     assert "aspect_ratio" not in tools["animate_image"].input_schema["properties"]
     assert tools["animate_image"].input_schema["required"] == ["image"]
-    assert tools["check_task"].input_schema["required"] == ["task_id"]
+    check = tools["check_task"].input_schema["properties"]
+    assert {"task_id", "task_ids", "wait_seconds"} <= set(check)
+    assert check["wait_seconds"]["maximum"] == 50 and schema["wait_seconds"]["maximum"] == 50
 
-    for name in ("generate_video", "animate_image", "check_task"):
+    for name in tools:
+        assert tools[name].output_schema["type"] == "object"
         assert tools[name].output_schema["properties"]["task_id"]
-    assert tools["check_task"].annotations.read_only_hint is True
-    assert tools["check_task"].annotations.idempotent_hint is True
+    for name in ("check_task", "list_tasks"):
+        assert tools[name].annotations.read_only_hint is True
+        assert tools[name].annotations.idempotent_hint is True
     for name in ("generate_video", "animate_image"):
         annotations = tools[name].annotations
         assert annotations.read_only_hint is False and annotations.idempotent_hint is False

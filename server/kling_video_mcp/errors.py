@@ -87,3 +87,9 @@ class NotFound(KlingError):
     """No task with that id is known to the journal or to the provider."""
 
     code = "not_found"
+
+
+class BudgetExceeded(KlingError):
+    """The request's estimate is above the per-request cap or what is left of the budget."""
+
+    code = "budget_exceeded"

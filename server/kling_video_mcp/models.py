@@ -92,6 +92,17 @@ class ProviderUpdate(BaseModel):
     """Our error code for a failed task (``content_policy`` or ``provider_error``)."""
 
 
+class ClipFacts(BaseModel):
+    """What PyAV reads from a downloaded clip."""
+
+    duration_seconds: float
+    width: int
+    height: int
+    fps: float | None = None
+    video_codec: str
+    has_audio: bool
+
+
 class TaskRecord(BaseModel):
     """One task as the journal keeps it: everything needed to finish it after a restart."""
 
@@ -116,6 +127,11 @@ class TaskRecord(BaseModel):
     file_path: str | None = None
     sha256: str | None = None
     size_bytes: int | None = None
+    clip_facts: ClipFacts | None = None
+    contact_sheet_path: str | None = None
+    last_frame_path: str | None = None
+    sidecar_path: str | None = None
+    warnings: list[str] = Field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
     provider_requests: int = 0

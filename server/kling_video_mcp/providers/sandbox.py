@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 SANDBOX_KEY = "sandbox"
 QUEUE_SECONDS = 0.5
 RENDER_SECONDS = 2.5
+VIDEO_LONG_SIDE = 640
+"""Pixels: a 16:9 clip is 640x360, so its last frame meets Kling's 300 px minimum and can
+start the next shot (``image='task:<id>'``)."""
 
 PLACEHOLDER_NOTE = (
     "This is a sandbox placeholder clip from the bundled emulator, not a Kling render, and it cost nothing. "
@@ -42,6 +45,7 @@ def sandbox_emulator(settings: Settings) -> EmulatorServer:
         run_seconds=RENDER_SECONDS,
         state_dir=settings.sandbox_dir,
         valid_keys=frozenset({SANDBOX_KEY}),
+        video_long_side=VIDEO_LONG_SIDE,
     )
     return EmulatorServer(config)
 

@@ -63,8 +63,10 @@ ImageRef = Annotated[
     str,
     Field(
         min_length=1,
-        description="First frame: a local file path, a file:// URI, an http(s) URL or a data: URI. JPEG or PNG, "
-        "at most 10 MB, both sides at least 300 px, aspect ratio between 1:2.5 and 2.5:1.",
+        description="First frame: a local file path, a file:// URI, an http(s) URL or a data: URI (JPEG or PNG, "
+        "at most 10 MB, both sides at least 300 px, aspect ratio between 1:2.5 and 2.5:1); or 'task:<task_id>' "
+        "(same as 'task:<task_id>#last_frame'): the last frame of an earlier finished clip, for continuity "
+        "between shots.",
     ),
 ]
 EndImageRef = Annotated[
@@ -75,7 +77,30 @@ ForceNew = Annotated[
     bool,
     Field(description="Submit even if an identical request was made in the last few minutes (otherwise that task is returned)."),
 ]
-TaskId = Annotated[str, Field(min_length=1, max_length=200, description="The task_id returned by generate_video or animate_image.")]
+WaitSeconds = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=50,
+        description="Wait up to this many seconds for the task to finish before returning (0-50; progress "
+        "notifications are sent meanwhile). Renders take minutes: check again if it is still running.",
+    ),
+]
+MaxCost = Annotated[
+    float | None, Field(ge=0, description="Refuse the request, sending nothing, if its estimated cost in USD is above this.")
+]
+DryRun = Annotated[bool, Field(description="Only check and price the request; send nothing.")]
+TaskId = Annotated[
+    str | None, Field(min_length=1, max_length=200, description="The task_id returned by generate_video or animate_image.")
+]
+TaskIds = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
+    Field(min_length=1, max_length=50, description="Several task_ids at once (e.g. every shot of a storyboard): one row each."),
+]
+StatusFilter = Annotated[
+    Literal["queued", "running", "succeeded", "failed"] | None, Field(description="Only tasks in this state.")
+]
+Limit = Annotated[int, Field(ge=1, le=100, description="At most this many tasks, newest first.")]
 RecoverProvider = Annotated[
     Literal["novita", "highway", "wavespeed", "sandbox"] | None,
     Field(description="Only to recover a task submitted elsewhere: its provider (task_id is then the provider's task id)."),

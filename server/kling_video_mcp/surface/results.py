@@ -7,17 +7,18 @@ for a finished clip, a ``resource_link`` to the file (``video/mp4``).
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from mcp.types import CallToolResult, ResourceLink, TextContent
+from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
 from kling_video_mcp import pricing
 from kling_video_mcp.errors import KlingError
-from kling_video_mcp.models import TaskRecord
+from kling_video_mcp.models import GenerationRequest, ClipFacts, TaskRecord
 from kling_video_mcp.providers import LABELS
 from kling_video_mcp.providers.sandbox import PLACEHOLDER_NOTE
 
@@ -28,12 +29,8 @@ class ErrorInfo(BaseModel):
     retryable: bool = Field(description="Whether trying again later may succeed.")
 
 
-class TaskReport(BaseModel):
-    """Everything known about one task, or an error that stopped one from being made.
-
-    The one output schema of every tool: error results conform to it too (``error`` set,
-    task fields empty where there is no task), because some clients validate them.
-    """
+class TaskFacts(BaseModel):
+    """Everything known about one task, or an error that stopped one from being made."""
 
     task_id: str | None = Field(None, description="Pass this to check_task.")
     status: Literal["queued", "running", "succeeded", "failed"] | None = Field(
@@ -51,15 +48,34 @@ class TaskReport(BaseModel):
     file_uri: str | None = None
     size_bytes: int | None = None
     sha256: str | None = None
+    clip: ClipFacts | None = Field(None, description="Duration, frame size, fps, codec and sound, read from the clip.")
+    contact_sheet_path: str | None = Field(None, description="A JPEG strip of four frames across the clip.")
+    last_frame_path: str | None = Field(
+        None, description="The clip's last frame (PNG); pass image='task:<task_id>' to continue from it."
+    )
+    sidecar_path: str | None = Field(None, description="JSON beside the clip: prompt, parameters, ids, cost, sha256.")
+    warnings: list[str] = Field(default_factory=list)
     provider_video_url: str | None = Field(None, description="The provider's own link; it expires (about 1 hour).")
     created_at: datetime | None = None
     finished_at: datetime | None = None
     reused_existing: bool = Field(False, description="True when an identical recent request's task was returned.")
+    dry_run: bool = Field(False, description="True when the request was only checked and priced; nothing was sent.")
     sandbox: bool = Field(False, description="True for free placeholder clips from the bundled emulator.")
     next_check_seconds: float | None = Field(None, description="When calling check_task again makes sense.")
     message: str = Field(description="A one-paragraph summary with the next step.")
     notes: list[str] = Field(default_factory=list)
     error: ErrorInfo | None = None
+
+
+class TaskReport(TaskFacts):
+    """The one output schema of every tool.
+
+    One task's facts, or (for ``check_task(task_ids)`` and ``list_tasks``) one row per task
+    in ``tasks`` with a summary in ``message``. Error results conform too (``error`` set, task
+    fields empty where there is no task), because some clients validate them.
+    """
+
+    tasks: list[TaskFacts] | None = Field(None, description="One row per task, for check_task(task_ids) and list_tasks.")
 
 
 def public_status(record: TaskRecord) -> Literal["queued", "running", "succeeded", "failed"]:
@@ -123,6 +139,11 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         file_uri=clip_uri(record.file_path, clip_base_url) if record.file_path else None,
         size_bytes=record.size_bytes,
         sha256=record.sha256,
+        clip=record.clip_facts,
+        contact_sheet_path=record.contact_sheet_path,
+        last_frame_path=record.last_frame_path,
+        sidecar_path=record.sidecar_path,
+        warnings=record.warnings,
         provider_video_url=record.video_url,
         created_at=record.created_at,
         finished_at=record.finished_at,
@@ -143,29 +164,93 @@ def _text(task: TaskReport) -> str:
         lines.append(f"estimated cost: ${task.estimated_cost_usd:.2f} ({task.cost_basis})")
     if task.file_path:
         lines += [f"file: {task.file_path}", f"resource link: {task.file_uri}", f"size: {task.size_bytes} bytes, sha256 {task.sha256}"]
+    if task.clip:
+        clip = task.clip
+        sound = "with sound" if clip.has_audio else "silent"
+        lines.append(f"clip: {clip.duration_seconds:.2f} s, {clip.width}x{clip.height}, {clip.fps} fps, {clip.video_codec}, {sound}")
+    if task.last_frame_path:
+        lines.append(f"last frame: {task.last_frame_path} (continue from it with image='task:{task.task_id}')")
+    lines += [f"warning: {warning}" for warning in task.warnings]
     if task.error:
         lines.append(f"error: {task.error.code}: {task.error.message}")
     lines += [f"note: {note}" for note in task.notes]
     return "\n".join(lines)
 
 
+def _link(task: TaskReport) -> ResourceLink:
+    assert task.file_uri and task.file_path
+    return ResourceLink(
+        type="resource_link",
+        uri=task.file_uri,
+        name=Path(task.file_path).name,
+        title=f"{task.model} clip",
+        description=f"{task.model} clip from {task.provider}, task {task.task_id}",
+        mime_type="video/mp4",
+        size=task.size_bytes,
+    )
+
+
+def _contact_sheet(task: TaskReport) -> ImageContent | None:
+    if not task.contact_sheet_path or not Path(task.contact_sheet_path).is_file():
+        return None
+    data = base64.b64encode(Path(task.contact_sheet_path).read_bytes()).decode("ascii")
+    return ImageContent(type="image", data=data, mime_type="image/jpeg")
+
+
 def task_result(task: TaskReport) -> CallToolResult:
-    """A tool result for a task: text, a resource link when the clip is on disk, structured content."""
-    content: list[TextContent | ResourceLink] = [TextContent(type="text", text=_text(task))]
+    """A tool result for a task: text; when the clip is on disk, a resource link to it and its
+    contact sheet as an image; structured content."""
+    content: list[TextContent | ResourceLink | ImageContent] = [TextContent(type="text", text=_text(task))]
     if task.file_uri and task.file_path:
-        content.append(
-            ResourceLink(
-                type="resource_link",
-                uri=task.file_uri,
-                name=Path(task.file_path).name,
-                title=f"{task.model} clip",
-                description=f"{task.model} clip from {task.provider}, task {task.task_id}",
-                mime_type="video/mp4",
-                size=task.size_bytes,
-            )
-        )
+        content.append(_link(task))
+        if (sheet := _contact_sheet(task)) is not None:
+            content.append(sheet)
     return CallToolResult(
         content=content, structured_content=task.model_dump(mode="json"), is_error=task.status == "failed"
+    )
+
+
+def table_result(rows: list[TaskReport], summary: str) -> CallToolResult:
+    """A tool result for several tasks: one line each plus a summary, links to finished clips."""
+    lines = [summary] + [
+        f"- {row.task_id} {row.status}: {row.model} on {row.provider}"
+        + (f", {row.progress_percent:.0f}%" if row.progress_percent and row.status != "succeeded" else "")
+        + (f", {row.file_path}" if row.file_path else "")
+        + (f", {row.error.code}: {row.error.message}" if row.error else "")
+        for row in rows
+    ]
+    content: list[TextContent | ResourceLink] = [TextContent(type="text", text="\n".join(lines))]
+    content += [_link(row) for row in rows if row.file_uri and row.file_path]
+    body = TaskReport(message=summary, tasks=rows)
+    return CallToolResult(content=content, structured_content=body.model_dump(mode="json"))
+
+
+def summary(rows: list[TaskReport]) -> str:
+    """``3 tasks: 2 succeeded, 1 running.`` (counts by status, in a fixed order)."""
+    counts = {status: sum(row.status == status for row in rows) for status in ("succeeded", "running", "queued", "failed")}
+    parts = [f"{count} {status}" for status, count in counts.items() if count]
+    return f"{len(rows)} task{'s' if len(rows) != 1 else ''}: {', '.join(parts) or 'none'}."
+
+
+def dry_run_result(request: GenerationRequest, estimate: float) -> CallToolResult:
+    """The result of ``dry_run``: the request is valid and what it would cost; nothing was sent."""
+    basis = pricing.price(request.provider, request.mode, request.sound)
+    body = TaskReport(
+        provider=request.provider,
+        mode=request.mode,
+        model=request.model_label,
+        duration_seconds=request.duration,
+        estimated_cost_usd=estimate,
+        cost_basis=f"{basis.source} ({'confirmed' if basis.confirmed else 'estimate'})",
+        sandbox=request.provider == "sandbox",
+        dry_run=True,
+        message=(
+            f"Dry run: the request is valid for {request.model_label} on {LABELS[request.provider]} and would cost "
+            f"about ${estimate:.2f}. Nothing was sent; call again without dry_run to submit it."
+        ),
+    )
+    return CallToolResult(
+        content=[TextContent(type="text", text=body.message)], structured_content=body.model_dump(mode="json")
     )
 
 

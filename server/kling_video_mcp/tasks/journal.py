@@ -95,6 +95,10 @@ class Journal:
         ).fetchone()
         return TaskRecord.model_validate_json(row[0]) if row else None
 
+    def created_since(self, since: datetime) -> list[TaskRecord]:
+        rows = self._db.execute("SELECT record FROM tasks WHERE created_at >= ?", (since.isoformat(),)).fetchall()
+        return [TaskRecord.model_validate_json(row[0]) for row in rows]
+
     def recent(self, status: TaskStatus | None = None, limit: int = 20) -> list[TaskRecord]:
         """Newest first, optionally only those with ``status``."""
         if status is None:

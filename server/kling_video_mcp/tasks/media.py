@@ -13,23 +13,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from kling_video_mcp.models import ClipFacts
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 SHEET_FRAMES = 4
 SHEET_TILE_WIDTH = 320
 SHEET_JPEG_QUALITY = 80
-
-
-class ClipFacts(BaseModel):
-    """What PyAV reads from a clip."""
-
-    duration_seconds: float
-    width: int
-    height: int
-    fps: float | None
-    video_codec: str
-    has_audio: bool
 
 
 def probe(path: Path) -> ClipFacts:
@@ -118,3 +109,33 @@ def save_last_frame(path: Path, destination: Path) -> Path:
         raise ValueError("no frame could be decoded")
     last.to_image().save(destination, format="PNG")
     return destination
+
+
+class Companions(BaseModel):
+    """The files made beside a clip, and what could not be made."""
+
+    facts: ClipFacts | None = None
+    contact_sheet: Path | None = None
+    last_frame: Path | None = None
+    warnings: list[str] = []
+
+
+def make_companions(clip: Path) -> Companions:
+    """Probe ``clip`` and write ``<clip>.contact.jpg`` and ``<clip>.last.png`` beside it.
+
+    Never raises for a clip it cannot read: the clip is still delivered, with warnings.
+    """
+    found = Companions()
+    try:
+        found.facts = probe(clip)
+    except Exception as exc:  # PyAV raises many types; any of them means "unreadable"
+        found.warnings.append(f"The clip could not be probed ({type(exc).__name__}: {exc}); it may not play.")
+        return found
+    try:
+        sheet = clip.with_name(clip.name + ".contact.jpg")
+        sheet.write_bytes(contact_sheet(clip, found.facts.duration_seconds))
+        found.contact_sheet = sheet
+        found.last_frame = save_last_frame(clip, clip.with_name(clip.name + ".last.png"))
+    except Exception as exc:
+        found.warnings.append(f"No preview frames could be made ({type(exc).__name__}: {exc}).")
+    return found

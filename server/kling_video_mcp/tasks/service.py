@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -21,18 +21,20 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import KlingError, NotFound, ProviderError, UnknownOutcome
+from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
 from kling_video_mcp.providers import ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.downloads import IncompleteDownload, UrlExpired, download
 from kling_video_mcp.tasks.images import resolve_image
 from kling_video_mcp.tasks.journal import Journal
-from kling_video_mcp.tasks.naming import clip_filename
-from kling_video_mcp.tasks.watcher import Watcher
+from kling_video_mcp.tasks.files import clip_filename, write_sidecar
+from kling_video_mcp.tasks.media import make_companions
+from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Watcher
 
 log = logging.getLogger(__name__)
 
+TASK_REFERENCE = "task:"
 DOWNLOAD_ATTEMPTS = 5
 GAVE_UP_CODES = frozenset({"timed_out", "auth_error", "provider_unreachable", "rate_limited"})
 """Failures that are our own giving up, not the provider failing the task: checking again resumes."""
@@ -60,9 +62,7 @@ class TaskService:
         service = cls(settings, journal, providers, client)
         try:
             async with anyio.create_task_group() as task_group:
-                service._watcher = Watcher(
-                    task_group, service, ceiling=settings.task_ceiling_seconds, time_scale=settings.poll_time_scale
-                )
+                service._watcher = Watcher(task_group, service, ceiling=settings.task_ceiling_seconds)
                 for record in journal.unfinished():
                     service._watcher.watch(record.task_id)
                 yield service
@@ -90,11 +90,74 @@ class TaskService:
         validation.check(request)
         self.providers.require_key(request.provider)
         references = {"image": request.image, "end_image": request.end_image}
-        return {field: resolve_image(field, ref, allowed_dirs=image_dirs) for field, ref in references.items() if ref}
+        return {field: self._image(field, ref, image_dirs) for field, ref in references.items() if ref}
+
+    def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None) -> ImageSource:
+        """Resolve an image reference; ``task:<id>`` (or ``task:<id>#last_frame``) is an earlier clip's last frame."""
+        if not reference.startswith(TASK_REFERENCE):
+            return resolve_image(field, reference, allowed_dirs=image_dirs)
+        task_id, _, part = reference.removeprefix(TASK_REFERENCE).partition("#")
+        if part not in ("", "last_frame"):
+            raise InvalidRequest(f"{field}: {reference!r} names #{part}; only #last_frame is available.")
+        record = self.journal.get(task_id)
+        if record is None or not record.delivered or not record.last_frame_path:
+            state = "unknown" if record is None else "not finished with a clip and its last frame yet"
+            raise InvalidRequest(f"{field}: task {task_id!r} is {state}; chain from a task whose clip succeeded.")
+        # The last frame is the server's own file, so it is allowed whatever image_dirs says.
+        return resolve_image(field, record.last_frame_path)
 
     def estimate(self, request: GenerationRequest) -> float:
         """Estimated cost in USD (see :mod:`kling_video_mcp.pricing`)."""
         return pricing.estimate_usd(request.provider, request.mode, request.sound, request.duration)
+
+    def period_start(self, now: datetime | None = None) -> datetime:
+        """Start of the current budget period (calendar day, ISO week or month, in UTC)."""
+        now = now or utcnow()
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.settings.budget_period == "week":
+            return day - timedelta(days=day.weekday())
+        if self.settings.budget_period == "month":
+            return day.replace(day=1)
+        return day
+
+    def spent(self) -> float:
+        """Estimated USD committed in the current budget period.
+
+        Every task counts except those the provider itself failed (failed renders are not
+        billed, or are refunded); unknown outcomes count, since they may have been billed.
+        """
+        return round(
+            sum(
+                record.estimated_cost_usd or 0.0
+                for record in self.journal.created_since(self.period_start())
+                if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error"))
+            ),
+            2,
+        )
+
+    def check_cost(self, request: GenerationRequest, max_cost_usd: float | None) -> float:
+        """The request's estimate, if it fits the per-request cap and the budget.
+
+        Raises:
+            BudgetExceeded: the estimate is above ``max_cost_usd`` (else ``KLING_MCP_MAX_COST_USD``)
+                or above what is left of ``KLING_MCP_BUDGET_USD`` this period.
+        """
+        estimate = self.estimate(request)
+        cap = max_cost_usd if max_cost_usd is not None else self.settings.max_cost_usd
+        if cap is not None and estimate > cap:
+            raise BudgetExceeded(
+                f"This request is estimated at ${estimate:.2f}, above the limit of ${cap:.2f}; nothing was sent. "
+                "Shorten the clip, pick a cheaper mode (std < pro < 4k), or raise max_cost_usd."
+            )
+        if self.settings.budget_usd is not None:
+            left = round(self.settings.budget_usd - self.spent(), 2)
+            if estimate > left:
+                raise BudgetExceeded(
+                    f"This request is estimated at ${estimate:.2f} but only ${max(left, 0):.2f} of the "
+                    f"${self.settings.budget_usd:.2f} {self.settings.budget_period}ly budget (KLING_MCP_BUDGET_USD) "
+                    "is left; nothing was sent."
+                )
+        return estimate
 
     def find_duplicate(self, request: GenerationRequest) -> TaskRecord | None:
         """A task from an identical request within the idempotency window that may still pay off.
@@ -227,9 +290,15 @@ class TaskService:
 
     # -- the watcher's side -----------------------------------------------------------
 
-    async def pacing(self, record: TaskRecord) -> tuple[float, float]:
+    async def pacing(self, record: TaskRecord) -> tuple[float, float, float]:
+        """``(expected_seconds, min_interval, max_interval)``, scaled by ``poll_time_scale``."""
         adapter = await self.providers.get(record.provider)
-        return adapter.expected_render_seconds(record.request), adapter.min_poll_interval
+        scale = self.settings.poll_time_scale
+        return (
+            adapter.expected_render_seconds(record.request) * scale,
+            adapter.min_poll_interval * scale,
+            MAX_POLL_INTERVAL * scale,
+        )
 
     def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
         record = self.get(task_id)
@@ -315,7 +384,13 @@ class TaskService:
                         ) from exc
                     raise
         log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
-        record.file_path = str(result.path)
+        companions = await anyio.to_thread.run_sync(make_companions, result.path)
+        record.clip_facts = companions.facts
+        record.contact_sheet_path = str(companions.contact_sheet) if companions.contact_sheet else None
+        record.last_frame_path = str(companions.last_frame) if companions.last_frame else None
+        record.warnings.extend(companions.warnings)
         record.sha256 = result.sha256
         record.size_bytes = result.size_bytes
+        record.sidecar_path = str(write_sidecar(record, result.path))
+        record.file_path = str(result.path)  # last: a record with a file_path is a delivered one
         self.journal.save(record)

@@ -22,7 +22,7 @@ from kling_video_mcp.models import TaskRecord, utcnow
 log = logging.getLogger(__name__)
 
 MAX_POLL_INTERVAL = 30.0
-"""Seconds: the longest pause between two polls of one unfinished task."""
+"""Seconds: the longest pause between two polls of one unfinished task (before time scaling)."""
 
 
 def next_poll_delay(record: TaskRecord, expected_seconds: float, min_interval: float, max_interval: float) -> float:
@@ -58,8 +58,8 @@ class WatchedService(Protocol):
     async def step(self, task_id: str) -> TaskRecord:
         """Poll once (and download when done); returns the saved record."""
 
-    async def pacing(self, record: TaskRecord) -> tuple[float, float]:
-        """``(expected_seconds, min_interval)`` for the record's provider, in seconds."""
+    async def pacing(self, record: TaskRecord) -> tuple[float, float, float]:
+        """``(expected_seconds, min_interval, max_interval)`` for the record's provider, in seconds."""
 
     def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
         """Save ``error`` on the task: as its failure if ``final``, else as a passing note."""
@@ -68,12 +68,12 @@ class WatchedService(Protocol):
 class Watcher:
     """Runs one watch loop per unfinished task inside ``task_group``."""
 
-    def __init__(self, task_group: TaskGroup, service: WatchedService, *, ceiling: float, time_scale: float = 1.0) -> None:
+    def __init__(self, task_group: TaskGroup, service: WatchedService, *, ceiling: float) -> None:
         self._task_group = task_group
         self._service = service
         self._ceiling = ceiling
-        self._time_scale = time_scale
         self._watches: dict[str, _Watch] = {}
+        self._changed = anyio.Event()
 
     def watching(self, task_id: str) -> bool:
         return task_id in self._watches
@@ -106,13 +106,12 @@ class Watcher:
                 record = await self._poll_once(task_id)
                 last_poll = anyio.current_time()
                 if not (record.delivered or record.status == "failed"):
-                    expected, min_interval = (value * self._time_scale for value in await self._service.pacing(record))
+                    expected, min_interval, max_interval = await self._service.pacing(record)
                     if utcnow() > record.created_at + timedelta(seconds=expected + self._ceiling):
                         record = self._service.record_error(task_id, self._timed_out(expected), final=True)
                 self._announce(watch)
                 if record.delivered or record.status == "failed":
                     return
-                max_interval = MAX_POLL_INTERVAL * self._time_scale
                 with anyio.move_on_after(next_poll_delay(record, expected, min_interval, max_interval)):
                     await watch.nudge.wait()
                 watch.nudge = anyio.Event()
@@ -122,10 +121,19 @@ class Watcher:
             self._announce(watch)
             del self._watches[task_id]
 
-    @staticmethod
-    def _announce(watch: _Watch) -> None:
+    async def wait_for_any_update(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for any watched task's next update (no nudge)."""
+        changed = self._changed
+        with anyio.move_on_after(timeout):
+            await changed.wait()
+            return True
+        return False
+
+    def _announce(self, watch: _Watch) -> None:
         watch.updated.set()
         watch.updated = anyio.Event()
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def _timed_out(self, expected: float) -> TimedOut:
         minutes = (expected + self._ceiling) / 60

@@ -1,9 +1,12 @@
-"""File names for clips: sortable by creation time, and telling what they are."""
+"""Files a person can find: clip names that sort and tell what they are, and JSON sidecars."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import unicodedata
+from pathlib import Path
 
 from kling_video_mcp.models import TaskRecord
 
@@ -23,3 +26,19 @@ def clip_filename(record: TaskRecord) -> str:
     text = request.prompt or " ".join(shot.prompt for shot in request.multi_prompt or []) or "clip"
     stamp = record.created_at.strftime("%Y%m%d-%H%M%S")
     return f"{stamp}_{record.provider}-{record.mode}_{slug(text)}_{record.task_id[:12]}.mp4"
+
+
+SIDECAR_FIELDS = (
+    "task_id", "provider", "provider_task_id", "mode", "kind", "endpoint", "request", "created_at",
+    "finished_at", "estimated_cost_usd", "video_url", "sha256", "size_bytes", "clip_facts",
+)  # fmt: skip
+
+
+def write_sidecar(record: TaskRecord, clip: Path) -> Path:
+    """Write ``<clip>.json``: the prompt, every parameter, ids, times, cost, sha256, probe facts."""
+    sidecar = clip.with_name(clip.name + ".json")
+    body = record.model_dump(mode="json", include=set(SIDECAR_FIELDS))
+    temporary = sidecar.with_name(sidecar.name + ".tmp")
+    temporary.write_text(json.dumps(body, indent=2, sort_keys=True))
+    os.replace(temporary, sidecar)
+    return sidecar
