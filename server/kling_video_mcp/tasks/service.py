@@ -253,14 +253,6 @@ class TaskService:
                 await self.watcher.wait_for_update(record.task_id, FRESH_NEWS_SECONDS)
         return self.get(record.task_id)
 
-    async def wait(self, task_id: str, seconds: float) -> TaskRecord:
-        """Wait up to ``seconds`` for the task to finish, returning at each watcher update."""
-        with anyio.move_on_after(seconds):
-            while not (record := self.get(task_id)).delivered and record.status != "failed":
-                if not await self.watcher.wait_for_update(task_id, seconds):
-                    break
-        return self.get(task_id)
-
     async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode) -> TaskRecord:
         """Start tracking a task submitted elsewhere, from its provider task id.
 

@@ -75,9 +75,6 @@ class Watcher:
         self._watches: dict[str, _Watch] = {}
         self._changed = anyio.Event()
 
-    def watching(self, task_id: str) -> bool:
-        return task_id in self._watches
-
     def watch(self, task_id: str) -> None:
         """Start watching ``task_id`` unless it is already watched."""
         if task_id not in self._watches:
