@@ -22,8 +22,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--transport", choices=TRANSPORTS, default="stdio", help="default: stdio")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="HTTP bind address (default: 127.0.0.1); any other needs KLING_MCP_HTTP_TOKEN set",
+    )  # fmt: skip
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    parser.add_argument(
+        "--stateless", action="store_true",
+        help="streamable HTTP without sessions, for several workers behind a load balancer",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
@@ -40,22 +47,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(transport: str, host: str, port: int) -> None:
-    """Run the server on ``transport`` until it is stopped."""
+def serve_stdio() -> None:
+    """Run the server on stdio until the client closes it."""
     from kling_video_mcp.surface.server import build_server
 
     server = build_server()
-    if transport == "stdio":
-        server.run("stdio")
-    else:
-        server.run(transport, host=host, port=port)  # type: ignore[call-overload]
+    server.run("stdio")
+
+
+def serve_http(args: argparse.Namespace) -> None:
+    """Run the HTTP server until it is stopped; exits with a message when it must not start."""
+    from pydantic import ValidationError
+
+    from kling_video_mcp.config import Settings
+    from kling_video_mcp.surface import http
+
+    config = http.HttpConfig(transport=args.transport, host=args.host, port=args.port, stateless=args.stateless)
+    try:
+        http.serve_http(Settings(), config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        sys.exit(f"kling-video-mcp: invalid configuration: {problems}")
+    except http.StartRefused as exc:
+        sys.exit(f"kling-video-mcp: {exc}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.stateless and args.transport != "streamable-http":
+        parser.error("--stateless applies to --transport streamable-http only (stdio and SSE connections are sessions)")
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         from kling_video_mcp.demo import run_demo
 
         sys.exit(run_demo(args))
-    serve(args.transport, args.host, args.port)
+    if args.transport == "stdio":
+        serve_stdio()
+    else:
+        serve_http(args)

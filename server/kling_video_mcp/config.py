@@ -13,6 +13,11 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_MAX_COST_USD``  refuse any single request estimated above this (default: no cap).
 ``KLING_MCP_BUDGET_USD``    refuse new work once the period's estimated spend would pass this.
 ``KLING_MCP_BUDGET_PERIOD`` ``day`` (default), ``week`` or ``month``: calendar periods in UTC.
+``KLING_MCP_HTTP_TOKEN``    HTTP only: every request must carry ``Authorization: Bearer <it>``.
+``KLING_MCP_PUBLIC_URL``    HTTP only: the base URL clients reach the server at (clip links).
+``KLING_MCP_IMAGE_DIRS``    HTTP only: folders (``os.pathsep``-separated) local images may come from.
+``KLING_MCP_ALLOWED_HOSTS`` HTTP only: extra ``Host`` values to accept (comma-separated).
+``KLING_MCP_ALLOWED_ORIGINS`` HTTP only: extra ``Origin`` values to accept (comma-separated).
 ==========================  ===========================================================
 
 The remaining ``KLING_MCP_*`` settings tune timeouts and polling; their defaults suit real use.
@@ -20,12 +25,13 @@ The remaining ``KLING_MCP_*`` settings tune timeouts and polling; their defaults
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["novita", "highway", "wavespeed", "sandbox"]
 Mode = Literal["std", "pro", "4k"]
@@ -95,6 +101,55 @@ class Settings(BaseSettings):
 
     sandbox_time_scale: float = 1.0
     """Scales the sandbox's render clock (queue 0.5 s + render 2.5 s at 1.0)."""
+
+    # -- HTTP deployment (``--transport streamable-http|sse``; stdio ignores all of these) --
+    # Read by ``surface/http.py``. Security defaults are closed: no token means loopback
+    # binds only, and no image folders means remote callers can name no local file.
+
+    http_token: SecretStr | None = Field(None, validation_alias=_env("KLING_MCP_HTTP_TOKEN"))
+    """Bearer token every HTTP request must carry; required to bind a non-loopback address."""
+    public_url: str | None = Field(None, validation_alias=_env("KLING_MCP_PUBLIC_URL"))
+    """Base URL clients reach this server at (``https://host[:port][/prefix]``); clip links
+    are ``<public_url>/clips/<file>``. Unset: ``http://<host>:<port>`` of the bind."""
+    image_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("KLING_MCP_IMAGE_DIRS")
+    )
+    """Folders an HTTP caller may name local images in; empty: only URLs and data URIs."""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("KLING_MCP_ALLOWED_HOSTS")
+    )
+    """``Host`` header values accepted besides loopback, the bind address and the public
+    URL's host (DNS-rebinding protection); ``name:*`` allows any port."""
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("KLING_MCP_ALLOWED_ORIGINS")
+    )
+    """``Origin`` header values accepted besides loopback and the public URL's origin."""
+
+    @field_validator("http_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: object) -> object:
+        # An empty KLING_MCP_HTTP_TOKEN= must not become a token that an empty header matches.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (e.g. https://videos.example.com)")
+        return value.rstrip("/")
+
+    @field_validator("image_dirs", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        # PATH-style, so Windows drive letters ("C:\\x") survive; empty entries are dropped.
+        return [part for part in value.split(os.pathsep) if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @property
     def default_provider(self) -> ProviderName:

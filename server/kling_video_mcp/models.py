@@ -136,6 +136,8 @@ class TaskRecord(BaseModel):
     error_message: str | None = None
     provider_requests: int = 0
     """Requests made to the provider for this task (submit and polls)."""
+    watched_since: datetime | None = None
+    """When watching (re)started, if after creation: the ceiling counts from here."""
     gave_up: bool = False
     """``True`` when *we* stopped watching (ceiling, lost key, unreachable provider) rather than
     the provider failing the task: checking it again resumes watching."""

@@ -245,7 +245,7 @@ class TaskService:
             record.gave_up = False
             record.status = "running" if record.status == "failed" else record.status
             record.error_code = record.error_message = None
-            record.created_at = utcnow()  # restart the ceiling clock from now
+            record.watched_since = utcnow()
             self.journal.save(record)
         if not record.delivered and record.status != "failed" and record.provider_task_id:
             self.watcher.watch(record.task_id)

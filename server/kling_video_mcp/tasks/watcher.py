@@ -104,7 +104,8 @@ class Watcher:
                 last_poll = anyio.current_time()
                 if not (record.delivered or record.status == "failed"):
                     expected, min_interval, max_interval = await self._service.pacing(record)
-                    if utcnow() > record.created_at + timedelta(seconds=expected + self._ceiling):
+                    since = record.watched_since or record.created_at
+                    if utcnow() > since + timedelta(seconds=expected + self._ceiling):
                         record = self._service.record_error(task_id, self._timed_out(expected), final=True)
                 self._announce(watch)
                 if record.delivered or record.status == "failed":

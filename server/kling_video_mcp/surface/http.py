@@ -1,0 +1,245 @@
+"""Serve the MCP server over HTTP (streamable HTTP or the older SSE), safe to expose.
+
+In: :class:`~kling_video_mcp.config.Settings` (the ``KLING_MCP_HTTP_TOKEN``,
+``KLING_MCP_PUBLIC_URL``, ``KLING_MCP_IMAGE_DIRS``, ``KLING_MCP_ALLOWED_HOSTS`` and
+``KLING_MCP_ALLOWED_ORIGINS`` block) and an :class:`HttpConfig` (transport, bind address,
+port, stateless). Out: one Starlette app that serves
+
+- the MCP endpoint (``/mcp``, or ``/sse`` + ``/messages/``), both protocol eras;
+- ``GET /clips/{file}``: finished clips from the output folder, with HTTP ``Range``;
+- ``GET /healthz``: ``{"status": "ok"}`` once the server is up.
+
+Every route sits behind the same two guards, outermost first:
+
+1. ``Host``/``Origin`` validation (DNS-rebinding protection), on for every bind address.
+   The MCP transports spec says servers "MUST validate the ``Origin`` header on all incoming
+   connections" and answer 403 when it is invalid (spec 2025-11-25 and 2026-07-28,
+   ``basic/transports``); the SDK turns this on by itself only for loopback binds and only on
+   the MCP endpoint (mcp-sdk.md §2.3), so it is applied here to the whole app.
+2. When ``KLING_MCP_HTTP_TOKEN`` is set, ``Authorization: Bearer <token>`` (RFC 6750), else
+   401. A server that binds a non-loopback address without a token refuses to start: it would
+   read local files and spend provider credit for anyone who can reach it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kling_video_mcp import __version__
+from kling_video_mcp.config import Settings
+
+log = logging.getLogger(__name__)
+
+HttpTransport = Literal["streamable-http", "sse"]
+
+#: Loopback names a local client may put in ``Host``/``Origin`` (any port), as the SDK allows.
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+class StartRefused(Exception):
+    """The server must not start like this; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """How to serve: the command-line choices (everything else comes from :class:`Settings`)."""
+
+    transport: HttpTransport = "streamable-http"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    stateless: bool = False
+    """Streamable HTTP without sessions, so any of several workers can answer any request
+    (ignored by SSE, whose connections are sessions by design)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address or host name) only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: SecretStr | None) -> None:
+    """Refuse a non-loopback bind without a token.
+
+    Raises:
+        StartRefused: ``host`` is reachable from other machines and no token is set.
+    """
+    if token is None and not is_loopback(host):
+        raise StartRefused(
+            f"refusing to serve on {host!r} without a token: anyone who can reach it could make the "
+            "server spend your provider credit. Set KLING_MCP_HTTP_TOKEN to a long random secret "
+            "(clients then send 'Authorization: Bearer <token>'), or bind 127.0.0.1 (the default)."
+        )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def public_base_url(settings: Settings, config: HttpConfig) -> str:
+    """Where clients reach this server: ``KLING_MCP_PUBLIC_URL``, else the bind address.
+
+    Clip links are this plus ``/clips/<file>``. A wildcard bind has no single address, so the
+    machine's host name stands in.
+    """
+    if settings.public_url:
+        return settings.public_url
+    host = socket.gethostname() if config.host in _WILDCARD_BINDS else config.host
+    return f"http://{_url_host(host)}:{config.port}"
+
+
+def transport_security(settings: Settings, config: HttpConfig, base_url: str) -> TransportSecuritySettings:
+    """The accepted ``Host`` and ``Origin`` values: loopback (any port), the bind address, the
+    public URL's host and origin, and ``KLING_MCP_ALLOWED_HOSTS``/``KLING_MCP_ALLOWED_ORIGINS``.
+
+    A request without ``Origin`` (any non-browser client) passes the origin check; ``Host`` is
+    always checked (421 when wrong, 403 for a wrong ``Origin``: the SDK's middleware).
+    """
+    hosts = [f"{name}:*" for name in _LOOPBACK_HOSTS]
+    origins = [f"http://{name}:*" for name in _LOOPBACK_HOSTS]
+    if config.host not in _WILDCARD_BINDS:
+        hosts.append(f"{_url_host(config.host)}:{config.port}")
+    public = urlsplit(base_url)
+    hosts.append(public.netloc)
+    origins.append(f"{public.scheme}://{public.netloc}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts + settings.allowed_hosts,
+        allowed_origins=origins + settings.allowed_origins,
+    )
+
+
+class HostOriginGuard:
+    """ASGI middleware: the SDK's ``Host``/``Origin`` check, for every HTTP route."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app = app
+        self.checker = TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (refusal := await self.checker.validate_request(Request(scope))) is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+_UNAUTHORIZED = "Send 'Authorization: Bearer <token>' with the token set in the server's KLING_MCP_HTTP_TOKEN."
+
+
+class BearerTokenGuard:
+    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``.
+
+    The comparison takes constant time (``hmac.compare_digest``), and neither the token nor
+    what the caller sent appears in a response or a log line.
+    """
+
+    def __init__(self, app: ASGIApp, token: SecretStr) -> None:
+        self.app = app
+        self.expected = token.get_secret_value().encode()
+
+    def _authorized(self, header: str | None) -> bool:
+        scheme, _, credentials = (header or "").partition(" ")
+        # The auth scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.expected)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._authorized(Request(scope).headers.get("authorization")):
+            refusal = JSONResponse(
+                {"error": "unauthorized", "message": _UNAUTHORIZED},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="kling-video-mcp"'},
+            )
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def clip_path(output_dir: Path, name: str) -> Path | None:
+    """The clip ``name`` directly inside ``output_dir``, or ``None``.
+
+    Only ``.mp4`` files count (never a ``.part`` download in progress), and only after
+    resolving symlinks and ``..``, so no request reaches a file outside the folder.
+    """
+    folder = output_dir.expanduser().resolve()
+    candidate = (folder / name).resolve()
+    if candidate.parent != folder or candidate.suffix.lower() != ".mp4" or not candidate.is_file():
+        return None
+    return candidate
+
+
+def _clip_endpoint(output_dir: Path):
+    async def clip(request: Request) -> Response:
+        # Starlette's FileResponse answers Range requests (206, multipart, 416) and HEAD.
+        if (path := clip_path(output_dir, request.path_params["file"])) is None:
+            return PlainTextResponse("No such clip in this server's output folder.", status_code=404)
+        return FileResponse(path, media_type="video/mp4")
+
+    return clip
+
+
+async def _healthz(_: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+def build_app(settings: Settings, config: HttpConfig) -> Starlette:
+    """The whole HTTP app for ``config``; see the module docstring for what it serves.
+
+    Raises:
+        StartRefused: non-loopback ``config.host`` and no ``KLING_MCP_HTTP_TOKEN``.
+    """
+    from kling_video_mcp.surface.server import build_server  # the tools load only when serving
+
+    check_bind(config.host, settings.http_token)
+    base_url = public_base_url(settings, config)
+    mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs))
+    mcp.custom_route("/healthz", methods=["GET"])(_healthz)
+    mcp.custom_route("/clips/{file}", methods=["GET"])(_clip_endpoint(settings.output_dir))
+    security = transport_security(settings, config, base_url)
+    if config.transport == "sse":
+        app = mcp.sse_app(transport_security=security, host=config.host)
+    else:
+        app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless)
+    if settings.http_token is not None:
+        app.add_middleware(BearerTokenGuard, token=settings.http_token)
+    app.add_middleware(HostOriginGuard, security=security)  # added last = runs first
+    return app
+
+
+def serve_http(settings: Settings, config: HttpConfig) -> None:
+    """Serve until stopped (Ctrl-C / SIGTERM). Logs go to the root logger (stderr).
+
+    Raises:
+        StartRefused: as :func:`build_app`, before anything is bound.
+    """
+    import uvicorn
+
+    app = build_app(settings, config)
+    endpoint = "/sse" if config.transport == "sse" else "/mcp"
+    if settings.public_url is None and not is_loopback(config.host):
+        log.warning("KLING_MCP_PUBLIC_URL is not set: clip links name this machine; clients behind a proxy need it set")
+    log.info(
+        "Serving MCP (%s%s) at http://%s:%d%s; clips at %s/clips/; bearer token %s",
+        config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
+        public_base_url(settings, config), "required" if settings.http_token else "not required (loopback only)",
+    )  # fmt: skip
+    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included.
+    uvicorn.run(app, host=config.host, port=config.port, log_config=None)
