@@ -51,7 +51,6 @@ class TaskService:
         self.providers = providers
         self._client = client
         self._watcher: Watcher | None = None
-        self._locks: dict[str, anyio.Lock] = {}
 
     @classmethod
     @asynccontextmanager
@@ -303,20 +302,21 @@ class TaskService:
         return self.journal.save(record)
 
     async def step(self, task_id: str) -> TaskRecord:
-        """Poll the provider once and, when the render is done, download the clip."""
-        lock = self._locks.setdefault(task_id, anyio.Lock())
-        async with lock:
-            record = self.get(task_id)
-            adapter = await self.providers.get(record.provider)
-            if record.status != "succeeded":
-                assert record.provider_task_id is not None
-                update = await adapter.fetch(record.provider_task_id, record.endpoint)
-                record.provider_requests += 1
-                self._apply(record, update)
-                self.journal.save(record)
-            if record.status == "succeeded" and not record.delivered:
-                await self._deliver(record, adapter)
-            return record
+        """Poll the provider once and, when the render is done, download the clip.
+
+        Only the task's own watch loop calls this, so two steps of one task never overlap.
+        """
+        record = self.get(task_id)
+        adapter = await self.providers.get(record.provider)
+        if record.status != "succeeded":
+            assert record.provider_task_id is not None
+            update = await adapter.fetch(record.provider_task_id, record.endpoint)
+            record.provider_requests += 1
+            self._apply(record, update)
+            self.journal.save(record)
+        if record.status == "succeeded" and not record.delivered:
+            await self._deliver(record, adapter)
+        return record
 
     @staticmethod
     def _apply(record: TaskRecord, update: ProviderUpdate) -> None:
