@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import InvalidRequest, KlingError
-from kling_video_mcp.models import GenerationRequest, TaskRecord
+from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
 from kling_video_mcp.providers.http import make_client
 from kling_video_mcp.surface import params as p
 from kling_video_mcp.surface.results import (
@@ -137,23 +137,28 @@ def _report(state: AppState, record: TaskRecord, *, reused: bool = False) -> Tas
     return report(record, reused=reused, clip_base_url=state.clip_base_url)
 
 
-async def _submit(
-    ctx: Context, request: GenerationRequest, *, force_new: bool, wait_seconds: int, max_cost_usd: float | None, dry_run: bool
-) -> CallToolResult:
+async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallToolResult:
+    """Check, price and submit a generation tool's call; ``parameters`` are the tool's own.
+
+    Tool parameters are named after :class:`GenerationRequest` fields, except ``ctx`` and
+    the submit options, which are taken out here.
+    """
     state = _state(ctx)
     service = state.service
+    fields = {name: value for name, value in parameters.items() if name in GenerationRequest.model_fields}
+    request = GenerationRequest(kind=kind, **fields)
     try:
         images = service.prepare(request, image_dirs=state.image_dirs)
-        if not force_new and (existing := service.find_duplicate(request)) is not None:
+        if not parameters["force_new"] and (existing := service.find_duplicate(request)) is not None:
             return task_result(_report(state, existing, reused=True))
-        estimate = service.check_cost(request, max_cost_usd)
-        if dry_run:
+        estimate = service.check_cost(request, parameters["max_cost_usd"])
+        if parameters["dry_run"]:
             return dry_run_result(request, estimate)
         record = await service.submit(request, images)
     except KlingError as exc:
         return error_result(exc)
-    if wait_seconds:
-        await wait_reporting(ctx, service, [record.task_id], wait_seconds)
+    if parameters["wait_seconds"]:
+        await wait_reporting(ctx, service, [record.task_id], parameters["wait_seconds"])
         record = service.get(record.task_id)
     return task_result(_report(state, record))
 
@@ -188,14 +193,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         max_cost_usd: p.MaxCost = None,
         dry_run: p.DryRun = False,
     ) -> ToolResult:
-        request = GenerationRequest(
-            provider=provider, mode=mode, kind="t2v", prompt=prompt, negative_prompt=negative_prompt,
-            duration=duration, aspect_ratio=aspect_ratio, cfg_scale=cfg_scale, sound=sound,
-            multi_prompt=multi_prompt, shot_type=shot_type, element_list=element_list,
-        )  # fmt: skip
-        return await _submit(
-            ctx, request, force_new=force_new, wait_seconds=wait_seconds, max_cost_usd=max_cost_usd, dry_run=dry_run
-        )
+        return await _submit(ctx, "t2v", locals())
 
     @mcp.tool(title="Animate image (Kling v3.0)", description=ANIMATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS)
     async def animate_image(
@@ -217,14 +215,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         max_cost_usd: p.MaxCost = None,
         dry_run: p.DryRun = False,
     ) -> ToolResult:
-        request = GenerationRequest(
-            provider=provider, mode=mode, kind="i2v", prompt=prompt, negative_prompt=negative_prompt,
-            duration=duration, cfg_scale=cfg_scale, sound=sound, multi_prompt=multi_prompt,
-            shot_type=shot_type, element_list=element_list, image=image, end_image=end_image,
-        )  # fmt: skip
-        return await _submit(
-            ctx, request, force_new=force_new, wait_seconds=wait_seconds, max_cost_usd=max_cost_usd, dry_run=dry_run
-        )
+        return await _submit(ctx, "i2v", locals())
 
     @mcp.tool(title="Check video task", description=CHECK_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
     async def check_task(
