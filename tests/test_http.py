@@ -52,9 +52,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without provider keys or server settings (so: the sandbox)."""
+    return {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("KLING_MCP_")}
+
+
 def sandbox_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The server's environment for the free sandbox: no keys, fast clock, temporary folders."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("KLING_MCP_")}
+    env = clean_env()
     env.update(
         KLING_MCP_OUTPUT_DIR=str(tmp_path / "clips"),
         KLING_MCP_STATE_DIR=str(tmp_path / "state"),

