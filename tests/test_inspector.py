@@ -4,7 +4,8 @@ For each transport (stdio, streamable HTTP) and protocol era (``legacy`` = the 2
 handshake Claude Desktop speaks, ``modern`` = stateless 2026-07-28): ``tools/list --strict``
 passes (the Inspector finds no schema-portability problem, else it exits 6) and a
 ``tools/call`` of every tool succeeds (exit 0; a tool result with ``isError`` exits 5), with
-``check_task`` polling a task made by ``generate_video`` until its clip is on disk.
+``check_task`` polling a task made by ``generate_video`` until its clip is on disk. And a
+server with a token takes the Inspector only with ``--header "Authorization: Bearer ..."``.
 Facts about the Inspector CLI: shared/reference/mcp-sdk.md §4.1.
 
 The Inspector is a Node program: ``.ci/run`` installs it (with Node 22) and puts it on PATH;
@@ -26,7 +27,7 @@ import httpx2
 import pytest
 
 from conftest import png_bytes
-from test_http import clean_env, http_server, sandbox_env
+from test_http import TOKEN, clean_env, http_server, sandbox_env
 from test_stdio import console_script
 
 INSPECTOR_PACKAGE = "@modelcontextprotocol/inspector@2.12.0"
@@ -149,3 +150,17 @@ def test_every_tool_call_succeeds(inspector, transport, tmp_path):
     else:  # a remote client gets a link it can fetch
         clip = httpx2.get(link["uri"])
         assert clip.status_code == 200 and len(clip.content) == checked["structuredContent"]["size_bytes"]
+
+
+def test_a_token_server_takes_the_inspector_with_its_header_only(tmp_path):
+    env = sandbox_env(tmp_path, KLING_MCP_HTTP_TOKEN=TOKEN)
+    with http_server(env, log_dir=tmp_path) as server:
+        # --stored-auth-only: on a 401 the Inspector reports auth_required instead of starting OAuth.
+        base = [*npm_tool("mcp-inspector", INSPECTOR_PACKAGE), "--cli", "--format", "json", "-q", "--stored-auth-only"]
+        base += [server.mcp_url, "--method", "tools/list"]
+        header = ["--header", f"Authorization: Bearer {TOKEN}"]
+        with_header = subprocess.run([*base, *header], env=clean_env(), capture_output=True, text=True, timeout=180)
+        without = subprocess.run(base, env=clean_env(), capture_output=True, text=True, timeout=180)
+    assert with_header.returncode == 0, with_header.stderr
+    assert {tool["name"] for tool in json.loads(with_header.stdout)["result"]["tools"]} == CALLED
+    assert without.returncode == 3 and "auth_required" in without.stderr  # the Inspector's AUTH_REQUIRED
