@@ -6,8 +6,9 @@ In: :class:`~kling_video_mcp.config.Settings` (the ``KLING_MCP_HTTP_TOKEN``,
 port, stateless). Out: one Starlette app that serves
 
 - the MCP endpoint (``/mcp``, or ``/sse`` + ``/messages/``), both protocol eras;
-- ``GET /clips/{file}``: finished clips from the output folder, with HTTP ``Range``;
-- ``GET /healthz``: ``{"status": "ok"}`` once the server is up.
+- ``GET /clips/{file}``: finished clips from the output folder, with HTTP ``Range``
+  (RFC 9110 §14: seeking and resumed downloads);
+- ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up.
 
 Every route sits behind the same two guards, outermost first:
 
@@ -27,6 +28,7 @@ import hmac
 import ipaddress
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -186,7 +188,7 @@ def clip_path(output_dir: Path, name: str) -> Path | None:
     return candidate
 
 
-def _clip_endpoint(output_dir: Path):
+def _clip_endpoint(output_dir: Path) -> Callable[[Request], Awaitable[Response]]:
     async def clip(request: Request) -> Response:
         # Starlette's FileResponse answers Range requests (206, multipart, 416) and HEAD.
         if (path := clip_path(output_dir, request.path_params["file"])) is None:
