@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -208,3 +210,25 @@ async def test_api_key_never_appears_in_results_or_logs(tmp_path, emulator, capl
                 seen.append(json.dumps(done.structured_content))
     seen += [record.getMessage() for record in caplog.records]
     assert seen and not any(secret in text for text in seen)
+
+
+HOLD_LOCK = "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(60)"
+
+
+async def test_a_clip_another_process_is_downloading_is_left_to_it(client, settings):
+    report = await submit(client, prompt="a harbour at dawn [[render:40]]", provider="novita")  # 2 s render
+    lock = settings.state_dir / "locks" / f"{report['task_id']}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        await anyio.sleep(3)  # the render is over; this server must not download meanwhile
+        waiting = await client.call_tool("check_task", {"task_id": report["task_id"]})
+        assert waiting.structured_content["status"] == "running"
+        assert "downloading" in waiting.structured_content["message"]
+        assert not list(settings.output_dir.glob("*.mp4*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    done = await wait_done(client, report["task_id"])
+    assert done.structured_content["status"] == "succeeded"

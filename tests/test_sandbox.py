@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mcp import Client
 
@@ -9,6 +11,7 @@ from conftest import EMULATOR_TIME_SCALE, POLL_TIME_SCALE
 from helpers import clip_duration, clip_size, wait_done
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.server import build_server
+from kling_video_mcp.tasks.journal import Journal
 
 pytestmark = pytest.mark.anyio
 
@@ -38,3 +41,26 @@ async def test_sandbox_is_the_default_without_keys(keyless_settings, era):
     assert clip_duration(report["file_path"]) == pytest.approx(3, abs=0.1)
     width, height = clip_size(report["file_path"])
     assert width == height
+
+
+async def test_restart_mid_download_fetches_a_fresh_link(keyless_settings):
+    async with Client(build_server(keyless_settings)) as client:
+        submitted = await client.call_tool("generate_video", {"prompt": "a clock tower", "duration": 3})
+        done = await wait_done(client, submitted.structured_content["task_id"])
+    task_id = done.structured_content["task_id"]
+
+    # Make the journal look as if that server stopped mid-download: the clip is not on disk and
+    # its link points at that server's embedded emulator, which is gone now.
+    journal = Journal(keyless_settings.journal_path)
+    record = journal.get(task_id)
+    Path(record.file_path).unlink()
+    record.file_path = None
+    journal.save(record)
+    journal.close()
+
+    async with Client(build_server(keyless_settings)) as client:
+        again = await wait_done(client, task_id)
+    report = again.structured_content
+    assert report["status"] == "succeeded", report
+    assert Path(report["file_path"]).is_file()
+    assert report["provider_video_url"] != record.video_url  # a fresh link from the new sandbox

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import anyio
 import httpx2
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from kling_video_mcp import pricing
@@ -348,10 +350,25 @@ class TaskService:
         self.journal.save(record)
 
     async def _deliver(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
+        """Download the clip, unless another server process on this state folder is already at it."""
         if not record.video_url:
             raise ProviderError(f"{adapter.label} reported success but gave no video URL.", retryable=True)
+        lock = FileLock(self.settings.state_dir / "locks" / f"{record.task_id}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except FileLockTimeout:
+            log.info("task %s: another server process is downloading the clip", record.task_id)
+            return
+        try:
+            await self._download(record, adapter)
+        finally:
+            lock.release()
+
+    async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
         destination = Path(self.settings.output_dir) / clip_filename(record)
-        url_expired = False
+        # A link past its expiry, or one that failed, is asked for again before the next try:
+        # it may have expired, or (after a restart) point at a sandbox server that is gone.
+        stale = record.url_expires_at is not None and record.url_expires_at <= utcnow()
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((IncompleteDownload, UrlExpired)),
             stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
@@ -359,16 +376,16 @@ class TaskService:
             reraise=True,
         ):
             with attempt:
-                if url_expired:
+                if stale:
                     await self._fresh_url(record, adapter)
                 assert record.video_url is not None
                 try:
                     result = await download(
                         self._client, record.video_url, destination, deadline=self.settings.download_deadline
                     )
-                except UrlExpired as exc:
-                    url_expired = True
-                    if attempt.retry_state.attempt_number == DOWNLOAD_ATTEMPTS:
+                except (UrlExpired, IncompleteDownload) as exc:
+                    stale = True
+                    if isinstance(exc, UrlExpired) and attempt.retry_state.attempt_number == DOWNLOAD_ATTEMPTS:
                         raise ProviderError(
                             f"The render finished, but {adapter.label}'s download links kept failing ({exc.message}) "
                             f"even after asking for fresh ones {DOWNLOAD_ATTEMPTS - 1} times. The clip may be gone; "
