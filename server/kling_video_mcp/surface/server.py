@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,7 +149,8 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     fields = {name: value for name, value in parameters.items() if name in GenerationRequest.model_fields}
     request = GenerationRequest(kind=kind, **fields)
     try:
-        images = service.prepare(request, image_dirs=state.image_dirs)
+        # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
+        images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
         if not parameters["force_new"] and (existing := service.find_duplicate(request)) is not None:
             return task_result(_report(state, existing, reused=True))
         estimate = service.check_cost(request, parameters["max_cost_usd"])
