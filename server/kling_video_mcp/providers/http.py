@@ -60,23 +60,22 @@ def make_client(settings: Settings) -> httpx2.AsyncClient:
 class RateGate:
     """Spaces requests at least ``1 / rate`` seconds apart: a leaky bucket without bursts.
 
-    anyio offers concurrency limits but no rate limit, and the asyncio-only rate limiters
-    would tie us to one event loop; this is the whole of what we need.
+    Waiters queue on the lock and each stamps the moment it actually goes, so requests that
+    fell behind (after an event-loop stall, say) still leave one interval apart instead of
+    all at once. anyio offers concurrency limits but no rate limit, and the asyncio-only rate
+    limiters would tie us to one event loop; this is the whole of what we need.
     """
 
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate
-        self._next = 0.0
+        self._last = -self._interval
         self._lock = anyio.Lock()
 
     async def wait(self) -> None:
         """Return when the next request may go."""
         async with self._lock:
-            now = anyio.current_time()
-            delay = self._next - now
-            self._next = max(now, self._next) + self._interval
-        if delay > 0:
-            await anyio.sleep(delay)
+            await anyio.sleep(max(0.0, self._last + self._interval - anyio.current_time()))
+            self._last = anyio.current_time()
 
 
 def retry_after_seconds(response: httpx2.Response) -> float | None:
