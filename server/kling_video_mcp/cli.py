@@ -49,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve_stdio() -> None:
     """Run the server on stdio until the client closes it."""
-    from kling_video_mcp.surface.server import build_server
+    from kling_video_mcp.surface.server import build_server, settle_heap
 
     server = build_server()
+    settle_heap()
     server.run("stdio")
 
 

@@ -234,7 +234,10 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
     """
     import uvicorn
 
+    from kling_video_mcp.surface.server import settle_heap
+
     app = build_app(settings, config)
+    settle_heap()
     endpoint = "/sse" if config.transport == "sse" else "/mcp"
     if settings.public_url is None and not is_loopback(config.host):
         log.warning("KLING_MCP_PUBLIC_URL is not set: clip links name this machine; clients behind a proxy need it set")
