@@ -120,6 +120,7 @@ class Emulator:
             slow=directives.slow,
             url_ttl=EXPIRE_TOKEN_TTL if directives.expire else config.result_ttl_seconds,
             has_background=background is not None,
+            time_scale=config.time_scale,
         )
         if background is not None:
             png = await anyio.to_thread.run_sync(fit_background, background, (width, height))

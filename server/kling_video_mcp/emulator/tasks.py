@@ -66,6 +66,8 @@ class Task:
     url_ttl: int = 3600
     has_background: bool = False
     forced_at: float | None = None
+    time_scale: float = 1.0
+    """The clock scale at creation: reported durations (``eta``) are in the provider's own seconds."""
 
     @property
     def finishes_at(self) -> float:
@@ -101,9 +103,13 @@ class Task:
         return max(1, min(99, 1 + int(98 * done)))
 
     def eta(self, now: float) -> int:
-        """Whole real seconds until the nominal end of the render, never negative (§1.4 ``task.eta``)."""
+        """Whole seconds until the nominal end of the render, never negative (§1.4 ``task.eta``).
+
+        In the emulated provider's seconds (real seconds divided by ``time_scale``), as a real
+        provider at that speed would say; a client scales them back like every other duration.
+        """
         end = self.finishes_at if math.isfinite(self.finishes_at) else self.starts_at + self.run_seconds
-        return max(0, math.ceil(end - now))
+        return max(0, math.ceil((end - now) / self.time_scale))
 
     def force_success(self, now: float) -> None:
         """Make the task succeed at ``now``, or at its own end if that has already passed."""

@@ -30,12 +30,12 @@ async def _percent_and_left(service: TaskService, record: TaskRecord) -> tuple[f
         return 100.0, 0.0
     if record.status == "succeeded":
         return 99.0, None  # rendered; the clip is downloading
-    expected, _, _ = await service.pacing(record)
-    elapsed = (utcnow() - record.created_at).total_seconds()
-    left = record.eta_seconds if record.eta_seconds is not None else max(expected - elapsed, 0.0) or None
+    pace = await service.pacing(record)
+    left = max(pace.remaining(record), 0.0) or None
     if record.progress_percent:
         return record.progress_percent, left
-    return min(95.0, 100.0 * elapsed / expected) if expected > 0 else 0.0, left
+    elapsed = (utcnow() - record.created_at).total_seconds()
+    return min(95.0, 100.0 * elapsed / pace.expected_seconds) if pace.expected_seconds > 0 else 0.0, left
 
 
 def _phrase(record: TaskRecord, percent: float, left: float | None) -> str:

@@ -32,7 +32,7 @@ from kling_video_mcp.tasks.images import resolve_image
 from kling_video_mcp.tasks.journal import Journal
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.media import make_companions
-from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Watcher
+from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ TASK_REFERENCE = "task:"
 DOWNLOAD_ATTEMPTS = 5
 GAVE_UP_CODES = frozenset({"timed_out", "auth_error", "provider_unreachable", "rate_limited"})
 """Failures that are our own giving up, not the provider failing the task: checking again resumes."""
+COMPANION_DECODERS = 2
+"""Clips probed and previewed at once: each decode holds frames in memory (benchmark figure 4)."""
 FRESH_NEWS_SECONDS = 5.0
 """How long ``check`` waits for the watcher's next poll when asked for fresh news."""
 
@@ -53,6 +55,7 @@ class TaskService:
         self.providers = providers
         self._client = client
         self._watcher: Watcher | None = None
+        self._decoders = anyio.CapacityLimiter(COMPANION_DECODERS)
 
     @classmethod
     @asynccontextmanager
@@ -283,14 +286,15 @@ class TaskService:
 
     # -- the watcher's side -----------------------------------------------------------
 
-    async def pacing(self, record: TaskRecord) -> tuple[float, float, float]:
-        """``(expected_seconds, min_interval, max_interval)``, scaled by ``poll_time_scale``."""
+    async def pacing(self, record: TaskRecord) -> Pace:
+        """How to pace polls of ``record``, every duration scaled by ``poll_time_scale``."""
         adapter = await self.providers.get(record.provider)
         scale = self.settings.poll_time_scale
-        return (
-            adapter.expected_render_seconds(record.request) * scale,
-            adapter.min_poll_interval * scale,
-            MAX_POLL_INTERVAL * scale,
+        return Pace(
+            expected_seconds=adapter.expected_render_seconds(record.request) * scale,
+            min_interval=adapter.min_poll_interval * scale,
+            max_interval=MAX_POLL_INTERVAL * scale,
+            time_scale=scale,
         )
 
     def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
@@ -393,7 +397,7 @@ class TaskService:
                         ) from exc
                     raise
         log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
-        companions = await anyio.to_thread.run_sync(make_companions, result.path)
+        companions = await anyio.to_thread.run_sync(make_companions, result.path, limiter=self._decoders)
         record.clip_facts = companions.facts
         record.contact_sheet_path = str(companions.contact_sheet) if companions.contact_sheet else None
         record.last_frame_path = str(companions.last_frame) if companions.last_frame else None

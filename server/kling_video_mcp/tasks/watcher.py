@@ -10,6 +10,7 @@ marked ``timed_out`` (it can be checked again).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
@@ -25,25 +26,40 @@ MAX_POLL_INTERVAL = 30.0
 """Seconds: the longest pause between two polls of one unfinished task (before time scaling)."""
 
 
-def next_poll_delay(record: TaskRecord, expected_seconds: float, min_interval: float, max_interval: float) -> float:
+@dataclass(frozen=True)
+class Pace:
+    """How to pace the polls of one task, in seconds of our clock."""
+
+    expected_seconds: float
+    """Queue plus render time the model usually takes, from submission."""
+    min_interval: float
+    max_interval: float
+    time_scale: float = 1.0
+    """Our seconds per provider second: the provider's ``eta`` is multiplied by it."""
+
+    def remaining(self, record: TaskRecord) -> float:
+        """Seconds until the render should end: the provider's ETA, else the model's usual time."""
+        if record.eta_seconds is not None and record.eta_seconds > 0:
+            return record.eta_seconds * self.time_scale
+        return self.expected_seconds - (utcnow() - record.created_at).total_seconds()
+
+
+def next_poll_delay(record: TaskRecord, pace: Pace) -> float:
     """Seconds to wait before polling ``record`` again.
 
-    Half of the remaining expected time (the provider's ``eta`` where it gives one, else
-    ``expected_seconds`` from submission), bounded by ``min_interval`` and ``max_interval``.
-    A finished render waiting for its download polls at once.
+    Half of the remaining time, so polls are rare early and dense near the end; once that is
+    within two minimum intervals, exactly the remaining time, so the poll lands as the render
+    ends. Bounded by ``pace.min_interval`` and ``pace.max_interval``. Past the expected end,
+    steady polls that back off gently. A finished render waiting for its download: at once.
     """
     if record.status == "succeeded":
         return 0.0
-    if record.eta_seconds is not None and record.eta_seconds > 0:
-        remaining = record.eta_seconds
-    else:
-        elapsed = (utcnow() - record.created_at).total_seconds()
-        remaining = expected_seconds - elapsed
+    remaining = pace.remaining(record)
     if remaining <= 0:
-        # Past the expected end: poll steadily, backing off gently the later it gets.
         overdue = -remaining
-        return min(max_interval, max(min_interval, overdue / 10))
-    return min(max_interval, max(min_interval, remaining / 2))
+        return min(pace.max_interval, max(pace.min_interval, overdue / 10))
+    wait = remaining if remaining <= 2 * pace.min_interval else remaining / 2
+    return min(pace.max_interval, max(pace.min_interval, wait))
 
 
 class _Watch:
@@ -58,8 +74,8 @@ class WatchedService(Protocol):
     async def step(self, task_id: str) -> TaskRecord:
         """Poll once (and download when done); returns the saved record."""
 
-    async def pacing(self, record: TaskRecord) -> tuple[float, float, float]:
-        """``(expected_seconds, min_interval, max_interval)`` for the record's provider, in seconds."""
+    async def pacing(self, record: TaskRecord) -> Pace:
+        """How to pace the polls of the record's provider."""
 
     def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
         """Save ``error`` on the task: as its failure if ``final``, else as a passing note."""
@@ -103,18 +119,18 @@ class Watcher:
                 record = await self._poll_once(task_id)
                 last_poll = anyio.current_time()
                 if not (record.delivered or record.status == "failed"):
-                    expected, min_interval, max_interval = await self._service.pacing(record)
+                    pace = await self._service.pacing(record)
                     since = record.watched_since or record.created_at
-                    if utcnow() > since + timedelta(seconds=expected + self._ceiling):
-                        record = self._service.record_error(task_id, self._timed_out(expected), final=True)
+                    if utcnow() > since + timedelta(seconds=pace.expected_seconds + self._ceiling):
+                        record = self._service.record_error(task_id, self._timed_out(pace.expected_seconds), final=True)
                 self._announce(watch)
                 if record.delivered or record.status == "failed":
                     return
-                with anyio.move_on_after(next_poll_delay(record, expected, min_interval, max_interval)):
+                with anyio.move_on_after(next_poll_delay(record, pace)):
                     await watch.nudge.wait()
                 watch.nudge = anyio.Event()
                 # A nudge never makes us poll one task faster than its provider allows.
-                await anyio.sleep(max(0.0, last_poll + min_interval - anyio.current_time()))
+                await anyio.sleep(max(0.0, last_poll + pace.min_interval - anyio.current_time()))
         finally:
             self._announce(watch)
             del self._watches[task_id]
