@@ -27,7 +27,10 @@ def _show(result: CallToolResult) -> dict:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    server = StdioServerParameters(command=sys.executable, args=["-m", "kling_video_mcp"], env=dict(os.environ))
+    # The server's per-request log lines would bury the demo's own few; warnings still show.
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "kling_video_mcp", "--log-level", "WARNING"], env=dict(os.environ)
+    )
     arguments: dict[str, object] = {"prompt": args.prompt, "duration": args.duration, "provider": args.provider}
     if args.mode:
         arguments["mode"] = args.mode
