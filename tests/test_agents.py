@@ -209,3 +209,14 @@ async def test_storyboard_prompt(client):
     text = result.messages[0].content.text
     assert "a robot learns to paint" in text and "3 shots" in text and 'image="task:<previous task_id>"' in text
     assert "check_task(task_ids=" in text and "dry_run=true" in text
+
+
+def test_an_unreadable_clip_is_kept_with_a_warning(tmp_path):
+    from kling_video_mcp.tasks.media import make_companions
+
+    clip = tmp_path / "broken.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not really a video" * 100)
+    found = make_companions(clip)
+    assert found.facts is None and found.contact_sheet is None and found.last_frame is None
+    assert found.warnings and "could not be probed" in found.warnings[0]
+    assert clip.read_bytes().startswith(b"\x00\x00\x00\x18ftyp")  # left as it was
