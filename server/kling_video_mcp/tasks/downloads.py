@@ -50,6 +50,25 @@ class Downloaded:
     size_bytes: int
 
 
+def _hash_file(path: Path) -> tuple[hashlib._Hash, int]:
+    """sha256 and size of a file, read once in blocks (blocks: call from a worker thread)."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while block := handle.read(BLOCK_BYTES):
+            digest.update(block)
+            size += len(block)
+    return digest, size
+
+
+def adopt(path: Path) -> Downloaded:
+    """The facts of a clip already complete at its final name (a crash kept it off the journal).
+
+    Only verified downloads are renamed to a final name, so the file is whole. Blocks.
+    """
+    digest, size = _hash_file(path)
+    return Downloaded(path=path, sha256=digest.hexdigest(), size_bytes=size)
+
+
 def _part_path(destination: Path) -> Path:
     return destination.with_name(destination.name + ".part")
 
@@ -68,12 +87,7 @@ class _PartFile:
         """Open for appending; when resuming, hash what an earlier attempt wrote first."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if resume else os.O_TRUNC)
         self._fd = os.open(self.path, flags, 0o644)
-        self.digest, self.size = hashlib.sha256(), 0
-        if resume:
-            with self.path.open("rb") as existing:
-                while block := existing.read(BLOCK_BYTES):
-                    self.digest.update(block)
-                    self.size += len(block)
+        self.digest, self.size = _hash_file(self.path) if resume else (hashlib.sha256(), 0)
 
     def append(self, chunks: list[bytes]) -> None:
         """Write ``chunks`` at the end of the file and add them to the hash."""

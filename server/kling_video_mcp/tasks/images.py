@@ -22,7 +22,8 @@ from kling_video_mcp.models import ImageSource
 MAX_BYTES = 10 * 1024 * 1024
 MIN_SIDE = 300
 MIN_RATIO, MAX_RATIO = 1 / 2.5, 2.5
-_MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
+_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png"}
+"""Pillow's names for what Kling takes; phone cameras' JPEGs often read as MPO (a JPEG with extras)."""
 
 
 def _label(reference: str) -> str:
@@ -109,3 +110,19 @@ def resolve_image(field: str, reference: str, *, allowed_dirs: Sequence[Path] | 
             "give an http(s) URL or a data: URI instead."
         )
     return check_image_bytes(field, label, _read_file(field, path))
+
+
+def frame_image(field: str, path: Path) -> ImageSource:
+    """A clip's saved frame as an input image, re-encoded as JPEG if the PNG is over 10 MB.
+
+    A detailed 4K frame can pass 10 MB as PNG; a high-quality JPEG of it is a few MB.
+    """
+    data = path.read_bytes()
+    if len(data) > MAX_BYTES:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        with Image.open(io.BytesIO(data)) as frame:
+            frame.convert("RGB").save(buffer, format="JPEG", quality=92)
+        data = buffer.getvalue()
+    return check_image_bytes(field, str(path), data)

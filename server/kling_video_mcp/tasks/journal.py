@@ -87,6 +87,14 @@ class Journal:
         records = [TaskRecord.model_validate_json(row[0]) for row in rows]
         return [record for record in records if not record.delivered and record.provider_task_id]
 
+    def orphaned_submits(self, before: datetime) -> list[TaskRecord]:
+        """Tasks journaled before ``before`` whose submit never got an answer recorded."""
+        rows = self._db.execute(
+            "SELECT record FROM tasks WHERE provider_task_id IS NULL AND status = 'queued' AND created_at < ?",
+            (before.isoformat(),),
+        ).fetchall()
+        return [TaskRecord.model_validate_json(row[0]) for row in rows]
+
     def same_request_since(self, fingerprint: str, since: datetime) -> TaskRecord | None:
         """The newest task made from an identical request at or after ``since``, if any."""
         row = self._db.execute(

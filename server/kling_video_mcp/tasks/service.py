@@ -25,10 +25,10 @@ from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
-from kling_video_mcp.providers import ProviderAdapter, Providers
+from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
-from kling_video_mcp.tasks.downloads import IncompleteDownload, UrlExpired, download
-from kling_video_mcp.tasks.images import resolve_image
+from kling_video_mcp.tasks.downloads import Downloaded, IncompleteDownload, UrlExpired, adopt, download
+from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.media import make_companions
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 TASK_REFERENCE = "task:"
 DOWNLOAD_ATTEMPTS = 5
-GAVE_UP_CODES = frozenset({"timed_out", "auth_error", "provider_unreachable", "rate_limited"})
-"""Failures that are our own giving up, not the provider failing the task: checking again resumes."""
+ORPHAN_AFTER = timedelta(minutes=10)
+"""A journaled submit with no provider task id this old was cut off by a crash (a live submit
+answers within ``request_deadline`` plus its 429 retries)."""
 COMPANION_DECODERS = 2
 """Clips probed and previewed at once: each decode holds frames in memory (benchmark figure 4)."""
 FRESH_NEWS_SECONDS = 5.0
@@ -67,7 +68,11 @@ class TaskService:
         try:
             async with anyio.create_task_group() as task_group:
                 service._watcher = Watcher(task_group, service, ceiling=settings.task_ceiling_seconds)
+                for record in journal.orphaned_submits(utcnow() - ORPHAN_AFTER):
+                    service._settle_orphan(record)
                 for record in journal.unfinished():
+                    record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
+                    journal.save(record)
                     service._watcher.watch(record.task_id)
                 yield service
                 task_group.cancel_scope.cancel()
@@ -108,7 +113,7 @@ class TaskService:
             state = "unknown" if record is None else "not finished with a clip and its last frame yet"
             raise InvalidRequest(f"{field}: task {task_id!r} is {state}; chain from a task whose clip succeeded.")
         # The last frame is the server's own file, so it is allowed whatever image_dirs says.
-        return resolve_image(field, record.last_frame_path)
+        return frame_image(field, Path(record.last_frame_path))
 
     def estimate(self, request: GenerationRequest) -> float:
         """Estimated cost in USD (see :mod:`kling_video_mcp.pricing`)."""
@@ -175,54 +180,68 @@ class TaskService:
             return None
         return record
 
-    async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> TaskRecord:
-        """Send a prepared request to its provider and start watching the task.
+    def reserve(
+        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool
+    ) -> tuple[TaskRecord, bool]:
+        """Journal a new task for ``request``, or return the identical recent one (``True``).
 
-        The task is journaled before the request leaves, so even a crash mid-submit leaves a
-        record. Returns the saved record (status ``queued``).
+        Deliberately synchronous: the duplicate check, the cost check and the journal write
+        happen with no await between them, so two concurrent calls can neither both pay for
+        the same request nor both fit into the last of the budget.
+
+        Raises:
+            BudgetExceeded: see :meth:`check_cost`.
+        """
+        if not force_new and (existing := self.find_duplicate(request)) is not None:
+            return existing, True
+        estimate = self.check_cost(request, max_cost_usd)
+        record = TaskRecord(
+            task_id=uuid.uuid4().hex,
+            provider=request.provider,
+            mode=request.mode,
+            kind=request.kind,
+            endpoint=adapter.endpoint(request.kind, request.mode),
+            request=request,
+            fingerprint=request.fingerprint(),
+            estimated_cost_usd=estimate,
+        )
+        return self.journal.save(record), False
+
+    async def send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
+        """Submit a reserved task to its provider and start watching it.
 
         Raises:
             UnknownOutcome: the provider may have created a task; the record keeps the error.
             KlingError: the provider refused (nothing was created; the record is removed).
         """
-        adapter = await self.providers.get(request.provider)
-        record = self.journal.save(
-            TaskRecord(
-                task_id=uuid.uuid4().hex,
-                provider=request.provider,
-                mode=request.mode,
-                kind=request.kind,
-                endpoint=adapter.endpoint(request.kind, request.mode),
-                request=request,
-                fingerprint=request.fingerprint(),
-                estimated_cost_usd=self.estimate(request),
-            )
-        )
         try:
-            submitted = await adapter.submit(request, images)
+            submitted = await adapter.submit(record.request, images)
         except UnknownOutcome as exc:
-            error = UnknownOutcome(self._unknown_outcome_advice(exc, record, adapter), task_id=record.task_id)
+            error = UnknownOutcome(self._unknown_outcome_advice(exc.message, record), task_id=record.task_id)
             self.record_error(record.task_id, error, final=True)
             raise error from exc
         except KlingError:
             self.journal.delete(record.task_id)
             raise
         except BaseException:
-            # Cancelled or crashed mid-submit: the outcome is unknown, and the record says so.
-            self.record_error(record.task_id, UnknownOutcome("The submit was interrupted before an answer came."), final=True)
+            # Cancelled or crashed mid-submit: it may have been sent, and the record says so.
+            advice = self._unknown_outcome_advice("The submit was interrupted before an answer came.", record)
+            self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
             raise
         record.provider_task_id = submitted.provider_task_id
         record.provider_requests += 1
         record.notes.extend(submitted.notes)
+        record.watched_since = utcnow()
         self.journal.save(record)
         self.watcher.watch(record.task_id)
         return record
 
     @staticmethod
-    def _unknown_outcome_advice(error: UnknownOutcome, record: TaskRecord, adapter: ProviderAdapter) -> str:
+    def _unknown_outcome_advice(what_happened: str, record: TaskRecord) -> str:
+        label = LABELS[record.provider]
         return (
-            f"{error.message} It was not re-sent, to avoid paying twice. If it went through, it costs about "
-            f"${record.estimated_cost_usd:.2f}. To check: look for a new task in your {adapter.label} dashboard; if "
+            f"{what_happened} It was not re-sent, to avoid paying twice. If it went through, it costs about "
+            f"${record.estimated_cost_usd or 0:.2f}. To check: look for a new task in your {label} dashboard; if "
             f"there is one, call check_task with its task id and provider='{record.provider}', mode='{record.mode}'. "
             "Repeating this request returns this record; pass force_new=true only once you know nothing was created."
         )
@@ -239,23 +258,39 @@ class TaskService:
             )
         return record
 
-    async def check(self, task_id: str, *, fresh: bool = True) -> TaskRecord:
-        """The task's current record, after one fresh poll if ``fresh`` and it is unfinished.
+    async def check(self, task_ids: list[str]) -> list[TaskRecord]:
+        """The tasks' current records, after one fresh poll of each unfinished one.
 
-        A task the server gave up on (``gave_up``) is watched again.
+        All are polled together, within :data:`FRESH_NEWS_SECONDS` in all. A task the server
+        gave up on (``gave_up``) is watched again; a submit cut off by a crash is settled as an
+        unknown outcome.
+
+        Raises:
+            NotFound: an id is in neither the journal nor, as a provider task id, any record.
         """
-        record = self.get(task_id)
-        if record.gave_up and record.provider_task_id:
-            record.gave_up = False
-            record.status = "running" if record.status == "failed" else record.status
-            record.error_code = record.error_message = None
-            record.watched_since = utcnow()
-            self.journal.save(record)
-        if not record.delivered and record.status != "failed" and record.provider_task_id:
-            self.watcher.watch(record.task_id)
-            if fresh:
-                await self.watcher.wait_for_update(record.task_id, FRESH_NEWS_SECONDS)
-        return self.get(record.task_id)
+        pending = []
+        for record in [self.get(task_id) for task_id in task_ids]:
+            if record.provider_task_id is None:
+                if record.status != "failed" and record.created_at < utcnow() - ORPHAN_AFTER:
+                    self._settle_orphan(record)
+                continue
+            if record.gave_up:
+                record.gave_up = False
+                record.status = "running" if record.status == "failed" else record.status
+                record.error_code = record.error_message = None
+                record.watched_since = utcnow()
+                self.journal.save(record)
+            if not record.delivered and record.status != "failed":
+                self.watcher.watch(record.task_id)
+                pending.append(record.task_id)
+        if pending:
+            await self.watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
+        return [self.get(task_id) for task_id in task_ids]
+
+    def _settle_orphan(self, record: TaskRecord) -> None:
+        """A submit journaled but never answered (the process died): its outcome is unknown."""
+        advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
+        self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
 
     async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode) -> TaskRecord:
         """Start tracking a task submitted elsewhere, from its provider task id.
@@ -264,7 +299,7 @@ class TaskService:
             NotFound: the provider does not know the task.
         """
         if existing := self.journal.find_provider_task(provider, provider_task_id):
-            return await self.check(existing.task_id)
+            return (await self.check([existing.task_id]))[0]
         adapter = await self.providers.get(provider)
         update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
         request = GenerationRequest(provider=provider, mode=mode, kind="t2v")
@@ -281,8 +316,9 @@ class TaskService:
             notes=["Recovered from a provider task id; its parameters are unknown to this server."],
         )
         self._apply(record, update)
+        record.watched_since = utcnow()
         self.journal.save(record)
-        return await self.check(record.task_id)
+        return (await self.check([record.task_id]))[0]
 
     # -- the watcher's side -----------------------------------------------------------
 
@@ -298,11 +334,17 @@ class TaskService:
         )
 
     def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
+        """Save ``error`` on the task: as its failure if ``final``, else as a passing note.
+
+        A final error here is always the server giving up (the provider reports its own task
+        failures through polls), so checking the task again resumes watching it, if there is a
+        provider task to watch.
+        """
         record = self.get(task_id)
         if final:
             record.status = "failed"
             record.finished_at = utcnow()
-            record.gave_up = error.code in GAVE_UP_CODES
+            record.gave_up = record.provider_task_id is not None
         record.error_code = error.code
         record.error_message = error.message
         return self.journal.save(record)
@@ -310,19 +352,23 @@ class TaskService:
     async def step(self, task_id: str) -> TaskRecord:
         """Poll the provider once and, when the render is done, download the clip.
 
-        Only the task's own watch loop calls this, so two steps of one task never overlap.
+        Only the task's own watch loop in this process calls this. Another server process on
+        the same journal (``--stateless`` workers) may move the task on meanwhile, so a poll's
+        news is saved only over the record it started from.
         """
         record = self.get(task_id)
         adapter = await self.providers.get(record.provider)
         if record.status != "succeeded":
             assert record.provider_task_id is not None
             update = await adapter.fetch(record.provider_task_id, record.endpoint)
+            if self.get(task_id).updated_at != record.updated_at:
+                return self.get(task_id)  # moved on elsewhere meanwhile: its news is newer
             record.provider_requests += 1
             self._apply(record, update)
             self.journal.save(record)
         if record.status == "succeeded" and not record.delivered:
             await self._deliver(record, adapter)
-        return record
+        return self.get(task_id)
 
     @staticmethod
     def _apply(record: TaskRecord, update: ProviderUpdate) -> None:
@@ -364,12 +410,30 @@ class TaskService:
             log.info("task %s: another server process is downloading the clip", record.task_id)
             return
         try:
-            await self._download(record, adapter)
+            if self.get(record.task_id).delivered:
+                return  # another process finished it while we polled
+            result = await self._download(record, adapter)
+            # Journal the clip the moment it is in place: previews are extras, the clip is not.
+            record.file_path = str(result.path)
+            record.sha256 = result.sha256
+            record.size_bytes = result.size_bytes
+            self.journal.save(record)
         finally:
             lock.release()
+        log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
+        companions = await anyio.to_thread.run_sync(make_companions, result.path, limiter=self._decoders)
+        record.clip_facts = companions.facts
+        record.contact_sheet_path = str(companions.contact_sheet) if companions.contact_sheet else None
+        record.last_frame_path = str(companions.last_frame) if companions.last_frame else None
+        record.warnings.extend(companions.warnings)
+        record.sidecar_path = str(write_sidecar(record, result.path))
+        self.journal.save(record)
 
-    async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
+    async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
         destination = Path(self.settings.output_dir) / clip_filename(record)
+        if destination.is_file() and not destination.with_name(destination.name + ".part").exists():
+            # Renamed into place (so complete and verified) before a crash kept it off the journal.
+            return await anyio.to_thread.run_sync(adopt, destination)
         # A link past its expiry, or one that failed, is asked for again before the next try:
         # it may have expired, or (after a restart) point at a sandbox server that is gone.
         stale = record.url_expires_at is not None and record.url_expires_at <= utcnow()
@@ -384,7 +448,7 @@ class TaskService:
                     await self._fresh_url(record, adapter)
                 assert record.video_url is not None
                 try:
-                    result = await download(
+                    return await download(
                         self._client, record.video_url, destination, deadline=self.settings.download_deadline
                     )
                 except (UrlExpired, IncompleteDownload) as exc:
@@ -396,14 +460,4 @@ class TaskService:
                             f"its last link was {record.video_url}"
                         ) from exc
                     raise
-        log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
-        companions = await anyio.to_thread.run_sync(make_companions, result.path, limiter=self._decoders)
-        record.clip_facts = companions.facts
-        record.contact_sheet_path = str(companions.contact_sheet) if companions.contact_sheet else None
-        record.last_frame_path = str(companions.last_frame) if companions.last_frame else None
-        record.warnings.extend(companions.warnings)
-        record.sha256 = result.sha256
-        record.size_bytes = result.size_bytes
-        record.sidecar_path = str(write_sidecar(record, result.path))
-        record.file_path = str(result.path)  # last: a record with a file_path is a delivered one
-        self.journal.save(record)
+        raise AssertionError("unreachable: tenacity re-raises the last error")

@@ -97,43 +97,16 @@ class Watcher:
             self._watches[task_id] = _Watch()
             self._task_group.start_soon(self._run, task_id, name=f"watch {task_id}")
 
-    async def wait_for_update(self, task_id: str, timeout: float) -> bool:
-        """Nudge the task's loop to poll now and wait up to ``timeout`` s for its next update.
-
-        Returns ``False`` if no update came in time (or the task is not watched).
-        """
-        watch = self._watches.get(task_id)
-        if watch is None:
-            return False
-        updated = watch.updated
-        watch.nudge.set()
+    async def wait_for_updates(self, task_ids: list[str], timeout: float) -> None:
+        """Nudge the tasks' loops to poll now and wait, ``timeout`` s in all, for each one's next update."""
+        updates = []
+        for task_id in task_ids:
+            if (watch := self._watches.get(task_id)) is not None:
+                updates.append(watch.updated)
+                watch.nudge.set()
         with anyio.move_on_after(timeout):
-            await updated.wait()
-            return True
-        return False
-
-    async def _run(self, task_id: str) -> None:
-        watch = self._watches[task_id]
-        try:
-            while True:
-                record = await self._poll_once(task_id)
-                last_poll = anyio.current_time()
-                if not (record.delivered or record.status == "failed"):
-                    pace = await self._service.pacing(record)
-                    since = record.watched_since or record.created_at
-                    if utcnow() > since + timedelta(seconds=pace.expected_seconds + self._ceiling):
-                        record = self._service.record_error(task_id, self._timed_out(pace.expected_seconds), final=True)
-                self._announce(watch)
-                if record.delivered or record.status == "failed":
-                    return
-                with anyio.move_on_after(next_poll_delay(record, pace)):
-                    await watch.nudge.wait()
-                watch.nudge = anyio.Event()
-                # A nudge never makes us poll one task faster than its provider allows.
-                await anyio.sleep(max(0.0, last_poll + pace.min_interval - anyio.current_time()))
-        finally:
-            self._announce(watch)
-            del self._watches[task_id]
+            for updated in updates:
+                await updated.wait()
 
     async def wait_for_any_update(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for any watched task's next update (no nudge)."""
@@ -143,25 +116,63 @@ class Watcher:
             return True
         return False
 
+    async def _run(self, task_id: str) -> None:
+        watch = self._watches[task_id]
+        failures = 0
+        try:
+            while True:
+                try:
+                    record, answered = await self._poll_once(task_id)
+                    pace = await self._service.pacing(record)
+                except Exception:
+                    # A local fault (disk full, output folder gone, journal locked) or a bug must
+                    # never take the server, and every other task, down with it.
+                    failures += 1
+                    log.exception("task %s: unexpected error while watching it; trying again", task_id)
+                    await anyio.sleep(min(MAX_POLL_INTERVAL, 2.0**failures))
+                    continue
+                last_poll = anyio.current_time()
+                self._announce(watch)
+                if record.delivered or record.status == "failed":
+                    return
+                failures = 0 if answered else failures + 1
+                if answered and record.status in ("queued", "running") and self._overdue(record, pace):
+                    self._service.record_error(task_id, self._timed_out(pace.expected_seconds), final=True)
+                    return
+                backoff = pace.min_interval * 2 ** min(failures, 5) if failures else 0.0
+                with anyio.move_on_after(max(next_poll_delay(record, pace), backoff)):
+                    await watch.nudge.wait()
+                watch.nudge = anyio.Event()
+                # A nudge never makes us poll one task faster than its provider allows.
+                await anyio.sleep(max(0.0, last_poll + pace.min_interval - anyio.current_time()))
+        finally:
+            self._announce(watch)
+            del self._watches[task_id]
+
     def _announce(self, watch: _Watch) -> None:
         watch.updated.set()
         watch.updated = anyio.Event()
         self._changed.set()
         self._changed = anyio.Event()
 
+    def _overdue(self, record: TaskRecord, pace: Pace) -> bool:
+        """Past the ceiling, counted from when watching (re)started, not from an old submission."""
+        since = record.watched_since or record.created_at
+        return utcnow() > since + timedelta(seconds=pace.expected_seconds + self._ceiling)
+
     def _timed_out(self, expected: float) -> TimedOut:
         minutes = (expected + self._ceiling) / 60
         return TimedOut(
-            f"The task did not finish within {minutes:.0f} minutes of being submitted, so the server "
-            "stopped watching it. Check it again later to resume watching."
+            f"The provider still reported the task unfinished {minutes:.0f} minutes after the server began "
+            "watching it, so it stopped. Check it again later to resume watching."
         )
 
-    async def _poll_once(self, task_id: str) -> TaskRecord:
+    async def _poll_once(self, task_id: str) -> tuple[TaskRecord, bool]:
+        """Poll once; returns the saved record and whether the provider answered."""
         try:
-            return await self._service.step(task_id)
+            return await self._service.step(task_id), True
         except KlingError as exc:
-            # Transient trouble (already retried by the HTTP layer) leaves the task watched;
-            # anything else ends the watch with the error on record.
-            if exc.retryable:
-                log.warning("task %s: %s", task_id, exc.message)
-            return self._service.record_error(task_id, exc, final=not exc.retryable)
+            # Transient trouble (already retried by the HTTP layer) keeps the watch going; a
+            # refusal (404, a key that stopped working) ends it, and check_task can resume it.
+            log.warning("task %s: %s", task_id, exc.message)
+            return self._service.record_error(task_id, exc, final=not exc.retryable), False
