@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     download_deadline: float = 1800.0
     """Total wall-clock limit of one clip download (a 4K clip can be hundreds of MB)."""
 
-    provider_rate_limit: float = 5.0
+    provider_rate_limit: float = Field(5.0, gt=0)
     """Requests per second to each provider, at most (polls, submits and uploads together)."""
     submit_retry_seconds: float = 30.0
     """How long a submit answered 429 is retried (nothing was created, so it is safe)."""

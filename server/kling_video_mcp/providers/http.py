@@ -100,6 +100,17 @@ def _is_rate_limited(exc: BaseException) -> bool:
     return isinstance(exc, RateLimited)
 
 
+def _asked_to_wait_past(budget: float) -> Callable[[RetryCallState], bool]:
+    """Give up at once when ``Retry-After`` asks for more than the budget has left: waiting it
+    out would hold a tool call far past the client's patience only to fail anyway."""
+
+    def stop(state: RetryCallState) -> bool:
+        asked = getattr(state.outcome.exception(), "retry_after", None) if state.outcome else None
+        return asked is not None and state.seconds_since_start + asked > budget
+
+    return stop
+
+
 def _wait(retry_state: RetryCallState) -> float:
     """Wait what ``Retry-After`` asked for, else exponential backoff with jitter (0.5 s .. 8 s)."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -151,7 +162,7 @@ class ProviderHTTP:
     ) -> httpx2.Response:
         async for attempt_state in AsyncRetrying(
             retry=retry_if_exception(should_retry),
-            stop=stop_after_delay(budget),
+            stop=stop_after_delay(budget) | _asked_to_wait_past(budget),
             wait=_wait,
             reraise=True,
         ):
@@ -222,6 +233,9 @@ def classify_error(response: httpx2.Response, *, reason: str, message: str, prov
             f"{provider} is rate-limiting requests (HTTP 429). Wait a little and try again.",
             retry_after=retry_after_seconds(response),
         )
+    if status >= 500:
+        # Before the keyword guesses: "billing service unavailable" is an outage, not an empty account.
+        return ProviderError(f"{provider} had an internal error (HTTP {status}; {said}).", retryable=True)
     if reason in _BALANCE_REASONS or "balance" in lowered or "credit" in lowered:
         return InsufficientBalance(f"Your {provider} account balance is too low for this render ({said}). Top up, then try again.")
     if reason in _AUTH_REASONS or status in (401, 403):
@@ -230,8 +244,6 @@ def classify_error(response: httpx2.Response, *, reason: str, message: str, prov
         return ContentPolicy(f"{provider} refused the content ({said}). Rephrase the prompt or use another image.")
     if status == 404:
         return NotFound(f"{provider} does not know that task or route (HTTP 404; {said}).")
-    if status >= 500:
-        return ProviderError(f"{provider} had an internal error (HTTP {status}; {said}).", retryable=True)
     if status in (400, 422):
         return InvalidRequest(f"{provider} rejected the request (HTTP {status}; {said}).")
     return ProviderError(f"{provider} answered HTTP {status} ({said}).")

@@ -67,8 +67,9 @@ def _data_uri(image: ImageSource) -> str:
     return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
-def _ttl_seconds(value: Any) -> float | None:
-    """``video_url_ttl`` is documented as a string of seconds, but parse leniently (§1.4)."""
+def _number(value: Any) -> float | None:
+    """A number the provider sent as a number or a string (``video_url_ttl`` is documented as
+    a string, ``eta`` as a number: parse both leniently, §1.4); ``None`` if it is neither."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -142,17 +143,16 @@ class NovitaFamilyAdapter(ProviderAdapter):
         body = json_body(response)
         if "task" not in body and isinstance(body.get("data"), dict):
             body = body["data"]  # HighwayAPI may wrap the result in "data" (providers.md §7.2)
-        task = body.get("task") or {}
+        task = body.get("task") if isinstance(body.get("task"), dict) else {}
         status = _STATUSES.get(str(task.get("status")), "running")
-        videos = body.get("videos") or []
-        video = videos[0] if videos else {}
-        ttl = _ttl_seconds(video.get("video_url_ttl"))
+        videos = body.get("videos") if isinstance(body.get("videos"), list) else []
+        video = videos[0] if videos and isinstance(videos[0], dict) else {}
+        ttl = _number(video.get("video_url_ttl"))
         reason = str(task.get("reason") or "")
-        progress = task.get("progress_percent")
         return ProviderUpdate(
             status=status,
-            progress_percent=100.0 if status == "succeeded" else (float(progress) if progress is not None else None),
-            eta_seconds=float(task["eta"]) if task.get("eta") is not None else None,
+            progress_percent=100.0 if status == "succeeded" else _number(task.get("progress_percent")),
+            eta_seconds=_number(task.get("eta")),
             video_url=video.get("video_url") or None,
             url_expires_at=utcnow() + timedelta(seconds=ttl) if ttl else None,
             error=(reason or "The provider reported the task as failed without a reason.") if status == "failed" else None,

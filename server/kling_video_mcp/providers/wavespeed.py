@@ -130,7 +130,8 @@ class WaveSpeedAdapter(ProviderAdapter):
 
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
         response = await self._http.request("GET", f"/api/v3/predictions/{provider_task_id}/result")
-        data = json_body(response).get("data") or {}
+        data = json_body(response).get("data")
+        data = data if isinstance(data, dict) else {}
         status = _STATUSES.get(str(data.get("status")), "running")
         outputs = data.get("outputs") or []
         error = str(data.get("error") or "")
