@@ -73,6 +73,9 @@ CHECK_DESCRIPTION = (
 LIST_DESCRIPTION = "List the tasks in this server's journal, newest first, optionally only those in one status."
 STORYBOARD_DESCRIPTION = "Plan a multi-shot story, render the shots with visual continuity, and report the clips in order."
 
+LIST_SCAN_LIMIT = 10_000
+"""Newest journal rows ``list_tasks`` looks through when filtering by status."""
+
 TASK_RESOURCE = "kling-video://tasks/{task_id}"
 CLIP_RESOURCE = "kling-video://clips/{task_id}"
 
@@ -152,12 +155,15 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     try:
         # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
         images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
-        if not parameters["force_new"] and (existing := service.find_duplicate(request)) is not None:
-            return task_result(_report(state, existing, reused=True))
-        estimate = service.check_cost(request, parameters["max_cost_usd"])
         if parameters["dry_run"]:
-            return dry_run_result(request, estimate)
-        record = await service.submit(request, images)
+            return dry_run_result(request, service.check_cost(request, parameters["max_cost_usd"]))
+        adapter = await service.providers.get(request.provider)
+        record, reused = service.reserve(
+            request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]
+        )
+        if reused:
+            return task_result(_report(state, record, reused=True))
+        record = await service.send(record, images, adapter)
     except KlingError as exc:
         return error_result(exc)
     if parameters["wait_seconds"]:
@@ -166,10 +172,11 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     return task_result(_report(state, record))
 
 
-async def _check(state: AppState, task_id: str, provider: ProviderName | None, mode: Mode) -> TaskRecord:
-    if provider is not None and state.service.journal.get(task_id) is None:
-        return await state.service.recover(task_id, provider, mode)
-    return await state.service.check(task_id)
+async def _check(state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode) -> list[TaskRecord]:
+    """The tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
+    if provider is not None and len(task_ids) == 1 and state.service.journal.get(task_ids[0]) is None:
+        return [await state.service.recover(task_ids[0], provider, mode)]
+    return await state.service.check(task_ids)
 
 
 def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
@@ -234,7 +241,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(InvalidRequest("task_id or task_ids: give exactly one of them."))
         ids = [task_id] if task_id is not None else list(dict.fromkeys(task_ids or []))
         try:
-            records = [await _check(state, one, provider, mode or default_mode) for one in ids]
+            records = await _check(state, ids, provider, mode or default_mode)
         except KlingError as exc:
             return error_result(exc)
         if wait_seconds:
@@ -246,7 +253,9 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     @mcp.tool(title="List video tasks", description=LIST_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = _state(ctx)
-        rows = [_report(state, record) for record in state.service.journal.recent(status, limit)]
+        # Filter on the status people see: a finished render still downloading shows as running.
+        records = state.service.journal.recent(None, LIST_SCAN_LIMIT)
+        rows = [_report(state, record) for record in records if status in (None, public_status(record))][:limit]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))
 
 
