@@ -58,7 +58,7 @@ def make_settings(tmp_path: Path, emulator: EmulatorServer, **overrides: object)
         state_dir=tmp_path / "state",
         poll_time_scale=POLL_TIME_SCALE,
         sandbox_time_scale=EMULATOR_TIME_SCALE,
-        submit_retry_seconds=2.0,
+        submit_retry_seconds=5.0,
         poll_retry_seconds=2.0,
     )
     values.update(overrides)

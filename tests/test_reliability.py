@@ -67,6 +67,15 @@ async def test_submit_429_is_retried_honouring_retry_after(client, emulator):
     assert (await wait_done(client, report["task_id"])).structured_content["status"] == "succeeded"
 
 
+async def test_a_retry_after_beyond_the_budget_gives_up_at_once(client, emulator):
+    emulator.inject_fault("novita", "submit", "status", times=1, status=429, retry_after=60)
+    started = anyio.current_time()
+    result = await client.call_tool("generate_video", {"prompt": "a tram", "provider": "novita"})
+    assert anyio.current_time() - started < 20  # not the 60 s asked for: the tool call must return
+    assert result.structured_content["error"]["code"] == "rate_limited"
+    assert len(submits(emulator, "novita")) == 1
+
+
 @pytest.mark.parametrize(
     ("kind", "params"), [("created_then_status", {"status": 502}), ("status", {"status": 500})]
 )
@@ -232,3 +241,80 @@ async def test_a_clip_another_process_is_downloading_is_left_to_it(client, setti
         holder.wait()
     done = await wait_done(client, report["task_id"])
     assert done.structured_content["status"] == "succeeded"
+
+
+async def test_an_outage_that_mentions_credit_is_not_an_empty_account(client, emulator):
+    emulator.inject_fault("wavespeed", "poll", "status", times=1, status=503, message="billing/credit service unavailable")
+    report = await submit(client, provider="wavespeed")
+    done = await wait_done(client, report["task_id"])
+    assert done.structured_content["status"] == "succeeded", done.structured_content
+
+
+async def test_concurrent_identical_requests_pay_once(client, emulator):
+    results: list[dict] = []
+
+    async def one() -> None:
+        results.append(await submit(client, prompt="twins", provider="novita"))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(one)
+    assert len({result["task_id"] for result in results}) == 1
+    assert len(submits(emulator, "novita")) == 1
+
+
+async def test_concurrent_requests_cannot_overrun_the_budget(tmp_path, emulator):
+    settings = make_settings(tmp_path, emulator, budget_usd=2.5)  # room for one 3 s 4K clip ($1.26), not two
+    outcomes: list[str] = []
+    async with Client(build_server(settings)) as client:
+
+        async def one(prompt: str) -> None:
+            result = await client.call_tool("generate_video", {"prompt": prompt, "duration": 3})
+            outcomes.append(result.structured_content["error"]["code"] if result.is_error else "submitted")
+
+        async with anyio.create_task_group() as group:
+            for prompt in ("one", "two", "three"):
+                group.start_soon(one, prompt)
+    assert sorted(outcomes) == ["budget_exceeded", "budget_exceeded", "submitted"]
+    assert len(submits(emulator, "novita")) == 1
+
+
+async def test_a_local_fault_does_not_take_the_server_down(tmp_path, emulator):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the output folder should be")
+    settings = make_settings(tmp_path, emulator, output_dir=blocked)
+    async with Client(build_server(settings)) as client:
+        report = await submit(client, provider="novita")
+        await anyio.sleep(1.0)  # the render ends and the download fails, repeatedly
+        checked = await client.call_tool("check_task", {"task_id": report["task_id"]})
+        assert checked.structured_content["status"] == "running"  # rendered, not delivered, still watched
+        other = await client.call_tool("generate_video", {"prompt": "still serving", "provider": "highway", "dry_run": True})
+        assert not other.is_error
+
+
+async def test_a_submit_cut_off_by_a_crash_is_settled_as_unknown(tmp_path, emulator):
+    from datetime import timedelta
+
+    from kling_video_mcp.models import GenerationRequest, TaskRecord, utcnow
+    from kling_video_mcp.tasks.journal import Journal
+
+    settings = make_settings(tmp_path, emulator)
+    journal = Journal(settings.journal_path)
+    request = GenerationRequest(provider="novita", mode="4k", kind="t2v", prompt="lost in flight")
+    journal.save(TaskRecord(
+        task_id="f" * 32, provider="novita", mode="4k", kind="t2v", endpoint="kling-v3.0-4k-t2v", request=request,
+        fingerprint=request.fingerprint(), estimated_cost_usd=2.10, created_at=utcnow() - timedelta(hours=1),
+    ))  # fmt: skip
+    journal.close()
+    async with Client(build_server(settings)) as client:
+        checked = await client.call_tool("check_task", {"task_id": "f" * 32})
+    error = checked.structured_content["error"]
+    assert error["code"] == "unknown_outcome" and "$2.10" in error["message"] and "dashboard" in error["message"]
+
+
+async def test_a_dry_run_prices_even_right_after_the_same_request(client, emulator):
+    await submit(client, provider="novita")
+    priced = await client.call_tool(
+        "generate_video", {"prompt": "a windmill in a storm", "duration": 3, "provider": "novita", "dry_run": True}
+    )
+    assert priced.structured_content["dry_run"] is True and priced.structured_content["task_id"] is None

@@ -133,3 +133,15 @@ async def test_file_uri_and_data_uri_images_are_accepted(client, emulator, png_f
     for image in (png_file.as_uri(), "data:image/png;base64," + base64.b64encode(png_file.read_bytes()).decode()):
         result = await client.call_tool("animate_image", {"image": image, "prompt": "x", "force_new": True})
         assert not result.is_error, result.structured_content
+
+
+async def test_phone_jpegs_read_as_mpo_are_accepted(client, emulator, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "phone.jpg"
+    frames = [Image.new("RGB", (640, 480), "orange"), Image.new("RGB", (640, 480), "blue")]
+    frames[0].save(path, format="MPO", save_all=True, append_images=frames[1:])
+    with Image.open(path) as image:
+        assert image.format == "MPO"
+    result = await client.call_tool("animate_image", {"image": str(path), "prompt": "x", "provider": "novita"})
+    assert not result.is_error, result.structured_content
