@@ -151,3 +151,8 @@ class TaskRecord(BaseModel):
     def delivered(self) -> bool:
         """Succeeded and the verified clip is on disk."""
         return self.status == "succeeded" and self.file_path is not None
+
+    @property
+    def finished(self) -> bool:
+        """Delivered, or failed: nothing more happens to it unless someone checks it again."""
+        return self.delivered or self.status == "failed"

@@ -27,6 +27,11 @@ class Price:
     confirmed: bool
     source: str
 
+    @property
+    def basis(self) -> str:
+        """Where the number comes from, and whether it is confirmed, for results."""
+        return f"{self.source} ({'confirmed' if self.confirmed else 'estimate'})"
+
 
 _MARKET = {
     ("std", False): 0.084,

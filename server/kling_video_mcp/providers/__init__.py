@@ -13,7 +13,7 @@ import httpx2
 
 from kling_video_mcp.config import REAL_PROVIDERS, ProviderName, Settings
 from kling_video_mcp.errors import AuthError
-from kling_video_mcp.providers.base import EndpointRules, ProviderAdapter, RulesTable, Submitted
+from kling_video_mcp.providers.base import KEY_ENV, LABELS, EndpointRules, ProviderAdapter, RulesTable, Submitted
 from kling_video_mcp.providers.novita_family import HIGHWAY_RULES, NOVITA_RULES, NovitaFamilyAdapter
 from kling_video_mcp.providers.sandbox import SandboxAdapter, sandbox_emulator
 from kling_video_mcp.providers.wavespeed import WAVESPEED_RULES, WaveSpeedAdapter
@@ -29,20 +29,6 @@ RULES: dict[ProviderName, RulesTable] = {
     "wavespeed": WAVESPEED_RULES,
     "sandbox": WAVESPEED_RULES,
 }
-
-LABELS: dict[ProviderName, str] = {
-    "novita": "Novita AI",
-    "highway": "HighwayAPI",
-    "wavespeed": "WaveSpeedAI",
-    "sandbox": "Sandbox",
-}
-
-KEY_ENV: dict[ProviderName, str] = {
-    "novita": "NOVITA_API_KEY",
-    "highway": "HIGHWAY_API_KEY",
-    "wavespeed": "WAVESPEED_API_KEY",
-}
-
 
 class Providers:
     """Builds each adapter on first use and keeps it; starts the sandbox emulator lazily."""

@@ -13,8 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from kling_video_mcp.config import Mode, ProviderName
+from functools import partial
+
+import httpx2
+
+from kling_video_mcp.config import Mode, ProviderName, Settings
+from kling_video_mcp.errors import KlingError
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate
+from kling_video_mcp.providers.http import ProviderHTTP
 
 MultiPromptForm = Literal["shots", "prompts"]
 """``shots``: ``[{prompt, duration}]``; ``prompts``: ``[str]`` (shot durations are not sent)."""
@@ -40,6 +46,22 @@ class EndpointRules:
 RulesTable = Mapping[tuple[Kind, Mode], EndpointRules]
 """Rules of each (kind, mode) endpoint of one provider."""
 
+LABELS: dict[ProviderName, str] = {
+    "novita": "Novita AI",
+    "highway": "HighwayAPI",
+    "wavespeed": "WaveSpeedAI",
+    "sandbox": "Sandbox",
+}
+"""Each provider's name as people write it."""
+
+KEY_ENV: dict[ProviderName, str] = {
+    "novita": "NOVITA_API_KEY",
+    "highway": "HIGHWAY_API_KEY",
+    "wavespeed": "WAVESPEED_API_KEY",
+    "sandbox": "KLING_MCP_PROVIDER",  # needs no key; the variable that picks another provider
+}
+"""The environment variable that holds each provider's key."""
+
 
 @dataclass(frozen=True)
 class Submitted:
@@ -53,8 +75,6 @@ class ProviderAdapter(ABC):
     """A hosted provider of Kling v3.0, seen through one interface."""
 
     name: ProviderName
-    label: str
-    """The provider's name as people write it, e.g. ``Novita AI``."""
     rules_table: RulesTable
     min_poll_interval: float = 2.0
     """Seconds: the adapter is never polled more often than this for one task."""
@@ -63,6 +83,25 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
         """The provider's route id for a model, e.g. ``kling-v3.0-4k-t2v``."""
+
+    @property
+    def label(self) -> str:
+        """The provider's name as people write it, e.g. ``Novita AI``."""
+        return LABELS[self.name]
+
+    @staticmethod
+    @abstractmethod
+    def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
+        """The error an unsuccessful answer means, from this provider's error envelope."""
+
+    def _connect(
+        self, client: httpx2.AsyncClient, settings: Settings, *, base_url: str | None = None, api_key: str | None = None
+    ) -> ProviderHTTP:
+        """HTTP to this provider: its configured base URL and key, unless others are given."""
+        if api_key is None and (key := settings.api_key(self.name)) is not None:
+            api_key = key.get_secret_value()
+        classify = partial(self._classify, provider=self.label, key_env=KEY_ENV[self.name])
+        return ProviderHTTP(client, base_url or settings.base_url(self.name), api_key, classify, settings)
 
     def rules(self, kind: Kind, mode: Mode) -> EndpointRules:
         """What the endpoint for ``kind`` and ``mode`` accepts (from the provider's API pages)."""

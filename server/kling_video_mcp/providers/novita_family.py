@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 import httpx2
@@ -18,7 +17,7 @@ from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import KlingError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus, utcnow
 from kling_video_mcp.providers.base import EndpointRules, ProviderAdapter, RulesTable, Submitted
-from kling_video_mcp.providers.http import ProviderHTTP, classify_error, json_body
+from kling_video_mcp.providers.http import classify_error, json_body
 
 _NONE = EndpointRules(multi_prompt=None, prompt_with_multi_prompt=False)
 
@@ -79,22 +78,12 @@ def _number(value: Any) -> float | None:
 class NovitaFamilyAdapter(ProviderAdapter):
     """Adapter for a Novita-protocol provider, configured by its name and rules table."""
 
-    _FLAVORS: dict[ProviderName, tuple[str, str, RulesTable]] = {
-        "novita": ("Novita AI", "NOVITA_API_KEY", NOVITA_RULES),
-        "highway": ("HighwayAPI", "HIGHWAY_API_KEY", HIGHWAY_RULES),
-    }
+    _RULES: dict[ProviderName, RulesTable] = {"novita": NOVITA_RULES, "highway": HIGHWAY_RULES}
 
     def __init__(self, name: ProviderName, client: httpx2.AsyncClient, settings: Settings) -> None:
         self.name = name
-        self.label, key_env, self.rules_table = self._FLAVORS[name]
-        key = settings.api_key(name)
-        self._http = ProviderHTTP(
-            client,
-            settings.base_url(name),
-            key.get_secret_value() if key else None,
-            partial(self._classify, provider=self.label, key_env=key_env),
-            settings,
-        )
+        self.rules_table = self._RULES[name]
+        self._http = self._connect(client, settings)
 
     @staticmethod
     def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:

@@ -56,15 +56,7 @@ class SandboxAdapter(WaveSpeedAdapter):
     min_poll_interval = 0.2
 
     def __init__(self, client: httpx2.AsyncClient, settings: Settings, emulator: EmulatorServer) -> None:
-        super().__init__(
-            client,
-            settings,
-            name="sandbox",
-            label="Sandbox",
-            base_url=emulator.url("wavespeed"),
-            api_key=SANDBOX_KEY,
-            key_env="KLING_MCP_PROVIDER",
-        )
+        super().__init__(client, settings, name="sandbox", base_url=emulator.url("wavespeed"), api_key=SANDBOX_KEY)
         self._time_scale = emulator.config.time_scale
 
     def expected_render_seconds(self, request: GenerationRequest) -> float:

@@ -8,7 +8,6 @@ Answers come in the envelope ``{code, message, data}``; results are read from
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import httpx2
@@ -17,7 +16,7 @@ from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import KlingError, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus
 from kling_video_mcp.providers.base import EndpointRules, ProviderAdapter, RulesTable, Submitted
-from kling_video_mcp.providers.http import ProviderHTTP, classify_error, json_body
+from kling_video_mcp.providers.http import classify_error, json_body
 from kling_video_mcp.providers.novita_family import content_refusal
 
 _EXCLUSIVE = EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=False, shot_type=True, element_list=True)
@@ -58,22 +57,11 @@ class WaveSpeedAdapter(ProviderAdapter):
         settings: Settings,
         *,
         name: ProviderName = "wavespeed",
-        label: str = "WaveSpeedAI",
         base_url: str | None = None,
         api_key: str | None = None,
-        key_env: str = "WAVESPEED_API_KEY",
     ) -> None:
         self.name = name
-        self.label = label
-        if api_key is None and (key := settings.api_key(name)) is not None:
-            api_key = key.get_secret_value()
-        self._http = ProviderHTTP(
-            client,
-            base_url or settings.base_url(name),
-            api_key,
-            partial(self._classify, provider=label, key_env=key_env),
-            settings,
-        )
+        self._http = self._connect(client, settings, base_url=base_url, api_key=api_key)
 
     @staticmethod
     def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:

@@ -120,7 +120,6 @@ def clip_uri(file_path: str, clip_base_url: str | None) -> str:
 def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | None = None) -> TaskReport:
     """The :class:`TaskReport` of a journaled task (``clip_base_url``: see :func:`clip_uri`)."""
     status = public_status(record)
-    cost_basis = pricing.price(record.provider, record.mode, record.request.sound)
     notes = list(record.notes)
     if record.provider == "sandbox":
         notes.append(PLACEHOLDER_NOTE)
@@ -134,7 +133,7 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         progress_percent=record.progress_percent,
         eta_seconds=record.eta_seconds,
         estimated_cost_usd=record.estimated_cost_usd,
-        cost_basis=f"{cost_basis.source} ({'confirmed' if cost_basis.confirmed else 'estimate'})",
+        cost_basis=pricing.price(record.provider, record.mode, record.request.sound).basis,
         file_path=record.file_path,
         file_uri=clip_uri(record.file_path, clip_base_url) if record.file_path else None,
         size_bytes=record.size_bytes,
@@ -234,14 +233,13 @@ def summary(rows: list[TaskReport]) -> str:
 
 def dry_run_result(request: GenerationRequest, estimate: float) -> CallToolResult:
     """The result of ``dry_run``: the request is valid and what it would cost; nothing was sent."""
-    basis = pricing.price(request.provider, request.mode, request.sound)
     body = TaskReport(
         provider=request.provider,
         mode=request.mode,
         model=request.model_label,
         duration_seconds=request.duration,
         estimated_cost_usd=estimate,
-        cost_basis=f"{basis.source} ({'confirmed' if basis.confirmed else 'estimate'})",
+        cost_basis=pricing.price(request.provider, request.mode, request.sound).basis,
         sandbox=request.provider == "sandbox",
         dry_run=True,
         message=(

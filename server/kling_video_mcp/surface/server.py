@@ -254,7 +254,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = _state(ctx)
         # Filter on the status people see: a finished render still downloading shows as running.
-        records = state.service.journal.recent(None, LIST_SCAN_LIMIT)
+        records = state.service.journal.recent(None, limit if status is None else LIST_SCAN_LIMIT)
         rows = [_report(state, record) for record in records if status in (None, public_status(record))][:limit]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))
 

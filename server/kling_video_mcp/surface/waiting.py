@@ -20,13 +20,9 @@ PROGRESS_INTERVAL = 5.0
 """Seconds between progress notifications, at most (the issue asks for at most 10)."""
 
 
-def finished(record: TaskRecord) -> bool:
-    return record.delivered or record.status == "failed"
-
-
 async def _percent_and_left(service: TaskService, record: TaskRecord) -> tuple[float, float | None]:
     """Percent done (0-100) and seconds left, from the provider where it says, else estimated."""
-    if finished(record):
+    if record.finished:
         return 100.0, 0.0
     if record.status == "succeeded":
         return 99.0, None  # rendered; the clip is downloading
@@ -54,7 +50,7 @@ async def wait_reporting(ctx: Context, service: TaskService, task_ids: list[str]
     reported = 0.0
     while (left := deadline - anyio.current_time()) > 0:
         records = [service.get(task_id) for task_id in task_ids]
-        if all(finished(record) for record in records):
+        if all(record.finished for record in records):
             return
         await service.watcher.wait_for_any_update(min(PROGRESS_INTERVAL, left))
         records = [service.get(task_id) for task_id in task_ids]
@@ -63,7 +59,7 @@ async def wait_reporting(ctx: Context, service: TaskService, task_ids: list[str]
         if len(records) == 1:
             message = _phrase(records[0], *estimates[0])
         else:
-            message = f"{sum(finished(record) for record in records)} of {len(records)} tasks done"
+            message = f"{sum(record.finished for record in records)} of {len(records)} tasks done"
         # Progress must rise with every notification (MCP progress rules).
         reported = max(percent, reported + 0.1)
         await ctx.report_progress(round(reported, 1), 100.0, message)

@@ -280,7 +280,7 @@ class TaskService:
                 record.error_code = record.error_message = None
                 record.watched_since = utcnow()
                 self.journal.save(record)
-            if not record.delivered and record.status != "failed":
+            if not record.finished:
                 self.watcher.watch(record.task_id)
                 pending.append(record.task_id)
         if pending:

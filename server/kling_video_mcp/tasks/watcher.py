@@ -133,7 +133,7 @@ class Watcher:
                     continue
                 last_poll = anyio.current_time()
                 self._announce(watch)
-                if record.delivered or record.status == "failed":
+                if record.finished:
                     return
                 failures = 0 if answered else failures + 1
                 if answered and record.status in ("queued", "running") and self._overdue(record, pace):
