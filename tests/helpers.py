@@ -46,5 +46,10 @@ def submits(emulator, flavor: str) -> list[dict]:
     ]
 
 
+def submit_count(emulator) -> int:
+    """Task-creating POSTs on every provider: what "nothing was sent" counts while other tasks poll."""
+    return sum(len(submits(emulator, flavor)) for flavor in FLAVORS)
+
+
 def total_requests(emulator) -> int:
     return sum(len(emulator.requests(flavor)) for flavor in FLAVORS)
