@@ -79,6 +79,10 @@ class Flavor(ABC):
     def render_error(self, error: ApiError) -> Response:
         """``error`` in this provider's envelope."""
 
+    @abstractmethod
+    def render_ok_error(self, error: ApiError) -> Response:
+        """``error`` carried by an HTTP 200, as this provider sends some failures (providers.md §10.5)."""
+
     def error(self, kind: str) -> ApiError:
         """The catalogue error of ``kind``; subclasses override for configurable variants."""
         status, reason, message = self.errors[kind]
@@ -99,7 +103,7 @@ class Flavor(ABC):
     def endpoint(self, target: str | None, handler: Handler) -> Endpoint:
         """Wrap ``handler``: record the request, apply a fault armed for ``target``, render ``ApiError``.
 
-        ``status`` faults answer before any work; ``created_then_status`` replaces
+        ``status`` and ``ok_error`` faults answer before any work; ``created_then_status`` replaces
         a successful answer; ``hang`` delays the finished answer; media-only kinds
         are left on ``request.state.fault`` for the media handler.
         """
@@ -110,6 +114,8 @@ class Flavor(ABC):
             fault = self._take_fault(target, request) if target else None
             if fault is not None and fault.kind == "status":
                 return self._fault_response(fault)
+            if fault is not None and fault.kind == "ok_error":
+                return self.render_ok_error(self.fault_error(fault))
             request.state.fault = fault
             try:
                 response = await handler(request, body)

@@ -79,6 +79,11 @@ class NovitaFamily(Flavor):
         }
         return JSONResponse(body, error.status, headers=error.headers)
 
+    def render_ok_error(self, error: ApiError) -> Response:
+        """A 200 whose body is only the message, no ``task_id`` or ``task`` (§10.5, as in a
+        JieKou adaptor's fixtures: ``{"message": "insufficient balance"}``)."""
+        return JSONResponse({"message": error.message}, headers=error.headers)
+
     def error(self, kind: str) -> ApiError:
         if kind == "unknown_key" and self.config.novita_auth_401:
             return ApiError(401, "FAILED_TO_AUTH", "failed to authenticate API key")

@@ -8,7 +8,9 @@ Recognised tokens (anything else in double brackets is left alone):
 - ``[[slow]]``: the task never finishes;
 - ``[[expire]]``: result URLs live 1 s;
 - ``[[fault:create]]``: submit answers 500 CREATE_TASK_FAILED;
-- ``[[render:N]]``: this task renders for N seconds (before ``time_scale``) instead of ``run_seconds``.
+- ``[[render:N]]``: this task renders for N seconds (before ``time_scale``) instead of ``run_seconds``;
+- ``[[eta:zero]]``: Novita/HighwayAPI report ``task.eta`` 0 while the task runs, as Novita was seen
+  doing near the end of a render (issue 9); ``progress_percent`` still rises.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Directives:
     expire: bool = False
     fault_create: bool = False
     render_seconds: float | None = None
+    eta_zero: bool = False
 
 
 def read_directives(texts: Iterable[str]) -> Directives:
@@ -53,6 +56,8 @@ def read_directives(texts: Iterable[str]) -> Directives:
                 found.setdefault("expire", True)
             elif name == "fault" and arg == "create":
                 found.setdefault("fault_create", True)
+            elif name == "eta" and arg == "zero":
+                found.setdefault("eta_zero", True)
             elif name == "render":
                 seconds = _non_negative_number(arg)
                 if seconds is not None:

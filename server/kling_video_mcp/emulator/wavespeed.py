@@ -97,6 +97,10 @@ class WaveSpeed(Flavor):
         body = error.body if error.body is not None else {"code": error.status, "message": error.message, "data": None}
         return JSONResponse(body, error.status, headers=error.headers)
 
+    def render_ok_error(self, error: ApiError) -> Response:
+        """The envelope with ``code`` = the error's status, on an HTTP 200 (§10.5; §3.7 shows it for uploads)."""
+        return JSONResponse({"code": error.status, "message": error.message, "data": None}, headers=error.headers)
+
     def error(self, kind: str) -> ApiError:
         if kind == "balance":
             _status, reason, message = self.errors[kind]
