@@ -6,7 +6,9 @@ Routes (relative to ``/novita`` or ``/highway``):
 - ``GET /v3/async/task-result?task_id=`` -> ``{extra, task{…}, images, videos, audios}``
 - anything else -> 404 ``API_NOT_FOUND``
 
-Errors use the envelope ``{"code", "reason", "message", "metadata": {}}`` (§1.6).
+Errors use the envelope ``{"code", "reason", "message", "metadata": {}}`` (§1.6). Field rules
+per route are in ``rules`` (as corrected by §10.1, §10.2, §10.4, §10.6, §10.7); an ``ok_error``
+fault answers HTTP 200 with a bare ``{"message"}`` and no task (§10.5).
 """
 
 from __future__ import annotations

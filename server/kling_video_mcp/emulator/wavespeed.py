@@ -9,7 +9,10 @@ Routes (relative to ``/wavespeed``):
 - anything else -> 404 ``model not found``
 
 Every answer is the envelope ``{"code", "message", "data"}``; failed predictions
-are still HTTP 200 / ``code`` 200 with ``data.status`` ``failed`` (§3.5).
+are still HTTP 200 / ``code`` 200 with ``data.status`` ``failed`` (§3.5), while an ``ok_error``
+fault answers HTTP 200 with the envelope ``code`` set to an error status (§10.5). Shots are
+3-15 s (§10.4), and ``multi_prompt`` is refused unless ``shot_type`` is (or defaults to)
+``customize``: the default is ``intelligent`` on Std and Pro, ``customize`` on 4K (§10.3).
 """
 
 from __future__ import annotations

@@ -155,12 +155,17 @@ class WaveSpeedAdapter(ProviderAdapter):
         data = data if isinstance(data, dict) else {}
         status = _STATUSES.get(str(data.get("status")), "running")
         outputs = data.get("outputs") or []
+        first = outputs[0] if outputs else None
+        # Kling's outputs are URL strings; some other models return {"url": ...} (providers.md §10.10).
+        video_url = first.get("url") if isinstance(first, dict) else first
+        if status == "succeeded" and not isinstance(video_url, str):
+            raise ProviderError(f"{self.label} reported success with an output this server cannot read: {first!r:.200}.")
         error = str(data.get("error") or "")
         refused = data.get("code") == _MODERATION_CODE or content_refusal(error)
         return ProviderUpdate(
             status=status,
             progress_percent=100.0 if status == "succeeded" else None,
-            video_url=str(outputs[0]) if outputs else None,
+            video_url=video_url if isinstance(video_url, str) else None,
             error=(error or f"The task ended as {data.get('status')!r}.") if status == "failed" else None,
             error_code=("content_policy" if refused else "provider_error") if status == "failed" else None,
         )
