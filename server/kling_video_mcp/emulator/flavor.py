@@ -120,7 +120,7 @@ class Flavor(ABC):
             try:
                 response = await handler(request, body)
             except ApiError as error:
-                response = self.render_error(error)
+                response = self.render_ok_error(error) if error.in_ok else self.render_error(error)
             if fault is not None and fault.kind == "created_then_status" and response.status_code == 200:
                 response = self._fault_response(fault)
             elif fault is not None and fault.kind == "hang":
@@ -185,13 +185,23 @@ class Flavor(ABC):
             raise self.error("balance")
         if directives.fault_create:
             raise self.error("create_failed")
+        if directives.ok_error == "submit":
+            raise self.carried("balance")
         return caller, submission, directives
 
+    def carried(self, kind: str) -> ApiError:
+        """The catalogue error of ``kind``, to be sent inside an HTTP 200 (§10.5)."""
+        error = self.error(kind)
+        return ApiError(error.status, error.reason, error.message, error.headers, in_ok=True)
+
     def find(self, task_id: str, caller: Caller) -> Task:
-        """The caller's own task, or the catalogue's not-found error."""
+        """The caller's own task to report on, or the catalogue's not-found error; a task made
+        with ``[[ok_error:poll]]`` is reported as an error inside an HTTP 200 instead."""
         task = self.emulator.find_task(self.name, task_id, caller.key)
         if task is None:
             raise self.error("task_not_found")
+        if task.ok_error_polls:
+            raise self.carried("result_failed")
         return task
 
     # -- results ---------------------------------------------------------------

@@ -122,6 +122,7 @@ class Emulator:
             has_background=background is not None,
             time_scale=config.time_scale,
             eta_zero=directives.eta_zero,
+            ok_error_polls=directives.ok_error == "poll",
         )
         if background is not None:
             png = await anyio.to_thread.run_sync(fit_background, background, (width, height))

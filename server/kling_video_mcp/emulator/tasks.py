@@ -70,6 +70,8 @@ class Task:
     """The clock scale at creation: reported durations (``eta``) are in the provider's own seconds."""
     eta_zero: bool = False
     """Report ``eta`` 0 however long is left (``[[eta:zero]]``)."""
+    ok_error_polls: bool = False
+    """Answer every poll with an error inside an HTTP 200 (``[[ok_error:poll]]``)."""
 
     @property
     def finishes_at(self) -> float:
