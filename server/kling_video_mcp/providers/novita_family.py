@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import InvalidRequest, KlingError, NotFound, UnknownOutcome
+from kling_video_mcp.errors import InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus, utcnow
 from kling_video_mcp.providers.base import (
     SHORTEST_SHOT_3, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
@@ -130,11 +130,11 @@ class NovitaFamilyAdapter(ProviderAdapter):
 
     @staticmethod
     def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
-        """A 200 with neither a submit's ``task_id`` nor a result's ``task`` is an error answer
-        (e.g. ``{"message": "insufficient balance"}``, providers.md §10.5)."""
+        """A 200 with neither a submit's ``task_id`` nor a result's ``task`` but an error's ``message``,
+        ``reason`` or ``code`` is that error (e.g. ``{"message": "insufficient balance"}``, providers.md §10.5)."""
         body = json_body(response)
         inner = body.get("data") if isinstance(body.get("data"), dict) else {}  # HighwayAPI may wrap (§7.2)
-        if "task_id" in body or "task" in body or "task" in inner:
+        if "task_id" in body or "task" in body or "task" in inner or not body.keys() & {"message", "reason", "code"}:
             return None
         return classify_body_error(
             response, code=body.get("code"), reason=str(body.get("reason") or ""),
@@ -163,11 +163,13 @@ class NovitaFamilyAdapter(ProviderAdapter):
 
     async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> Submitted:
         endpoint = self.endpoint(request.kind, request.mode)
+        body = self.body(request, images)
         try:
-            response = await self._http.submit(f"/v3/async/{endpoint}", json=self.body(request, images))
+            response = await self._http.submit(f"/v3/async/{endpoint}", json=body)
         except InvalidRequest as exc:
             # Where inline images are uncertain (§10.6), a refusal naming an inline image is that.
-            inline = [field for field, image in images.items() if image.url is None and field in exc.message]
+            named = sorted(images, key=len, reverse=True)  # "end_image" before "image", which it contains
+            inline = [field for field in named if images[field].url is None and field in exc.message]
             if inline and self.rules(request.kind, request.mode).inline_images is not True:
                 raise self.inline_image_refused(request, inline[0], exc.message) from exc
             raise
@@ -181,15 +183,17 @@ class NovitaFamilyAdapter(ProviderAdapter):
         try:
             await self._http.request("GET", "/v3/async/task-result", params={"task_id": KEY_CHECK_TASK_ID})
         except NotFound:
-            return KeyCheck()
-        return KeyCheck("(it even found the probe task)")
+            pass  # the expected answer: the key was good enough to be told so
+        return KeyCheck()
 
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
         response = await self._http.request("GET", "/v3/async/task-result", params={"task_id": provider_task_id})
         body = json_body(response)
         if "task" not in body and isinstance(body.get("data"), dict):
             body = body["data"]  # HighwayAPI may wrap the result in "data" (providers.md §7.2)
-        task = body.get("task") if isinstance(body.get("task"), dict) else {}
+        task = body.get("task")
+        if not isinstance(task, dict):
+            raise ProviderError(f"{self.label} answered the poll without a task object; asking again later.", retryable=True)
         status = _STATUSES.get(str(task.get("status")), "running")
         videos = body.get("videos") if isinstance(body.get("videos"), list) else []
         video = videos[0] if videos and isinstance(videos[0], dict) else {}

@@ -152,7 +152,8 @@ class WaveSpeedAdapter(ProviderAdapter):
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
         response = await self._http.request("GET", f"/api/v3/predictions/{provider_task_id}/result")
         data = json_body(response).get("data")
-        data = data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise ProviderError(f"{self.label} answered the poll without a prediction; asking again later.", retryable=True)
         status = _STATUSES.get(str(data.get("status")), "running")
         outputs = data.get("outputs") or []
         first = outputs[0] if outputs else None
