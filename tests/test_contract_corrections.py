@@ -8,6 +8,7 @@ carry an error, and inline images refused by a 4K image-to-video route.
 
 from __future__ import annotations
 
+import httpx2
 import pytest
 
 from helpers import submits, total_requests, wait_done
@@ -44,16 +45,45 @@ async def test_pro_multi_prompt_is_sent_as_shots_with_durations(client, emulator
     assert done.structured_content["status"] == "succeeded"
 
 
-def test_emulator_refuses_string_shots_on_pro(emulator):
-    import httpx2
+IMAGE = "https://example.com/frame.png"
+SHOTS_3_3 = [{"prompt": "a", "duration": 3}, {"prompt": "b", "duration": 3}]
 
-    for provider in ("novita", "highway"):
-        answer = httpx2.post(
-            f"{emulator.url(provider)}/v3/async/kling-v3.0-pro-t2v",
-            json={"multi_prompt": ["a door opens", "light pours in"]},
-            headers={"Authorization": "Bearer test-key"},
-        )
-        assert answer.status_code == 400 and "multi_prompt[0]" in answer.json()["message"]
+
+@pytest.mark.parametrize(
+    ("flavor", "route", "body", "refusal"),
+    [
+        pytest.param("novita", "kling-v3.0-pro-t2v", {"multi_prompt": ["a", "b"]}, "multi_prompt[0]", id="10.1-novita-strings"),
+        pytest.param("highway", "kling-v3.0-pro-i2v", {"image": IMAGE, "multi_prompt": ["a", "b"]}, "multi_prompt[0]", id="10.1-highway-strings"),
+        pytest.param("novita", "kling-v3.0-pro-i2v", {"image": IMAGE, "prompt": "x", "multi_prompt": SHOTS_3_3, "duration": 6},
+                     "mutually exclusive", id="10.2-novita-pro-i2v"),
+        pytest.param("wavespeed", "kwaivgi/kling-v3.0-std/text-to-video", {"multi_prompt": SHOTS_3_3, "duration": 6},
+                     'field "shot_type" must be "customize"', id="10.3-no-shot-type"),
+        pytest.param("wavespeed", "kwaivgi/kling-v3.0-pro/text-to-video",
+                     {"multi_prompt": [{"prompt": "a", "duration": 2}, {"prompt": "b", "duration": 3}], "shot_type": "customize"},
+                     "multi_prompt[0].duration", id="10.4-wavespeed-2s"),
+        pytest.param("novita", "kling-v3.0-std-i2v", {"image": IMAGE, "prompt": "x", "multi_prompt": [{"prompt": "a", "duration": 2}, {"prompt": "b", "duration": 3}]},
+                     "multi_prompt[0].duration", id="10.4-novita-std-i2v-2s"),
+        pytest.param("novita", "kling-v3.0-4k-i2v", {"image": IMAGE, "multi_prompt": SHOTS_3_3, "duration": 6},
+                     "prompt is required", id="10.7-novita-4k-i2v"),
+    ],
+)  # fmt: skip
+def test_emulator_serves_the_corrected_contract(emulator, flavor, route, body, refusal):
+    prefix = "/api/v3/" if flavor == "wavespeed" else "/v3/async/"
+    answer = httpx2.post(f"{emulator.url(flavor)}{prefix}{route}", json=body, headers={"Authorization": "Bearer test-key"})
+    assert answer.status_code == 400 and refusal in answer.json()["message"], answer.text
+
+
+@pytest.mark.parametrize(
+    ("flavor", "route", "body"),
+    [
+        ("wavespeed", "kwaivgi/kling-v3.0-4k/text-to-video", {"prompt": "x", "multi_prompt": SHOTS_3_3, "duration": 6}),
+        ("highway", "kling-v3.0-4k-t2v", {"multi_prompt": [{"prompt": "a", "duration": 1}, {"prompt": "b", "duration": 4}]}),
+    ],
+)
+def test_emulator_still_takes_what_the_pages_allow(emulator, flavor, route, body):
+    prefix = "/api/v3/" if flavor == "wavespeed" else "/v3/async/"
+    answer = httpx2.post(f"{emulator.url(flavor)}{prefix}{route}", json=body, headers={"Authorization": "Bearer test-key"})
+    assert answer.status_code == 200, answer.text
 
 
 # -- 10.2: Novita pro-i2v takes prompt or multi_prompt, not both ------------------------
