@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 
 RENDER_SECONDS = 12.0
 """The render of the issue's report, in provider seconds."""
-LATE_AFTER = 5.0
+LATE_AFTER = 6.0
 """Provider seconds after the render's end by which the clip must be in the client's hands:
 the provider's 2 s minimum poll interval, plus the download and previews of a small clip
 (real time that the sped-up clock magnifies)."""
