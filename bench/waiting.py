@@ -35,8 +35,9 @@ def wait_for_each(server: StdioServer, renders: list[float], first_index: int) -
     for index, render in enumerate(renders, start=first_index):
         provider = FLAVORS[index % len(FLAVORS)]
         task_id = server.call_tool("generate_video", dict(arguments(index, render, provider)))["task_id"]
-        while server.call_tool("check_task", {"task_id": task_id, "wait_seconds": WAIT_SECONDS})["status"] != "succeeded":
-            pass
+        status = "queued"
+        while status not in ("succeeded", "failed"):  # a failure shows as a missing clip in the figure
+            status = server.call_tool("check_task", {"task_id": task_id, "wait_seconds": WAIT_SECONDS})["status"]
 
 
 async def run_waited(server: StdioServer, work: Path, renders: list[float], timeout: float) -> list[TaskRun]:
