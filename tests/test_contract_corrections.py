@@ -255,3 +255,17 @@ async def test_prompt_token_makes_polls_answer_200_with_an_error(client, emulato
         journal.close()
     assert record.error_code == "provider_error" and "Failed to get task result" in record.error_message
     assert not record.gave_up  # a passing error: the watcher keeps polling
+
+
+# -- 10.10: WaveSpeed outputs as objects ---------------------------------------------------
+
+
+async def test_wavespeed_output_objects_are_read_by_their_url(client, emulator):
+    emulator.config.wavespeed_output_objects = True
+    try:
+        submitted = await client.call_tool("generate_video", {"prompt": "a lake", "provider": "wavespeed"})
+        done = await wait_done(client, submitted.structured_content["task_id"])
+    finally:
+        emulator.config.wavespeed_output_objects = False
+    assert done.structured_content["status"] == "succeeded", done.structured_content
+    assert done.structured_content["file_path"].endswith(".mp4")

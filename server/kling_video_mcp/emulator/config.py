@@ -57,6 +57,9 @@ class EmulatorConfig:
     """Answer unknown Novita/Highway keys with 401 FAILED_TO_AUTH instead of 403 INVALID_API_KEY (§6.1 step 1)."""
     highway_balance_style: HighwayBalanceStyle = "novita"
     """HighwayAPI insufficient-balance body: 400 BILLING_BALANCE_NOT_ENOUGH, 403 NOT_ENOUGH_BALANCE, or bare (§6.2)."""
+    wavespeed_output_objects: bool = False
+    """WaveSpeed ``outputs`` items as ``{"url": ...}`` objects, as some non-Kling models return them
+    (providers.md §10.10), instead of the URL strings Kling returns."""
     wavespeed_balance_status: int = 400
     """HTTP status of WaveSpeed's insufficient-balance answer (§6.3 step 3: 400, or 402/403)."""
 

@@ -152,7 +152,8 @@ class WaveSpeed(Flavor):
             "timings": {"inference": 0},
         }
         if phase is Phase.SUCCEEDED:
-            data["outputs"] = [self.result_url(request, task, now)]
+            url = self.result_url(request, task, now)
+            data["outputs"] = [{"url": url} if self.config.wavespeed_output_objects else url]
             data["has_nsfw_contents"] = [False]
             data["timings"]["inference"] = int((task.finishes_at - task.starts_at) * 1000)
         elif phase is Phase.FAILED:
