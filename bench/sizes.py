@@ -16,6 +16,9 @@ class Size:
     polling_render: tuple[float, float]
     """Render seconds (emulated) of the polling tasks, spread evenly between these two."""
     polling_time_scale: float
+    waiting_tasks: int
+    """Tasks a client waits on one after another (figure 6)."""
+    waiting_render: tuple[float, float]
     concurrent_tasks: int
     concurrent_render: tuple[float, float]
     concurrent_time_scale: float
@@ -32,6 +35,8 @@ FULL = Size(
     polling_tasks=50,
     polling_render=(30.0, 300.0),
     polling_time_scale=0.1,
+    waiting_tasks=12,
+    waiting_render=(20.0, 60.0),
     concurrent_tasks=300,
     concurrent_render=(60.0, 180.0),
     concurrent_time_scale=0.1,
@@ -46,6 +51,8 @@ SMOKE = replace(
     calls=20,
     polling_tasks=3,
     polling_render=(3.0, 6.0),
+    waiting_tasks=2,
+    waiting_render=(3.0, 6.0),
     concurrent_tasks=6,
     concurrent_render=(3.0, 6.0),
     download_mb=4,

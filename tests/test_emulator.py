@@ -214,7 +214,8 @@ def data_uri(image: bytes) -> str:
             {
                 "image": "https://example.com/a.png",
                 "end_image": "https://example.com/b.png",
-                "multi_prompt": [{"prompt": "a", "duration": 2}, {"prompt": "b", "duration": 3}],
+                "duration": 6,
+                "multi_prompt": [{"prompt": "a", "duration": 3}, {"prompt": "b", "duration": 3}],
             },
             400, {"code": 400, "message": "multi_shot is not supported with end image", "data": None},
             id="wavespeed-end-image",

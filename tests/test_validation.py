@@ -53,7 +53,7 @@ CASES = {
         "generate_video",
         {"multi_prompt": SHOTS_4_AND_1, "provider": "novita", "mode": "4k"},
         "multi_prompt",
-        "highway, wavespeed",
+        "highway 4k, wavespeed 4k",
     ),
     "prompt and multi_prompt on an exclusive endpoint": (
         "generate_video",

@@ -1,4 +1,5 @@
-"""Command line: ``kling-video-mcp`` serves MCP; ``kling-video-mcp demo PROMPT`` shows it working.
+"""Command line: ``kling-video-mcp`` serves MCP; ``kling-video-mcp demo PROMPT`` shows it working;
+``kling-video-mcp doctor`` checks keys, folders and versions without spending anything.
 
 Serving logs go to stderr only: on stdio, stdout carries the protocol.
 """
@@ -44,7 +45,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--mode", choices=("std", "pro", "4k"), help="default: the server's (KLING_MCP_MODE, 4k)")
     demo.add_argument("--duration", type=int, default=5, help="seconds, 3-15 (default 5)")
     demo.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")
+    commands.add_parser(
+        "doctor",
+        help="check the setup: keys (without spending), folders, versions",
+        description="Check each configured provider key without spending anything, the default provider and "
+        "mode, whether the output and state folders are writable, and the versions in use. Exits 1 on a problem.",
+    )
     return parser
+
+
+def doctor() -> int:
+    """Run ``kling-video-mcp doctor``; returns its exit status."""
+    from pydantic import ValidationError
+
+    from kling_video_mcp.config import Settings
+    from kling_video_mcp.doctor import run_doctor
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"kling-video-mcp: invalid configuration: {problems}")
+        return 1
+    return run_doctor(settings, sys.stdout)
 
 
 def serve_stdio() -> None:
@@ -78,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.stateless and args.transport != "streamable-http":
         parser.error("--stateless applies to --transport streamable-http only (stdio and SSE connections are sessions)")
-    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The doctor's report is its output; request logs would only bury it.
+    level = "WARNING" if args.command == "doctor" and args.log_level == "INFO" else args.log_level
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "doctor":
+        sys.exit(doctor())
     if args.command == "demo":
         from kling_video_mcp.demo import run_demo
 

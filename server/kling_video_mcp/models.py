@@ -118,6 +118,8 @@ class TaskRecord(BaseModel):
     status: TaskStatus = "queued"
     progress_percent: float | None = None
     eta_seconds: float | None = None
+    running_since: datetime | None = None
+    """When a poll first saw the task running (for estimating the time left from its progress)."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None

@@ -46,13 +46,20 @@ class EmulatorConfig:
     check_shot_sum: bool = True
     """Reject multi-shot requests whose shot durations do not add up to ``duration`` (§4)."""
     min_shot_seconds: int = 1
-    """Shortest allowed shot (official Kling: 1; PPIO lists 3), §6.1 step 4."""
+    """Shortest allowed shot on routes without a documented rule (official Kling: 1, §4); routes
+    with one use it (3 s on WaveSpeed and Novita/HighwayAPI std/4k-i2v, §10.4)."""
+    inline_images_4k_i2v: bool = True
+    """Whether Novita/HighwayAPI 4k-i2v take inline (base64) images. Uncertain (providers.md §10.6):
+    ``False`` serves the reading where that route takes only URLs (400 naming the field)."""
     sync_timeout_seconds: float = 90.0
     """WaveSpeed ``enable_sync_mode`` wait before answering ``processing`` / 5004 (§3.6)."""
     novita_auth_401: bool = False
     """Answer unknown Novita/Highway keys with 401 FAILED_TO_AUTH instead of 403 INVALID_API_KEY (§6.1 step 1)."""
     highway_balance_style: HighwayBalanceStyle = "novita"
     """HighwayAPI insufficient-balance body: 400 BILLING_BALANCE_NOT_ENOUGH, 403 NOT_ENOUGH_BALANCE, or bare (§6.2)."""
+    wavespeed_output_objects: bool = False
+    """WaveSpeed ``outputs`` items as ``{"url": ...}`` objects, as some non-Kling models return them
+    (providers.md §10.10), instead of the URL strings Kling returns."""
     wavespeed_balance_status: int = 400
     """HTTP status of WaveSpeed's insufficient-balance answer (§6.3 step 3: 400, or 402/403)."""
 

@@ -15,6 +15,7 @@ class ApiError(Exception):
 
     ``body``, when given, is sent verbatim instead of the flavor's envelope (a
     provider that answers off-envelope, e.g. HighwayAPI's bare balance error, §6.2).
+    ``in_ok`` sends the error inside an HTTP 200, as providers sometimes do (§10.5).
     """
 
     def __init__(
@@ -24,6 +25,8 @@ class ApiError(Exception):
         message: str,
         headers: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
+        *,
+        in_ok: bool = False,
     ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
@@ -31,6 +34,7 @@ class ApiError(Exception):
         self.message = message
         self.headers = dict(headers or {})
         self.body = body
+        self.in_ok = in_ok
 
 
 def invalid(message: str, reason: str = "INVALID_REQUEST_BODY") -> ApiError:

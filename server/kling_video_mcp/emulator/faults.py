@@ -7,6 +7,10 @@ is spent after ``times`` matching requests. Kinds and their parameters:
   without doing the work; ``retry_after`` (seconds) adds a ``Retry-After`` header;
   ``reason`` / ``message`` override the envelope text.
 - ``created_then_status`` (submit): create the task, then answer ``status``.
+- ``ok_error`` (submit, poll, upload): answer HTTP 200 whose body carries the error of
+  ``status`` instead of a result, without doing the work (providers.md §10.5): WaveSpeed's
+  envelope with ``code`` = ``status``; Novita/HighwayAPI a bare ``{"message": ...}`` with no
+  ``task_id`` or ``task``.
 - ``hang`` (any target): do the work, then wait ``seconds`` before answering.
 - ``truncate`` (media, GET only): announce the full ``Content-Length`` but send
   only the first ``fraction`` of the body, then drop the connection.
@@ -27,6 +31,7 @@ TARGETS = frozenset({"submit", "poll", "media", "upload"})
 KIND_TARGETS: dict[str, frozenset[str]] = {
     "status": TARGETS,
     "created_then_status": frozenset({"submit"}),
+    "ok_error": frozenset({"submit", "poll", "upload"}),
     "hang": TARGETS,
     "truncate": frozenset({"media"}),
     "expired": frozenset({"media"}),

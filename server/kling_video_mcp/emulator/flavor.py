@@ -79,6 +79,10 @@ class Flavor(ABC):
     def render_error(self, error: ApiError) -> Response:
         """``error`` in this provider's envelope."""
 
+    @abstractmethod
+    def render_ok_error(self, error: ApiError) -> Response:
+        """``error`` carried by an HTTP 200, as this provider sends some failures (providers.md §10.5)."""
+
     def error(self, kind: str) -> ApiError:
         """The catalogue error of ``kind``; subclasses override for configurable variants."""
         status, reason, message = self.errors[kind]
@@ -99,7 +103,7 @@ class Flavor(ABC):
     def endpoint(self, target: str | None, handler: Handler) -> Endpoint:
         """Wrap ``handler``: record the request, apply a fault armed for ``target``, render ``ApiError``.
 
-        ``status`` faults answer before any work; ``created_then_status`` replaces
+        ``status`` and ``ok_error`` faults answer before any work; ``created_then_status`` replaces
         a successful answer; ``hang`` delays the finished answer; media-only kinds
         are left on ``request.state.fault`` for the media handler.
         """
@@ -110,11 +114,13 @@ class Flavor(ABC):
             fault = self._take_fault(target, request) if target else None
             if fault is not None and fault.kind == "status":
                 return self._fault_response(fault)
+            if fault is not None and fault.kind == "ok_error":
+                return self.render_ok_error(self.fault_error(fault))
             request.state.fault = fault
             try:
                 response = await handler(request, body)
             except ApiError as error:
-                response = self.render_error(error)
+                response = self.render_ok_error(error) if error.in_ok else self.render_error(error)
             if fault is not None and fault.kind == "created_then_status" and response.status_code == 200:
                 response = self._fault_response(fault)
             elif fault is not None and fault.kind == "hang":
@@ -179,13 +185,23 @@ class Flavor(ABC):
             raise self.error("balance")
         if directives.fault_create:
             raise self.error("create_failed")
+        if directives.ok_error == "submit":
+            raise self.carried("balance")
         return caller, submission, directives
 
+    def carried(self, kind: str) -> ApiError:
+        """The catalogue error of ``kind``, to be sent inside an HTTP 200 (§10.5)."""
+        error = self.error(kind)
+        return ApiError(error.status, error.reason, error.message, error.headers, in_ok=True)
+
     def find(self, task_id: str, caller: Caller) -> Task:
-        """The caller's own task, or the catalogue's not-found error."""
+        """The caller's own task to report on, or the catalogue's not-found error; a task made
+        with ``[[ok_error:poll]]`` is reported as an error inside an HTTP 200 instead."""
         task = self.emulator.find_task(self.name, task_id, caller.key)
         if task is None:
             raise self.error("task_not_found")
+        if task.ok_error_polls:
+            raise self.carried("result_failed")
         return task
 
     # -- results ---------------------------------------------------------------

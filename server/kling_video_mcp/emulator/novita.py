@@ -6,7 +6,9 @@ Routes (relative to ``/novita`` or ``/highway``):
 - ``GET /v3/async/task-result?task_id=`` -> ``{extra, task{…}, images, videos, audios}``
 - anything else -> 404 ``API_NOT_FOUND``
 
-Errors use the envelope ``{"code", "reason", "message", "metadata": {}}`` (§1.6).
+Errors use the envelope ``{"code", "reason", "message", "metadata": {}}`` (§1.6). Field rules
+per route are in ``rules`` (as corrected by §10.1, §10.2, §10.4, §10.6, §10.7); an ``ok_error``
+fault answers HTTP 200 with a bare ``{"message"}`` and no task (§10.5).
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ class NovitaFamily(Flavor):
             "metadata": {},
         }
         return JSONResponse(body, error.status, headers=error.headers)
+
+    def render_ok_error(self, error: ApiError) -> Response:
+        """A 200 whose body is only the message, no ``task_id`` or ``task`` (§10.5, as in a
+        JieKou adaptor's fixtures: ``{"message": "insufficient balance"}``)."""
+        return JSONResponse({"message": error.message}, headers=error.headers)
 
     def error(self, kind: str) -> ApiError:
         if kind == "unknown_key" and self.config.novita_auth_401:

@@ -1,9 +1,11 @@
 """Request-body validation, data-driven per flavor (providers.md §6.1 step 4, §6.2, §6.3 step 4).
 
-All three providers share the Kling v3.0 field rules of §4; they differ in
-which of ``prompt`` / ``multi_prompt`` is required, in the shape of
-``multi_prompt`` items, in WaveSpeed's extra fields, in which image encodings
-they take, and in wording. Those differences are the :class:`FlavorRules`
+All three providers share the Kling v3.0 field rules of §4; they differ per
+route in which of ``prompt`` / ``multi_prompt`` is required, whether
+``multi_prompt`` is taken at all (always as ``[{prompt, duration}]``, §10.1),
+the shortest shot (§10.4) and WaveSpeed's ``shot_type`` default (§10.3); and
+per provider in WaveSpeed's extra fields, which image encodings they take
+(§10.6), and wording. Those differences are the :class:`FlavorRules`
 tables below; :func:`validate` is the one implementation. Unknown fields are
 ignored. Every failure is an :class:`ApiError` 400 whose message names the
 field, with a Novita reason (INVALID_REQUEST_BODY, IMAGE_FILE_EXCEEDS_MAX_SIZE,
@@ -38,14 +40,26 @@ IMAGE_RATIO = (0.4, 2.5)
 
 
 class PromptPolicy(Enum):
+    REQUIRED = "prompt required, multi_prompt (where accepted) allowed alongside"
     EITHER = "prompt required unless multi_prompt is given (and multi_prompt is accepted at all)"
     EXACTLY_ONE = "exactly one of prompt and multi_prompt"
 
 
 class ShotStyle(Enum):
     NONE = "no multi_prompt"
-    STRINGS = "multi_prompt is string[]"
-    OBJECTS = "multi_prompt is [{prompt, duration}]"
+    OBJECTS = "multi_prompt is [{prompt, duration}]; string items are refused (§10.1)"
+
+
+@dataclass(frozen=True)
+class RouteRules:
+    """The prompt/shot rules of one route."""
+
+    prompt: PromptPolicy
+    shots: ShotStyle
+    shortest_shot: int | None = None
+    """Seconds; ``None`` uses ``EmulatorConfig.min_shot_seconds`` (Kling's own 1 s)."""
+    shot_type_default: str | None = None
+    """WaveSpeed: the ``shot_type`` assumed when none is sent; only ``customize`` reads ``multi_prompt``."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +75,10 @@ class Model:
 class FlavorRules:
     """What one provider accepts; ``policies`` maps (tier, mode) to its prompt/shot rules."""
 
-    policies: Mapping[tuple[str, str], tuple[PromptPolicy, ShotStyle]]
+    policies: Mapping[tuple[str, str], RouteRules]
     inline_images: bool
-    """Novita family takes data URIs and raw base64 as well as URLs (§1.3); WaveSpeed only URLs (§3.3)."""
+    """Novita family takes data URIs and raw base64 as well as URLs (§1.3; on 4k-i2v see
+    ``EmulatorConfig.inline_images_4k_i2v``, §10.6); WaveSpeed only URLs (§3.3)."""
     wavespeed_fields: bool
     """``shot_type``, ``element_list`` and ``enable_sync_mode`` exist (§3.3)."""
     field_message: Callable[[str, str], str]
@@ -81,14 +96,16 @@ def _wavespeed_words(field: str, problem: str) -> str:
     return f'field "{field}" {problem}'
 
 
-_E, _X = PromptPolicy.EITHER, PromptPolicy.EXACTLY_ONE
-_N, _S, _O = ShotStyle.NONE, ShotStyle.STRINGS, ShotStyle.OBJECTS
+_R, _E, _X = PromptPolicy.REQUIRED, PromptPolicy.EITHER, PromptPolicy.EXACTLY_ONE
+_N, _O = ShotStyle.NONE, ShotStyle.OBJECTS
 
 NOVITA_RULES = FlavorRules(
-    # §1.3 / §6.1: std+4k t2v have no multi_prompt; pro t2v and pro i2v take string[]; std/4k i2v objects.
+    # std/4k t2v pages have no multi_prompt (shared/specs); pro t2v objects exclusive with prompt
+    # (§1.3, §10.1); pro i2v objects exclusive with prompt (§10.1, §10.2); std/4k i2v mark prompt
+    # required (§10.7) and take shots of 3-15 s (§10.4).
     policies={
-        ("std", "t2v"): (_E, _N), ("4k", "t2v"): (_E, _N), ("pro", "t2v"): (_X, _S),
-        ("std", "i2v"): (_E, _O), ("4k", "i2v"): (_E, _O), ("pro", "i2v"): (_E, _S),
+        ("std", "t2v"): RouteRules(_R, _N), ("4k", "t2v"): RouteRules(_R, _N), ("pro", "t2v"): RouteRules(_X, _O),
+        ("std", "i2v"): RouteRules(_R, _O, 3), ("4k", "i2v"): RouteRules(_R, _O, 3), ("pro", "i2v"): RouteRules(_X, _O),
     },
     inline_images=True,
     wavespeed_fields=False,
@@ -99,10 +116,11 @@ NOVITA_RULES = FlavorRules(
 )
 
 HIGHWAY_RULES = FlavorRules(
-    # §2.3 / §6.2: objects everywhere; 4k+pro exclusive with prompt; std t2v has no multi_prompt.
+    # §2.3 / §6.2: objects everywhere (§10.1); 4k+pro exclusive with prompt; std t2v has no
+    # multi_prompt; std/4k i2v shots 3-15 s (§10.4).
     policies={
-        ("std", "t2v"): (_E, _N), ("4k", "t2v"): (_X, _O), ("pro", "t2v"): (_X, _O),
-        ("std", "i2v"): (_E, _O), ("4k", "i2v"): (_X, _O), ("pro", "i2v"): (_X, _O),
+        ("std", "t2v"): RouteRules(_R, _N), ("4k", "t2v"): RouteRules(_X, _O), ("pro", "t2v"): RouteRules(_X, _O),
+        ("std", "i2v"): RouteRules(_E, _O, 3), ("4k", "i2v"): RouteRules(_X, _O, 3), ("pro", "i2v"): RouteRules(_X, _O),
     },
     inline_images=True,
     wavespeed_fields=False,
@@ -113,8 +131,16 @@ HIGHWAY_RULES = FlavorRules(
 )
 
 WAVESPEED_RULES = FlavorRules(
-    # §6.3 step 4: 4k needs prompt unless multi_prompt; std/pro exactly one; same for i2v.
-    policies={(tier, mode): ((_E if tier == "4k" else _X), _O) for tier in TIERS for mode in ("t2v", "i2v")},
+    # §3.3: std/pro exactly one of prompt and multi_prompt, as is every i2v; 4K t2v requires prompt
+    # (§10.7). Shots 3-15 s (§10.4). shot_type defaults to intelligent on Std/Pro and customize on
+    # 4K, and only customize reads multi_prompt (§10.3).
+    policies={
+        (tier, mode): RouteRules(
+            _R if (tier, mode) == ("4k", "t2v") else _X, _O, 3, "customize" if tier == "4k" else "intelligent"
+        )
+        for tier in TIERS
+        for mode in ("t2v", "i2v")
+    },
     inline_images=False,
     wavespeed_fields=True,
     field_message=_wavespeed_words,
@@ -187,26 +213,30 @@ def validate(
     Order: prompt/multi_prompt presence, scalar fields, shots, WaveSpeed extras,
     then images (the costly checks) last, as listed in §6.1 step 4.
     """
-    check = _Checker(rules)
-    policy, style = rules.policies[(model.tier, model.mode)]
+    route = rules.policies[(model.tier, model.mode)]
+    inline = rules.inline_images and (config.inline_images_4k_i2v or (model.tier, model.mode) != ("4k", "i2v"))
+    check = _Checker(rules, inline)
     prompt = check.optional_text(body, "prompt", PROMPT_MAX)
     raw_shots = body.get("multi_prompt")
     has_shots = raw_shots not in (None, [])
-    if has_shots and style is ShotStyle.NONE:
+    if has_shots and route.shots is ShotStyle.NONE:
         raise check.error("multi_prompt", "is not supported by this model")
-    if prompt and has_shots and policy is PromptPolicy.EXACTLY_ONE:
+    if prompt and has_shots and route.prompt is PromptPolicy.EXACTLY_ONE:
         raise invalid(rules.both_prompts)
-    if not prompt and not has_shots:
+    if not prompt and (not has_shots or route.prompt is PromptPolicy.REQUIRED):
         raise invalid(rules.no_prompt)
     check.optional_text(body, "negative_prompt", PROMPT_MAX)
     duration = check.integer(body, "duration", DEFAULT_DURATION, MIN_DURATION, MAX_DURATION)
     check.number(body, "cfg_scale", 0.0, 1.0)
     aspect_ratio = check.choice(body, "aspect_ratio", ASPECT_RATIOS, "16:9") if model.mode == "t2v" else "16:9"
     sound = check.boolean(body, "sound")
-    shots = check.shots(raw_shots, style, duration, config) if has_shots else ()
+    shortest = route.shortest_shot if route.shortest_shot is not None else config.min_shot_seconds
+    shots = check.shots(raw_shots, shortest, duration, config) if has_shots else ()
     sync = False
     if rules.wavespeed_fields:
-        check.choice(body, "shot_type", SHOT_TYPES, "customize")
+        shot_type = check.choice(body, "shot_type", SHOT_TYPES, route.shot_type_default or "customize")
+        if has_shots and shot_type != "customize":
+            raise check.error("shot_type", 'must be "customize" when multi_prompt is given')
         check.elements(body.get("element_list"))
         sync = check.boolean(body, "enable_sync_mode")
     image = end_image = None
@@ -221,8 +251,9 @@ def validate(
 class _Checker:
     """Field checks that word their failures the flavor's way."""
 
-    def __init__(self, rules: FlavorRules) -> None:
+    def __init__(self, rules: FlavorRules, inline_images: bool) -> None:
         self.rules = rules
+        self.inline_images = inline_images
 
     def error(self, field: str, problem: str, reason: str = "INVALID_REQUEST_BODY") -> ApiError:
         return invalid(self.rules.field_message(field, problem), reason)
@@ -268,15 +299,13 @@ class _Checker:
             raise self.error(field, "must be a boolean")
         return value
 
-    def shots(self, raw: Any, style: ShotStyle, duration: int, config: EmulatorConfig) -> tuple[Shot, ...]:
-        """§4: 1-6 shots, prompts 1-512 chars; object shots carry whole seconds adding up to ``duration``."""
+    def shots(self, raw: Any, shortest: int, duration: int, config: EmulatorConfig) -> tuple[Shot, ...]:
+        """§4: 1-6 shots ``{prompt, duration}``, prompts 1-512 chars, each shot ``shortest``..15 whole
+        seconds (§10.4), adding up to ``duration``. String items are refused (§10.1)."""
         if not isinstance(raw, list):
             raise self.error("multi_prompt", "must be an array")
         if len(raw) > MAX_SHOTS:
             raise self.error("multi_prompt", f"must contain 1 to {MAX_SHOTS} shots")
-        if style is ShotStyle.STRINGS:
-            texts = [self._shot_prompt(item, f"multi_prompt[{index}]") for index, item in enumerate(raw)]
-            return tuple(Shot(text, duration / len(texts)) for text in texts)
         shots = []
         for index, item in enumerate(raw):
             where = f"multi_prompt[{index}]"
@@ -286,8 +315,8 @@ class _Checker:
             seconds = item.get("duration")
             if isinstance(seconds, bool) or not isinstance(seconds, int):
                 raise self.error(f"{where}.duration", "must be an integer")
-            if not config.min_shot_seconds <= seconds <= duration:
-                raise self.error(f"{where}.duration", f"must be between {config.min_shot_seconds} and {duration}")
+            if not shortest <= seconds <= min(duration, MAX_DURATION):
+                raise self.error(f"{where}.duration", f"must be between {shortest} and {min(duration, MAX_DURATION)}")
             shots.append(Shot(text, float(seconds)))
         total = sum(shot.seconds for shot in shots)
         if config.check_shot_sum and total != duration:
@@ -320,7 +349,7 @@ class _Checker:
             raise self.error(field, "must be a string")
         if value.startswith(("http://", "https://")):
             found = resolve_url(value)
-        elif not self.rules.inline_images:
+        elif not self.inline_images:
             raise self.error(field, "must be an http(s) URL")
         else:
             found = ImageInput(url="", data=self._inline_bytes(value, field))

@@ -121,6 +121,8 @@ class Emulator:
             url_ttl=EXPIRE_TOKEN_TTL if directives.expire else config.result_ttl_seconds,
             has_background=background is not None,
             time_scale=config.time_scale,
+            eta_zero=directives.eta_zero,
+            ok_error_polls=directives.ok_error == "poll",
         )
         if background is not None:
             png = await anyio.to_thread.run_sync(fit_background, background, (width, height))

@@ -68,6 +68,10 @@ class Task:
     forced_at: float | None = None
     time_scale: float = 1.0
     """The clock scale at creation: reported durations (``eta``) are in the provider's own seconds."""
+    eta_zero: bool = False
+    """Report ``eta`` 0 however long is left (``[[eta:zero]]``)."""
+    ok_error_polls: bool = False
+    """Answer every poll with an error inside an HTTP 200 (``[[ok_error:poll]]``)."""
 
     @property
     def finishes_at(self) -> float:
@@ -108,6 +112,8 @@ class Task:
         In the emulated provider's seconds (real seconds divided by ``time_scale``), as a real
         provider at that speed would say; a client scales them back like every other duration.
         """
+        if self.eta_zero:
+            return 0
         end = self.finishes_at if math.isfinite(self.finishes_at) else self.starts_at + self.run_seconds
         return max(0, math.ceil((end - now) / self.time_scale))
 

@@ -8,7 +8,13 @@ Recognised tokens (anything else in double brackets is left alone):
 - ``[[slow]]``: the task never finishes;
 - ``[[expire]]``: result URLs live 1 s;
 - ``[[fault:create]]``: submit answers 500 CREATE_TASK_FAILED;
-- ``[[render:N]]``: this task renders for N seconds (before ``time_scale``) instead of ``run_seconds``.
+- ``[[render:N]]``: this task renders for N seconds (before ``time_scale``) instead of ``run_seconds``;
+- ``[[ok_error:submit]]``: the submit answers HTTP 200 carrying the insufficient-balance error
+  instead of a task (§10.5: WaveSpeed's envelope ``code`` 400; Novita/HighwayAPI a bare
+  ``{"message"}``); ``[[ok_error:poll]]``: the task is created, and every poll of it answers
+  HTTP 200 carrying the "failed to get the result" error (``code`` 500) instead of the task;
+- ``[[eta:zero]]``: Novita/HighwayAPI report ``task.eta`` 0 while the task runs, as Novita was seen
+  doing near the end of a render (issue 9); ``progress_percent`` still rises.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ _TOKEN = re.compile(r"\[\[([a-z_]+)(?::([^\]]*))?\]\]")
 
 FAILURES = frozenset({"moderation", "internal", "timeout"})
 REJECTIONS = frozenset({"illegal_prompt", "illegal_image"})
+OK_ERROR_TARGETS = frozenset({"submit", "poll"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,9 @@ class Directives:
     expire: bool = False
     fault_create: bool = False
     render_seconds: float | None = None
+    eta_zero: bool = False
+    ok_error: str | None = None
+    """``submit`` or ``poll``: which answers carry an error in an HTTP 200."""
 
 
 def read_directives(texts: Iterable[str]) -> Directives:
@@ -53,6 +63,10 @@ def read_directives(texts: Iterable[str]) -> Directives:
                 found.setdefault("expire", True)
             elif name == "fault" and arg == "create":
                 found.setdefault("fault_create", True)
+            elif name == "ok_error" and arg in OK_ERROR_TARGETS:
+                found.setdefault("ok_error", arg)
+            elif name == "eta" and arg == "zero":
+                found.setdefault("eta_zero", True)
             elif name == "render":
                 seconds = _non_negative_number(arg)
                 if seconds is not None:

@@ -9,7 +9,10 @@ Routes (relative to ``/wavespeed``):
 - anything else -> 404 ``model not found``
 
 Every answer is the envelope ``{"code", "message", "data"}``; failed predictions
-are still HTTP 200 / ``code`` 200 with ``data.status`` ``failed`` (§3.5).
+are still HTTP 200 / ``code`` 200 with ``data.status`` ``failed`` (§3.5), while an ``ok_error``
+fault answers HTTP 200 with the envelope ``code`` set to an error status (§10.5). Shots are
+3-15 s (§10.4), and ``multi_prompt`` is refused unless ``shot_type`` is (or defaults to)
+``customize``: the default is ``intelligent`` on Std and Pro, ``customize`` on 4K (§10.3).
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ class WaveSpeed(Flavor):
         body = error.body if error.body is not None else {"code": error.status, "message": error.message, "data": None}
         return JSONResponse(body, error.status, headers=error.headers)
 
+    def render_ok_error(self, error: ApiError) -> Response:
+        """The envelope with ``code`` = the error's status, on an HTTP 200 (§10.5; §3.7 shows it for uploads)."""
+        return JSONResponse({"code": error.status, "message": error.message, "data": None}, headers=error.headers)
+
     def error(self, kind: str) -> ApiError:
         if kind == "balance":
             _status, reason, message = self.errors[kind]
@@ -145,7 +152,8 @@ class WaveSpeed(Flavor):
             "timings": {"inference": 0},
         }
         if phase is Phase.SUCCEEDED:
-            data["outputs"] = [self.result_url(request, task, now)]
+            url = self.result_url(request, task, now)
+            data["outputs"] = [{"url": url} if self.config.wavespeed_output_objects else url]
             data["has_nsfw_contents"] = [False]
             data["timings"]["inference"] = int((task.finishes_at - task.starts_at) * 1000)
         elif phase is Phase.FAILED:

@@ -13,7 +13,9 @@ import httpx2
 
 from kling_video_mcp.config import REAL_PROVIDERS, ProviderName, Settings
 from kling_video_mcp.errors import AuthError
-from kling_video_mcp.providers.base import KEY_ENV, LABELS, EndpointRules, ProviderAdapter, RulesTable, Submitted
+from kling_video_mcp.providers.base import (
+    KEY_ENV, LABELS, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+)  # fmt: skip
 from kling_video_mcp.providers.novita_family import HIGHWAY_RULES, NOVITA_RULES, NovitaFamilyAdapter
 from kling_video_mcp.providers.sandbox import SandboxAdapter, sandbox_emulator
 from kling_video_mcp.providers.wavespeed import WAVESPEED_RULES, WaveSpeedAdapter
@@ -21,7 +23,7 @@ from kling_video_mcp.providers.wavespeed import WAVESPEED_RULES, WaveSpeedAdapte
 if TYPE_CHECKING:
     from kling_video_mcp.emulator import EmulatorServer
 
-__all__ = ["RULES", "LABELS", "EndpointRules", "ProviderAdapter", "Providers", "Submitted"]
+__all__ = ["RULES", "KEY_ENV", "LABELS", "EndpointRules", "KeyCheck", "PromptRule", "ProviderAdapter", "Providers", "Submitted"]
 
 RULES: dict[ProviderName, RulesTable] = {
     "novita": NOVITA_RULES,

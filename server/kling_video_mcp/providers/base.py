@@ -11,36 +11,66 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
-
+from enum import Enum
 from functools import partial
 
 import httpx2
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import KlingError
-from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate
+from kling_video_mcp.errors import InvalidRequest, KlingError
+from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, ShotType
 from kling_video_mcp.providers.http import ProviderHTTP
 
-MultiPromptForm = Literal["shots", "prompts"]
-"""``shots``: ``[{prompt, duration}]``; ``prompts``: ``[str]`` (shot durations are not sent)."""
+
+class PromptRule(Enum):
+    """How an endpoint takes ``prompt`` beside ``multi_prompt``."""
+
+    REQUIRED = "prompt is required, and multi_prompt (where taken) may come with it"
+    EITHER = "prompt is required unless multi_prompt is given; both together are allowed"
+    ONE_OF = "exactly one of prompt and multi_prompt"
+
+
+@dataclass(frozen=True)
+class ShotLength:
+    """Shortest and longest shot of a multi-shot video, in seconds, and where that is written."""
+
+    shortest: int
+    longest: int
+    source: str
+
+
+KLING_SHOT_SECONDS = ShotLength(1, 15, "Kling's own multi-shot rule, providers.md §4")
+SHORTEST_SHOT_3 = ShotLength(3, 15, "the provider's model schema or API page, providers.md §10.4")
 
 
 @dataclass(frozen=True)
 class EndpointRules:
-    """What one provider endpoint takes beyond the fields every endpoint shares.
+    """What one provider endpoint takes beyond the fields every endpoint shares, and where that is written.
 
     Every endpoint takes ``prompt``, ``negative_prompt``, ``duration``, ``cfg_scale`` and
     ``sound``; text-to-video takes ``aspect_ratio``; image-to-video takes ``image`` and
-    ``end_image`` (never together with ``multi_prompt``).
+    ``end_image`` (never together with ``multi_prompt``, a rule of every provider).
     """
 
-    multi_prompt: MultiPromptForm | None
-    """How the endpoint takes ``multi_prompt``, or ``None`` if it does not."""
-    prompt_with_multi_prompt: bool
-    """``False`` where the docs say ``prompt`` and ``multi_prompt`` are mutually exclusive."""
-    shot_type: bool = False
+    source: str
+    """Where these rules come from (providers.md sections and API pages)."""
+    prompt: PromptRule = PromptRule.REQUIRED
+    multi_prompt: bool = False
+    """Whether the endpoint takes ``multi_prompt``; always as ``[{prompt, duration}]`` (providers.md §10.1)."""
+    shot_seconds: ShotLength = KLING_SHOT_SECONDS
+    """How long each shot may be, where ``multi_prompt`` is taken."""
+    inline_images: bool | None = None
+    """Image-to-video only: whether ``image``/``end_image`` may be inline data (base64) rather than a
+    URL. ``True`` taken, ``False`` refused (the adapter uploads, or refuses before sending),
+    ``None`` unknown: sent, and a refusal is turned into a clear error (providers.md §10.6)."""
+    shot_type_default: ShotType | None = None
+    """Where ``shot_type`` is taken, what the provider does when it is not sent."""
     element_list: bool = False
+
+    @property
+    def shot_type(self) -> bool:
+        """Whether the endpoint takes ``shot_type``."""
+        return self.shot_type_default is not None
 
 
 RulesTable = Mapping[tuple[Kind, Mode], EndpointRules]
@@ -61,6 +91,14 @@ KEY_ENV: dict[ProviderName, str] = {
     "sandbox": "KLING_MCP_PROVIDER",  # needs no key; the variable that picks another provider
 }
 """The environment variable that holds each provider's key."""
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """A key the provider accepted, and what it said about the account."""
+
+    detail: str = ""
+    """e.g. ``balance $12.34``; empty when the provider says nothing more."""
 
 
 @dataclass(frozen=True)
@@ -94,18 +132,50 @@ class ProviderAdapter(ABC):
     def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
         """The error an unsuccessful answer means, from this provider's error envelope."""
 
+    @staticmethod
+    @abstractmethod
+    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+        """The error a successful (2xx) answer carries instead of a result, if it does (providers.md §10.5)."""
+
     def _connect(
         self, client: httpx2.AsyncClient, settings: Settings, *, base_url: str | None = None, api_key: str | None = None
     ) -> ProviderHTTP:
         """HTTP to this provider: its configured base URL and key, unless others are given."""
         if api_key is None and (key := settings.api_key(self.name)) is not None:
             api_key = key.get_secret_value()
-        classify = partial(self._classify, provider=self.label, key_env=KEY_ENV[self.name])
-        return ProviderHTTP(client, base_url or settings.base_url(self.name), api_key, classify, settings)
+        who = {"provider": self.label, "key_env": KEY_ENV[self.name]}
+        return ProviderHTTP(
+            client,
+            base_url or settings.base_url(self.name),
+            api_key,
+            partial(self._classify, **who),
+            settings,
+            body_error=partial(self._body_error, **who),
+        )
 
     def rules(self, kind: Kind, mode: Mode) -> EndpointRules:
         """What the endpoint for ``kind`` and ``mode`` accepts (from the provider's API pages)."""
         return self.rules_table[(kind, mode)]
+
+    def inline_image_refused(self, request: GenerationRequest, field: str, said: str | None = None) -> InvalidRequest:
+        """The error for an inline ``field`` image this endpoint does not take (providers.md §10.6).
+
+        ``said`` is the provider's refusal, when it sent one; without it we refused before sending.
+        """
+        where = f"{self.label} {request.model_label.removeprefix('Kling v3.0 ')}"
+        what = f"refused the local or inline {field} ({said})" if said else f"takes {field} only as a public URL"
+        return InvalidRequest(
+            f"{field}: {where} {what}; nothing was charged. Pass a public https:// URL as {field}, "
+            "or use provider='wavespeed', which uploads local files first."
+        )
+
+    @abstractmethod
+    async def check_key(self) -> KeyCheck:
+        """Whether the provider accepts the configured key, found without spending anything.
+
+        Raises:
+            AuthError: the key was refused. Other :class:`KlingError`: the check could not be made.
+        """
 
     def expected_render_seconds(self, request: GenerationRequest) -> float:
         """A rough expectation of queue plus render time, for pacing polls where no ETA is given.

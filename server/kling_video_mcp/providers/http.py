@@ -39,6 +39,8 @@ from kling_video_mcp.models import utcnow
 log = logging.getLogger(__name__)
 
 ErrorClassifier = Callable[[httpx2.Response], KlingError]
+BodyErrorReader = Callable[[httpx2.Response], KlingError | None]
+"""The error a successful (2xx) answer carries in its body, if any (providers.md §10.5)."""
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:
@@ -134,11 +136,13 @@ class ProviderHTTP:
         api_key: str | None,
         classify: ErrorClassifier,
         settings: Settings,
+        body_error: BodyErrorReader | None = None,
     ) -> None:
         self._client = client
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._classify = classify
+        self._body_error = body_error or (lambda _response: None)
         self._settings = settings
         self._gate = RateGate(settings.provider_rate_limit)
 
@@ -188,6 +192,8 @@ class ProviderHTTP:
                 "the provider may or may not have created a task."
             ) from exc
         if response.is_success:
+            if (carried := self._body_error(response)) is not None:
+                raise carried  # an explicit refusal in a 200: nothing was created (§10.5)
             return response
         error = self._classify(response)
         if isinstance(error, RateLimited):
@@ -205,6 +211,8 @@ class ProviderHTTP:
         except (httpx2.TransportError, TimeoutError) as exc:
             raise ProviderUnreachable(f"No answer from {self._base_url} ({type(exc).__name__}).") from exc
         if response.is_success:
+            if (carried := self._body_error(response)) is not None:
+                raise carried
             return response
         raise self._classify(response)
 
@@ -214,17 +222,21 @@ _AUTH_REASONS = frozenset(
 )
 _BALANCE_REASONS = frozenset({"BILLING_BALANCE_NOT_ENOUGH", "NOT_ENOUGH_BALANCE"})
 _CONTENT_REASONS = frozenset({"ILLEGAL_PROMPT", "ILLEGAL_IMAGE_CONTENT"})
+_NOT_FOUND_REASONS = frozenset({"TASK_NOT_FOUND", "API_NOT_FOUND"})
 
 
-def classify_error(response: httpx2.Response, *, reason: str, message: str, provider: str, key_env: str) -> KlingError:
+def classify_error(
+    response: httpx2.Response, *, reason: str, message: str, provider: str, key_env: str, status: int | None = None
+) -> KlingError:
     """Map an error answer to our error classes.
 
     ``reason`` is Novita's ``reason`` enum or WaveSpeed's ``error_code`` (``""`` if none);
-    ``message`` is the provider's text. Rules from providers.md §1.6, §2.5, §3.9: balance
-    errors are recognised by reason or by the words "balance"/"credit", since the status
-    differs between providers (400, 402 or 403).
+    ``message`` is the provider's text; ``status`` replaces the HTTP status when the answer
+    carries its real one in the body (a 200 with an error ``code``, providers.md §10.5).
+    Rules from providers.md §1.6, §2.5, §3.9: balance errors are recognised by reason or by
+    the words "balance"/"credit", since the status differs between providers (400, 402 or 403).
     """
-    status = response.status_code
+    status = response.status_code if status is None else status
     text = message or reason or response.reason_phrase
     said = f"{provider} said: {text}"
     lowered = text.lower()
@@ -242,11 +254,29 @@ def classify_error(response: httpx2.Response, *, reason: str, message: str, prov
         return AuthError(f"{provider} rejected the API key (HTTP {status}; {said}). Check {key_env}.")
     if reason in _CONTENT_REASONS:
         return ContentPolicy(f"{provider} refused the content ({said}). Rephrase the prompt or use another image.")
-    if status == 404:
+    if status == 404 or reason in _NOT_FOUND_REASONS:
         return NotFound(f"{provider} does not know that task or route (HTTP 404; {said}).")
     if status in (400, 422):
         return InvalidRequest(f"{provider} rejected the request (HTTP {status}; {said}).")
     return ProviderError(f"{provider} answered HTTP {status} ({said}).")
+
+
+def classify_body_error(
+    response: httpx2.Response, *, code: object, reason: str, message: str, provider: str, key_env: str
+) -> KlingError:
+    """The error an HTTP 200 carries in its body (providers.md §10.5), classified like its ``code``.
+
+    With an HTTP-like ``code`` (400-599) it is classified exactly as that status would be. With
+    none, by ``reason`` and ``message`` alone (balance, key, content), and otherwise as a
+    passing provider error: retryable, since nothing says the request itself was wrong.
+    """
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return classify_error(response, reason=reason, message=message, provider=provider, key_env=key_env, status=code)
+    error = classify_error(response, reason=reason, message=message, provider=provider, key_env=key_env, status=400)
+    if type(error) is InvalidRequest:
+        text = message or reason or "no reason given"
+        return ProviderError(f"{provider} answered with an error instead of a result ({provider} said: {text}).", retryable=True)
+    return error
 
 
 def json_body(response: httpx2.Response) -> dict[str, Any]:

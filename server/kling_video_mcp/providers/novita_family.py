@@ -2,7 +2,7 @@
 
 Both serve ``POST /v3/async/kling-v3.0-{std,pro,4k}-{t2v,i2v}`` answering ``{"task_id"}``
 and ``GET /v3/async/task-result?task_id=`` (providers.md §1, §2). They differ only in
-which endpoints take ``multi_prompt`` and how (:data:`NOVITA_RULES`, :data:`HIGHWAY_RULES`).
+their per-route rules (:data:`NOVITA_RULES`, :data:`HIGHWAY_RULES`), each citing its source.
 """
 
 from __future__ import annotations
@@ -14,34 +14,65 @@ from typing import Any
 import httpx2
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import KlingError, UnknownOutcome
+from kling_video_mcp.errors import InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus, utcnow
-from kling_video_mcp.providers.base import EndpointRules, ProviderAdapter, RulesTable, Submitted
-from kling_video_mcp.providers.http import classify_error, json_body
+from kling_video_mcp.providers.base import (
+    SHORTEST_SHOT_3, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+)  # fmt: skip
+from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
 
-_NONE = EndpointRules(multi_prompt=None, prompt_with_multi_prompt=False)
+# Each row's ``source`` says where its prompt/multi_prompt rule is written (providers.md, with
+# §10 winning over §1-§9). Every multi_prompt is [{prompt, duration}] (§10.1). Shots of 3-15 s on
+# std-i2v and 4k-i2v (§10.4, PPIO's copy of the pages). Inline (base64) images: taken per §1.3,
+# uncertain on 4k-i2v (§10.6: one integration sends that route public URLs only).
+_TEXT_ONLY = EndpointRules(source="Novita's std-t2v and 4k-t2v pages (shared/specs): prompt required, no multi_prompt")
 
 NOVITA_RULES: RulesTable = {
-    # providers.md §1.3: the std and 4k t2v pages have no multi_prompt; Pro t2v takes string[]
-    # exclusive with prompt; std/4k i2v take [{prompt, duration}]; Pro i2v takes string[].
-    ("t2v", "std"): _NONE,
-    ("t2v", "4k"): _NONE,
-    ("t2v", "pro"): EndpointRules(multi_prompt="prompts", prompt_with_multi_prompt=False),
-    ("i2v", "std"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=True),
-    ("i2v", "4k"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=True),
-    ("i2v", "pro"): EndpointRules(multi_prompt="prompts", prompt_with_multi_prompt=True),
-}
+    ("t2v", "std"): _TEXT_ONLY,
+    ("t2v", "4k"): _TEXT_ONLY,
+    ("t2v", "pro"): EndpointRules(
+        source="Novita's pro-t2v page: prompt and multi_prompt mutually exclusive (providers.md §1.3, §10.1)",
+        prompt=PromptRule.ONE_OF, multi_prompt=True,
+    ),
+    ("i2v", "std"): EndpointRules(
+        source="Novita's std-i2v page marks prompt required (providers.md §10.7)",
+        multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=True,
+    ),
+    ("i2v", "4k"): EndpointRules(
+        source="Novita's 4k-i2v page marks prompt required (shared/specs, providers.md §10.7)",
+        multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=None,
+    ),
+    ("i2v", "pro"): EndpointRules(
+        source="Novita's pro-i2v page: multi_prompt mutually exclusive with prompt (providers.md §10.2)",
+        prompt=PromptRule.ONE_OF, multi_prompt=True, inline_images=True,
+    ),
+}  # fmt: skip
+"""Novita AI's Kling v3.0 routes."""
 
 HIGHWAY_RULES: RulesTable = {
-    # providers.md §2.3 and §6.2: 4k/pro take multi_prompt objects, mutually exclusive with
-    # prompt; std t2v takes none; std i2v takes objects alongside prompt.
-    ("t2v", "std"): _NONE,
-    ("t2v", "4k"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=False),
-    ("t2v", "pro"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=False),
-    ("i2v", "std"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=True),
-    ("i2v", "4k"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=False),
-    ("i2v", "pro"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=False),
-}
+    ("t2v", "std"): EndpointRules(source="HighwayAPI's std-t2v, like Novita's: no multi_prompt (providers.md §2.2) [I]"),
+    ("t2v", "4k"): EndpointRules(
+        source="HighwayAPI's 4k-t2v page: prompt and multi_prompt mutually exclusive (shared/specs)",
+        prompt=PromptRule.ONE_OF, multi_prompt=True,
+    ),
+    ("t2v", "pro"): EndpointRules(
+        source="HighwayAPI's pro-t2v page: mutually exclusive (providers.md §2.3)",
+        prompt=PromptRule.ONE_OF, multi_prompt=True,
+    ),
+    ("i2v", "std"): EndpointRules(
+        source="HighwayAPI's std-i2v page; prompt optional with multi_prompt (providers.md §2.3, §6.2 [I])",
+        prompt=PromptRule.EITHER, multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=True,
+    ),
+    ("i2v", "4k"): EndpointRules(
+        source="HighwayAPI's 4k-i2v page: multi_prompt mutually exclusive with prompt (providers.md §2.3)",
+        prompt=PromptRule.ONE_OF, multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=None,
+    ),
+    ("i2v", "pro"): EndpointRules(
+        source="HighwayAPI's pro-i2v page, exclusive like its 4k-i2v (providers.md §10.1, §6.2 [I])",
+        prompt=PromptRule.ONE_OF, multi_prompt=True, inline_images=True,
+    ),
+}  # fmt: skip
+"""HighwayAPI's Kling v3.0 routes."""
 
 _STATUSES: dict[str, TaskStatus] = {
     "TASK_STATUS_QUEUED": "queued",
@@ -59,6 +90,10 @@ def content_refusal(reason: str) -> bool:
     """Whether a task's failure reason reads as a content-policy refusal."""
     lowered = reason.lower()
     return any(word in lowered for word in _CONTENT_WORDS)
+
+
+KEY_CHECK_TASK_ID = "kling-video-mcp-key-check-00000000"
+"""A task id no provider hands out, for checking a key without spending anything."""
 
 
 def _data_uri(image: ImageSource) -> str:
@@ -94,6 +129,19 @@ class NovitaFamilyAdapter(ProviderAdapter):
         )
 
     @staticmethod
+    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+        """A 200 with neither a submit's ``task_id`` nor a result's ``task`` but an error's ``message``,
+        ``reason`` or ``code`` is that error (e.g. ``{"message": "insufficient balance"}``, providers.md §10.5)."""
+        body = json_body(response)
+        inner = body.get("data") if isinstance(body.get("data"), dict) else {}  # HighwayAPI may wrap (§7.2)
+        if "task_id" in body or "task" in body or "task" in inner or not body.keys() & {"message", "reason", "code"}:
+            return None
+        return classify_body_error(
+            response, code=body.get("code"), reason=str(body.get("reason") or ""),
+            message=str(body.get("message") or ""), provider=provider, key_env=key_env,
+        )  # fmt: skip
+
+    @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
         return f"kling-v3.0-{mode}-{kind}"
 
@@ -106,33 +154,46 @@ class NovitaFamilyAdapter(ProviderAdapter):
         if request.kind == "t2v" and request.aspect_ratio:
             body["aspect_ratio"] = request.aspect_ratio
         for field, image in images.items():
+            if image.url is None and self.rules(request.kind, request.mode).inline_images is False:
+                raise self.inline_image_refused(request, field)
             body[field] = image.url or _data_uri(image)
         if request.multi_prompt:
-            form = self.rules(request.kind, request.mode).multi_prompt
-            body["multi_prompt"] = (
-                [shot.prompt for shot in request.multi_prompt]
-                if form == "prompts"
-                else [shot.model_dump() for shot in request.multi_prompt]
-            )
+            body["multi_prompt"] = [shot.model_dump() for shot in request.multi_prompt]
         return body
 
     async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> Submitted:
         endpoint = self.endpoint(request.kind, request.mode)
-        response = await self._http.submit(f"/v3/async/{endpoint}", json=self.body(request, images))
+        body = self.body(request, images)
+        try:
+            response = await self._http.submit(f"/v3/async/{endpoint}", json=body)
+        except InvalidRequest as exc:
+            # Where inline images are uncertain (§10.6), a refusal naming an inline image is that.
+            named = sorted(images, key=len, reverse=True)  # "end_image" before "image", which it contains
+            inline = [field for field in named if images[field].url is None and field in exc.message]
+            if inline and self.rules(request.kind, request.mode).inline_images is not True:
+                raise self.inline_image_refused(request, inline[0], exc.message) from exc
+            raise
         task_id = json_body(response).get("task_id")
         if not task_id:
             raise UnknownOutcome(f"{self.label} accepted the submit but its answer carried no task_id.")
-        notes: tuple[str, ...] = ()
-        if request.multi_prompt and self.rules(request.kind, request.mode).multi_prompt == "prompts":
-            notes = (f"{self.label} {request.mode} takes shot prompts without durations; it divides the time itself.",)
-        return Submitted(provider_task_id=str(task_id), notes=notes)
+        return Submitted(provider_task_id=str(task_id))
+
+    async def check_key(self) -> KeyCheck:
+        """Look up a task id that cannot exist: "not found" means the key works (the lookup is free)."""
+        try:
+            await self._http.request("GET", "/v3/async/task-result", params={"task_id": KEY_CHECK_TASK_ID})
+        except NotFound:
+            pass  # the expected answer: the key was good enough to be told so
+        return KeyCheck()
 
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
         response = await self._http.request("GET", "/v3/async/task-result", params={"task_id": provider_task_id})
         body = json_body(response)
         if "task" not in body and isinstance(body.get("data"), dict):
             body = body["data"]  # HighwayAPI may wrap the result in "data" (providers.md §7.2)
-        task = body.get("task") if isinstance(body.get("task"), dict) else {}
+        task = body.get("task")
+        if not isinstance(task, dict):
+            raise ProviderError(f"{self.label} answered the poll without a task object; asking again later.", retryable=True)
         status = _STATUSES.get(str(task.get("status")), "running")
         videos = body.get("videos") if isinstance(body.get("videos"), list) else []
         video = videos[0] if videos and isinstance(videos[0], dict) else {}

@@ -15,22 +15,38 @@ import httpx2
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import KlingError, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus
-from kling_video_mcp.providers.base import EndpointRules, ProviderAdapter, RulesTable, Submitted
-from kling_video_mcp.providers.http import classify_error, json_body
+from kling_video_mcp.providers.base import (
+    SHORTEST_SHOT_3, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+)  # fmt: skip
+from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
 from kling_video_mcp.providers.novita_family import content_refusal
 
-_EXCLUSIVE = EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=False, shot_type=True, element_list=True)
+def _route(mode: Mode, prompt: PromptRule, source: str) -> EndpointRules:
+    return EndpointRules(
+        source=source,
+        prompt=prompt,
+        multi_prompt=True,
+        shot_seconds=SHORTEST_SHOT_3,  # §10.4: WaveSpeed's model schema
+        inline_images=False,  # §3.3: base64 unknown; local images are uploaded (§3.7)
+        # §10.3: Std and Pro cut shots themselves unless told "customize"; the 4K page says customize.
+        shot_type_default="customize" if mode == "4k" else "intelligent",
+        element_list=True,
+    )
 
+
+_EXCLUSIVE = "providers.md §3.3: either prompt or multi_prompt, not both"
 WAVESPEED_RULES: RulesTable = {
-    # providers.md §3.3: std/pro t2v and every i2v take "either prompt or multi_prompt, but
-    # not both"; 4K t2v requires prompt and also takes multi_prompt.
-    ("t2v", "std"): _EXCLUSIVE,
-    ("t2v", "pro"): _EXCLUSIVE,
-    ("t2v", "4k"): EndpointRules(multi_prompt="shots", prompt_with_multi_prompt=True, shot_type=True, element_list=True),
-    ("i2v", "std"): _EXCLUSIVE,
-    ("i2v", "pro"): _EXCLUSIVE,
-    ("i2v", "4k"): _EXCLUSIVE,
+    ("t2v", "std"): _route("std", PromptRule.ONE_OF, _EXCLUSIVE),
+    ("t2v", "pro"): _route("pro", PromptRule.ONE_OF, _EXCLUSIVE),
+    ("t2v", "4k"): _route("4k", PromptRule.REQUIRED, "providers.md §10.7: the 4K t2v page makes prompt the only required field"),
+    ("i2v", "std"): _route("std", PromptRule.ONE_OF, _EXCLUSIVE),
+    ("i2v", "pro"): _route("pro", PromptRule.ONE_OF, _EXCLUSIVE),
+    ("i2v", "4k"): _route("4k", PromptRule.ONE_OF, _EXCLUSIVE),
 }
+"""WaveSpeedAI's Kling v3.0 routes (providers.md §3.3 as corrected by §10)."""
+
+MULTI_SHOT_TYPE = "customize"
+"""The ``shot_type`` that makes WaveSpeed read ``multi_prompt`` (providers.md §10.3)."""
 
 _STATUSES: dict[str, TaskStatus] = {
     "created": "queued",
@@ -71,6 +87,18 @@ class WaveSpeedAdapter(ProviderAdapter):
         )
 
     @staticmethod
+    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+        """A 200 whose envelope ``code`` is not 200 is an error (providers.md §10.5, as WaveSpeed's
+        own MCP server and n8n node read it)."""
+        body = json_body(response)
+        if body.get("code", 200) == 200:
+            return None
+        return classify_body_error(
+            response, code=body.get("code"), reason=str(body.get("error_code") or ""),
+            message=str(body.get("message") or ""), provider=provider, key_env=key_env,
+        )  # fmt: skip
+
+    @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
         task = "text-to-video" if kind == "t2v" else "image-to-video"
         return f"kwaivgi/kling-v3.0-{mode}/{task}"
@@ -84,11 +112,9 @@ class WaveSpeedAdapter(ProviderAdapter):
             "/api/v3/media/upload/binary",
             files={"file": (f"image.{extension}", image.data, image.mime_type or "application/octet-stream")},
         )
-        body = json_body(response)
-        url = (body.get("data") or {}).get("download_url")
-        if body.get("code") != 200 or not url:
-            # The upload API reports some failures as HTTP 200 with code != 200 (providers.md §3.7).
-            raise ProviderError(f"{self.label} could not take the image {image.label}: {body.get('message') or 'no download_url'}.")
+        url = (json_body(response).get("data") or {}).get("download_url")
+        if not url:
+            raise ProviderError(f"{self.label} could not take the image {image.label}: its answer carried no download_url.")
         return str(url)
 
     async def body(self, request: GenerationRequest, images: dict[str, ImageSource]) -> dict[str, Any]:
@@ -103,6 +129,7 @@ class WaveSpeedAdapter(ProviderAdapter):
             body[field] = image.url or await self.upload(image)
         if request.multi_prompt:
             body["multi_prompt"] = [shot.model_dump() for shot in request.multi_prompt]
+            body.setdefault("shot_type", MULTI_SHOT_TYPE)
         if request.element_list:
             # Item shape {element_id} as a third-party integration sends it (providers.md §3.3).
             body["element_list"] = [{"element_id": element} for element in request.element_list]
@@ -116,18 +143,30 @@ class WaveSpeedAdapter(ProviderAdapter):
             raise UnknownOutcome(f"{self.label} accepted the submit but its answer carried no task id.")
         return Submitted(provider_task_id=str(task_id))
 
+    async def check_key(self) -> KeyCheck:
+        """``GET /api/v3/balance`` (providers.md §3.11): free, and it says what is left to spend."""
+        response = await self._http.request("GET", "/api/v3/balance")
+        balance = (json_body(response).get("data") or {}).get("balance")
+        return KeyCheck(f"balance ${balance:.2f}" if isinstance(balance, (int, float)) else "")
+
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
         response = await self._http.request("GET", f"/api/v3/predictions/{provider_task_id}/result")
         data = json_body(response).get("data")
-        data = data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise ProviderError(f"{self.label} answered the poll without a prediction; asking again later.", retryable=True)
         status = _STATUSES.get(str(data.get("status")), "running")
         outputs = data.get("outputs") or []
+        first = outputs[0] if outputs else None
+        # Kling's outputs are URL strings; some other models return {"url": ...} (providers.md §10.10).
+        video_url = first.get("url") if isinstance(first, dict) else first
+        if status == "succeeded" and not isinstance(video_url, str):
+            raise ProviderError(f"{self.label} reported success with an output this server cannot read: {first!r:.200}.")
         error = str(data.get("error") or "")
         refused = data.get("code") == _MODERATION_CODE or content_refusal(error)
         return ProviderUpdate(
             status=status,
             progress_percent=100.0 if status == "succeeded" else None,
-            video_url=str(outputs[0]) if outputs else None,
+            video_url=video_url if isinstance(video_url, str) else None,
             error=(error or f"The task ended as {data.get('status')!r}.") if status == "failed" else None,
             error_code=("content_policy" if refused else "provider_error") if status == "failed" else None,
         )

@@ -43,13 +43,18 @@ MultiPrompt = Annotated[
         min_length=1,
         max_length=6,
         description="Multi-shot video: 1 to 6 shots, each {prompt (at most 512 characters), duration in seconds}; "
-        "the shot durations must add up to `duration`. Cannot be combined with end_image. Whether `prompt` may be "
-        "given too depends on the provider and mode (HighwayAPI 4K/Pro and WaveSpeed Std/Pro take one or the other).",
+        "the shot durations must add up to `duration`. Each shot is at least 3 s on WaveSpeedAI and on Novita/HighwayAPI "
+        "Std and 4K image-to-video (1 s elsewhere). Cannot be combined with end_image. Whether `prompt` may or must be "
+        "given too depends on the provider and mode (an error names the rule and who accepts what).",
     ),
 ]
 ShotTypeParam = Annotated[
     Literal["customize", "intelligent"] | None,
-    Field(description="WaveSpeedAI only: how shots are cut, customize (default) or intelligent."),
+    Field(
+        description="WaveSpeedAI only: how shots are cut. 'intelligent': the model cuts shots itself from prompt "
+        "(WaveSpeedAI's default on Std and Pro); 'customize': your multi_prompt shots (its default on 4K). With "
+        "multi_prompt and no shot_type, the server sends 'customize'."
+    ),
 ]
 ElementList = Annotated[
     list[str] | None,

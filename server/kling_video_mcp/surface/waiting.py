@@ -4,7 +4,8 @@ The wait is capped at 50 s, under Claude Desktop's 60 s tool-call limit (mcp-sdk
 while it lasts, a progress notification goes out at least every :data:`PROGRESS_INTERVAL`
 seconds (``ctx.report_progress`` is a no-op when the client sent no progress token), with the
 provider's percent where it gives one and an estimate from the model's usual render time
-where it does not.
+where it does not. Meanwhile the watcher polls the tasks at their provider's minimum interval
+(``Watcher.waiting``), so a clip lands within one interval of the render's end.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def _phrase(record: TaskRecord, percent: float, left: float | None) -> str:
 
 async def wait_reporting(ctx: Context, service: TaskService, task_ids: list[str], seconds: float) -> None:
     """Return when every task is finished or ``seconds`` have passed, reporting progress meanwhile."""
-    deadline = anyio.current_time() + min(seconds, MAX_WAIT_SECONDS)
+    with service.watcher.waiting(task_ids):
+        await _wait_reporting(ctx, service, task_ids, anyio.current_time() + min(seconds, MAX_WAIT_SECONDS))
+
+
+async def _wait_reporting(ctx: Context, service: TaskService, task_ids: list[str], deadline: float) -> None:
     reported = 0.0
     while (left := deadline - anyio.current_time()) > 0:
         records = [service.get(task_id) for task_id in task_ids]

@@ -375,6 +375,8 @@ class TaskService:
         record.status = update.status
         record.progress_percent = update.progress_percent
         record.eta_seconds = update.eta_seconds
+        if update.status == "running" and record.running_since is None:
+            record.running_since = utcnow()
         record.error_code, record.error_message = update.error_code, update.error
         if update.video_url:
             record.video_url = update.video_url

@@ -3,13 +3,18 @@
 One watch loop per task polls the provider through the service's ``step``, paced by
 :func:`next_poll_delay`: rarely early in a render and more often near its expected end.
 A caller that wants fresh news (``check_task``) can *nudge* a loop to poll now and wait for
-its next update. A task still unfinished ``ceiling`` seconds past its expected end is
-marked ``timed_out`` (it can be checked again).
+its next update; while any caller is :meth:`Watcher.waiting` on a task, it is polled at its
+provider's minimum interval, so a clip somebody waits for is never picked up late. A task
+still unfinished ``ceiling`` seconds past its expected end is marked ``timed_out`` (it can be
+checked again).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -38,10 +43,32 @@ class Pace:
     """Our seconds per provider second: the provider's ``eta`` is multiplied by it."""
 
     def remaining(self, record: TaskRecord) -> float:
-        """Seconds until the render should end: the provider's ETA, else the model's usual time."""
+        """Seconds until the render should end.
+
+        The provider's ETA where it gives one above 0; else, while the task runs, an estimate
+        from its progress and how long it has been running (Novita reports ``eta: 0`` near the
+        end, issue 9); else what is left of the model's usual time.
+        """
         if record.eta_seconds is not None and record.eta_seconds > 0:
             return record.eta_seconds * self.time_scale
+        if (left := _left_from_progress(record)) is not None:
+            return left
         return self.expected_seconds - (utcnow() - record.created_at).total_seconds()
+
+
+def _left_from_progress(record: TaskRecord) -> float | None:
+    """Seconds left at the pace so far, ``elapsed × (100 - p) / p``; ``None`` without progress.
+
+    ``elapsed`` counts from when a poll first saw the task running, at or after its real start,
+    so the estimate errs early, never late; on that first poll itself, from its submission.
+    """
+    percent = record.progress_percent
+    if record.status != "running" or percent is None or not 0 < percent < 100:
+        return None
+    now = utcnow()
+    running = (now - record.running_since).total_seconds() if record.running_since else 0.0
+    elapsed = running if running > 0 else (now - record.created_at).total_seconds()
+    return elapsed * (100 - percent) / percent
 
 
 def next_poll_delay(record: TaskRecord, pace: Pace) -> float:
@@ -89,6 +116,7 @@ class Watcher:
         self._service = service
         self._ceiling = ceiling
         self._watches: dict[str, _Watch] = {}
+        self._waiters: Counter[str] = Counter()
         self._changed = anyio.Event()
 
     def watch(self, task_id: str) -> None:
@@ -107,6 +135,22 @@ class Watcher:
         with anyio.move_on_after(timeout):
             for updated in updates:
                 await updated.wait()
+
+    @contextmanager
+    def waiting(self, task_ids: list[str]) -> Iterator[None]:
+        """While inside, poll the tasks at their provider's minimum interval: a client is waiting.
+
+        Entering nudges each task's loop, so a long pause chosen before anyone waited is cut short.
+        """
+        self._waiters.update(task_ids)
+        for task_id in task_ids:
+            if (watch := self._watches.get(task_id)) is not None:
+                watch.nudge.set()
+        try:
+            yield
+        finally:
+            self._waiters.subtract(task_ids)
+            self._waiters += Counter()  # drop the zeros
 
     async def wait_for_any_update(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for any watched task's next update (no nudge)."""
@@ -140,7 +184,8 @@ class Watcher:
                     self._service.record_error(task_id, self._timed_out(pace.expected_seconds), final=True)
                     return
                 backoff = pace.min_interval * 2 ** min(failures, 5) if failures else 0.0
-                with anyio.move_on_after(max(next_poll_delay(record, pace), backoff)):
+                delay = pace.min_interval if self._waiters[task_id] else next_poll_delay(record, pace)
+                with anyio.move_on_after(max(delay, backoff)):
                     await watch.nudge.wait()
                 watch.nudge = anyio.Event()
                 # A nudge never makes us poll one task faster than its provider allows.
