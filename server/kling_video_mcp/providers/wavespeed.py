@@ -9,6 +9,7 @@ Answers come in the envelope ``{code, message, data}``; results are read from
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 
@@ -117,7 +118,8 @@ class WaveSpeedAdapter(ProviderAdapter):
         return Submitted(provider_task_id=str(task_id))
 
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
-        response = await self._http.request("GET", f"/api/v3/predictions/{provider_task_id}/result")
+        # Encoded as one path segment: an odd id ("../../x?inject=1") must not reach another route.
+        response = await self._http.request("GET", f"/api/v3/predictions/{quote(provider_task_id, safe='')}/result")
         data = json_body(response).get("data")
         data = data if isinstance(data, dict) else {}
         status = _STATUSES.get(str(data.get("status")), "running")
