@@ -160,7 +160,7 @@ def test_a_full_disk_says_to_free_space():
     """The advice for the other local faults (a full disk cannot be made in a test as root)."""
     import errno
 
-    from kling_video_mcp.tasks.service import storage_error
+    from kling_video_mcp.tasks.downloads import storage_error
 
     folder = Path("/videos")
     assert "free space there" in storage_error(OSError(errno.ENOSPC, "No space left on device"), folder).message

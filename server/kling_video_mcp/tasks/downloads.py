@@ -23,10 +23,12 @@ the stages, which bounds the memory a download holds to a few MB whatever the cl
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +37,12 @@ import anyio
 import httpx2
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from kling_video_mcp.errors import DownloadFailed, KlingError, ProviderError, ProviderUnreachable
+from kling_video_mcp.errors import DownloadFailed, KlingError, ProviderError, ProviderUnreachable, StorageError
 from kling_video_mcp.models import ClipFacts
 from kling_video_mcp.tasks.addresses import AddressPolicy
 from kling_video_mcp.tasks.media import check_whole, probe
+
+log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 1024 * 1024
 """Bytes gathered before one write: large writes keep the file system's block allocation cheap."""
@@ -273,7 +277,7 @@ def _check_type(response: httpx2.Response) -> None:
         )
 
 
-def _verify(path: Path) -> ClipFacts:
+def verify_clip(path: Path) -> ClipFacts:
     """Probe the downloaded file (blocks). Raises :class:`NotAVideo` unless it is a whole video
     stream with a duration."""
     try:
@@ -289,12 +293,42 @@ def _verify(path: Path) -> ClipFacts:
     return facts
 
 
+def part_size(destination: Path) -> int:
+    """Bytes in the part file of ``destination`` (0 when there is none)."""
+    part = _part_path(destination)
+    return part.stat().st_size if part.exists() else 0
+
+
 def discard_part(destination: Path) -> None:
-    """Remove the part file of an abandoned download of ``destination``, if any."""
+    """Remove the part file of an abandoned download of ``destination``, if any (never raises)."""
     try:
         _part_path(destination).unlink()
     except (FileNotFoundError, NotADirectoryError):
         pass  # never written, or the folder itself is gone
+    except OSError:
+        log.warning("could not remove the abandoned part file of %s", destination)
+
+
+_STORAGE_ADVICE = {
+    errno.ENOSPC: "the disk holding {folder} is full: free space there",
+    errno.EDQUOT: "the disk quota for {folder} is used up: free space there",
+    errno.EROFS: "{folder} is on a read-only file system: point KLING_MCP_OUTPUT_DIR at a writable folder",
+    errno.EACCES: "{folder} is not writable by the server: make it writable (or point KLING_MCP_OUTPUT_DIR elsewhere)",
+    errno.EPERM: "{folder} is not writable by the server: make it writable (or point KLING_MCP_OUTPUT_DIR elsewhere)",
+    errno.ENOENT: "the output folder {folder} is gone: create it (or point KLING_MCP_OUTPUT_DIR elsewhere)",
+    errno.ENOTDIR: "the output folder {folder} is missing or not a folder: create it (or fix KLING_MCP_OUTPUT_DIR)",
+    errno.EEXIST: "the output folder {folder} is missing or not a folder: create it (or fix KLING_MCP_OUTPUT_DIR)",
+}
+
+
+def storage_error(exc: OSError, folder: Path) -> StorageError:
+    """What to do about a local write failure while saving a clip into ``folder``."""
+    advice = _STORAGE_ADVICE.get(exc.errno or 0, "the clip could not be written to {folder}: fix the folder")
+    return StorageError(
+        f"The render finished and is paid for, but its clip could not be saved ({exc.strerror or exc}): "
+        f"{advice.format(folder=folder)}, then call check_task again to resume the download "
+        "(the provider's link lasts about an hour)."
+    )
 
 
 async def download(
@@ -305,11 +339,13 @@ async def download(
     deadline: float,
     policy: AddressPolicy,
     max_bytes: int,
+    verify: Callable[[Path], ClipFacts | None] = verify_clip,
 ) -> Downloaded:
     """Download ``url`` to ``destination`` (one attempt, resuming a previous one), and verify it.
 
     ``deadline`` is the whole attempt's limit in seconds; ``policy`` says which addresses the
-    link and its redirects may reach; ``max_bytes`` is the size ceiling.
+    link and its redirects may reach; ``max_bytes`` is the size ceiling; ``verify`` checks the
+    complete file before it gets its final name (blocks; raises :class:`NotAVideo`).
 
     Returns:
         The final path, its sha256 (hex), size in bytes, and what PyAV read from it.
@@ -363,7 +399,7 @@ async def download(
     if total is not None and part.size != total:
         raise IncompleteDownload(f"The download ended at {part.size} of {total} bytes; it will resume.")
     try:
-        facts = await anyio.to_thread.run_sync(_verify, part.path)
+        facts = await anyio.to_thread.run_sync(verify, part.path)
     except NotAVideo:
         part.path.unlink(missing_ok=True)
         raise

@@ -8,7 +8,6 @@ whether or not anyone asks.
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
 import uuid
@@ -32,7 +31,6 @@ from kling_video_mcp.errors import (
     KlingError,
     NotFound,
     ProviderError,
-    StorageError,
     UnknownOutcome,
 )
 from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
@@ -47,6 +45,8 @@ from kling_video_mcp.tasks.downloads import (
     adopt,
     discard_part,
     download,
+    part_size,
+    storage_error,
 )
 from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
@@ -251,7 +251,16 @@ class TaskService:
             KlingError: the provider refused (nothing was created; the record is removed).
         """
         try:
-            submitted = await self._submit_holding_lock(record, images, adapter)
+            return await self._send(record, images, adapter)
+        finally:
+            # Released only once the answer (or the unknown outcome) is journaled.
+            if (lock := self._submitting.pop(record.task_id, None)) is not None:
+                lock.release()
+                Path(lock.lock_file).unlink(missing_ok=True)
+
+    async def _send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
+        try:
+            submitted = await adapter.submit(record.request, images)
         except UnknownOutcome as exc:
             error = UnknownOutcome(self._unknown_outcome_advice(exc.message, record), task_id=record.task_id)
             self.record_error(record.task_id, error, final=True)
@@ -271,15 +280,6 @@ class TaskService:
         self.journal.save(record)
         self.watcher.watch(record.task_id)
         return record
-
-    async def _submit_holding_lock(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter):
-        lock = self._submitting.pop(record.task_id, None)
-        try:
-            return await adapter.submit(record.request, images)
-        finally:
-            if lock is not None:
-                lock.release()
-                Path(lock.lock_file).unlink(missing_ok=True)
 
     @staticmethod
     def _unknown_outcome_advice(what_happened: str, record: TaskRecord) -> str:
@@ -352,11 +352,13 @@ class TaskService:
         """
         if record.status == "failed" or record.task_id in self._submitting:
             return
+        lock_path = self._submit_lock_path(record.task_id)
         try:
-            with FileLock(self._submit_lock_path(record.task_id), timeout=0):
+            with FileLock(lock_path, timeout=0):
                 pass
         except FileLockTimeout:
             return  # another server process on this journal is sending it right now
+        lock_path.unlink(missing_ok=True)
         advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
         self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
 
@@ -565,7 +567,7 @@ class TaskService:
         except KlingError as exc:
             error = exc
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_discard_quietly, destination)
+            await anyio.to_thread.run_sync(discard_part, destination)
         raise error
 
     async def _download_attempts(self, record: TaskRecord, adapter: ProviderAdapter, destination: Path) -> Downloaded:
@@ -578,7 +580,7 @@ class TaskService:
         stale = record.url_expires_at is not None and record.url_expires_at <= utcnow()
         policy = AddressPolicy(await self._download_reach(record.provider))
         fruitless = 0
-        furthest = _part_size(destination)
+        furthest = part_size(destination)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(RETRIED_DOWNLOAD_ERRORS),
             stop=lambda _state: fruitless >= DOWNLOAD_ATTEMPTS,
@@ -600,7 +602,7 @@ class TaskService:
                     )
                 except RETRIED_DOWNLOAD_ERRORS as exc:
                     resumable = isinstance(exc, IncompleteDownload)
-                    reached = _part_size(destination)
+                    reached = part_size(destination)
                     fruitless = 0 if resumable and reached > furthest else fruitless + 1
                     furthest = max(furthest, reached)
                     stale = not resumable  # a cut-off transfer resumes the same link
@@ -620,36 +622,3 @@ class TaskService:
             setting = self.settings.allow_private_downloads
             self._reach[provider] = await anyio.to_thread.run_sync(provider_reach, base_url, setting)
         return self._reach[provider]
-
-
-def _part_size(destination: Path) -> int:
-    part = destination.with_name(destination.name + ".part")
-    return part.stat().st_size if part.exists() else 0
-
-
-def _discard_quietly(destination: Path) -> None:
-    try:
-        discard_part(destination)
-    except OSError:
-        log.warning("could not remove the abandoned part file of %s", destination)
-
-
-_STORAGE_ADVICE = {
-    errno.ENOSPC: "the disk holding {folder} is full: free space there",
-    errno.EDQUOT: "the disk quota for {folder} is used up: free space there",
-    errno.EROFS: "{folder} is on a read-only file system: point KLING_MCP_OUTPUT_DIR at a writable folder",
-    errno.EACCES: "{folder} is not writable by the server: make it writable (or point KLING_MCP_OUTPUT_DIR elsewhere)",
-    errno.EPERM: "{folder} is not writable by the server: make it writable (or point KLING_MCP_OUTPUT_DIR elsewhere)",
-    errno.ENOENT: "the output folder {folder} is gone: create it (or point KLING_MCP_OUTPUT_DIR elsewhere)",
-    errno.ENOTDIR: "the output folder {folder} is missing or not a folder: create it (or fix KLING_MCP_OUTPUT_DIR)",
-    errno.EEXIST: "the output folder {folder} is missing or not a folder: create it (or fix KLING_MCP_OUTPUT_DIR)",
-}
-
-
-def storage_error(exc: OSError, folder: Path) -> StorageError:
-    """What to do about a local write failure while saving a clip into ``folder``."""
-    advice = _STORAGE_ADVICE.get(exc.errno or 0, "the clip could not be written to {folder}: fix the folder").format(folder=folder)
-    return StorageError(
-        f"The render finished and is paid for, but its clip could not be saved ({exc.strerror or exc}): {advice}, "
-        "then call check_task again to resume the download (the provider's link lasts about an hour)."
-    )
