@@ -26,9 +26,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Reach = Literal["public", "local", "any"]
 """``public``: global addresses only; ``local``: also loopback and private; ``any``: everything."""
 
-SCHEMES = ("http", "https")
-
-
 def parse_address(text: str) -> IPAddress | None:
     """``text`` as an IP address (IPv4-mapped IPv6 as the IPv4 it maps), or ``None``."""
     try:
@@ -88,13 +85,9 @@ class AddressPolicy:
         return self.reach == "local" and _is_local(address)
 
     def url_problem(self, url: str) -> str | None:
-        """Why ``url`` may not be fetched, judged before connecting (scheme, literal address)."""
+        """Why an ``http(s)`` ``url`` may not be fetched, judged before connecting (a literal address)."""
         parts = urlsplit(url)
-        if parts.scheme.lower() not in SCHEMES:
-            return f"it is a {parts.scheme or 'scheme-less'}: link, and clips are fetched only over http(s)"
-        if not parts.hostname:
-            return "it names no host"
-        if (address := parse_address(parts.hostname)) is not None and not self.allows(address):
+        if (address := parse_address(parts.hostname or "")) is not None and not self.allows(address):
             return f"it points at {address}, {self._kind(address)}"
         return None
 

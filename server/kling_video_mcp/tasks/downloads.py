@@ -244,12 +244,21 @@ async def _open(
         DownloadRefused: a hop's scheme or address is not allowed, or too many redirects.
     """
     for _hop in range(MAX_REDIRECTS + 1):
+        try:
+            parsed = httpx2.URL(url)
+        except httpx2.InvalidURL:
+            parsed = httpx2.URL()
+        if parsed.scheme.lower() not in ("http", "https") or not parsed.host:
+            raise DownloadRefused(
+                f"The clip's download link was not followed: it is a {parsed.scheme or 'malformed'}: link, and clips "
+                "are fetched only from http(s) hosts. The provider may be misconfigured; call check_task again later."
+            )
         if (problem := policy.url_problem(url)) is not None:
-            raise DownloadRefused(_refusal(url, problem))
+            raise DownloadRefused(_refusal(problem))
         response = await client.send(client.build_request("GET", url, headers=headers), stream=True, follow_redirects=False)
         try:
             if (problem := policy.address_problem(_server_address(response))) is not None:
-                raise DownloadRefused(_refusal(url, problem))
+                raise DownloadRefused(_refusal(problem))
             if not response.has_redirect_location:
                 yield response
                 return
@@ -259,12 +268,11 @@ async def _open(
     raise DownloadRefused(f"The clip's link redirected more than {MAX_REDIRECTS} times; it was not followed further.")
 
 
-def _refusal(url: str, problem: str) -> str:
-    host = httpx2.URL(url).host if url.lower().startswith(("http:", "https:")) else url.split(":", 1)[0] + ":"
+def _refusal(problem: str) -> str:
     return (
-        f"The clip's download link (host {host}) was not followed: {problem}. Downloads go only to public "
-        "http(s) addresses unless the provider's own base URL is local; set KLING_MCP_ALLOW_PRIVATE_DOWNLOADS=true "
-        "if this provider really serves clips from a private network, then call check_task again."
+        f"The clip's download link was not followed: {problem}. Downloads go only to public addresses unless "
+        "the provider's own base URL is local; set KLING_MCP_ALLOW_PRIVATE_DOWNLOADS=true if this provider really "
+        "serves clips from a private network, then call check_task again."
     )
 
 
