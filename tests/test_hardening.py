@@ -26,7 +26,7 @@ import pytest
 from mcp import Client
 
 from conftest import KEY, make_settings, png_bytes
-from helpers import clip_duration, total_requests, wait_done
+from helpers import clip_duration, submits, total_requests, wait_done
 from kling_video_mcp.surface.server import build_server
 from test_stdio import console_script, server_env
 
@@ -235,6 +235,42 @@ async def test_an_orphaned_submit_is_reported_at_once_and_found_by_adoption(tmp_
         assert adopted.structured_content["task_id"] == "e" * 32, adopted.structured_content
         finished = await done(client, "e" * 32)
     assert finished["status"] == "succeeded" and finished["estimated_cost_usd"] == 1.26, finished
+
+
+async def test_a_submit_cut_off_by_kill_9_is_reported_at_once_after_restart(tmp_path, emulator):
+    """A real kill -9 while the provider holds the submit: the next server says so at once."""
+    import signal
+    import sys
+
+    from mcp import StdioServerParameters
+    from test_restart import RECORD_PID_AND_SERVE
+
+    emulator.inject_fault("novita", "submit", "hang", seconds=30)  # the task is made; the answer never comes
+    pid_file = tmp_path / "server.pid"
+    first = StdioServerParameters(
+        command=sys.executable, args=["-c", RECORD_PID_AND_SERVE, str(pid_file)], env=server_env(emulator, tmp_path)
+    )
+
+    async def submit_and_die() -> None:
+        try:
+            async with Client(first) as client:
+                await client.call_tool("generate_video", {"prompt": "in flight", "duration": 3, "provider": "novita"})
+        except Exception:
+            pass  # the broken pipe of the killed server
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            group.start_soon(submit_and_die)
+            while not submits(emulator, "novita"):
+                await anyio.sleep(0.02)
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            group.cancel_scope.cancel()
+    restarted = StdioServerParameters(command=console_script(), args=[], env=server_env(emulator, tmp_path))
+    async with Client(restarted) as client:
+        listed = (await client.call_tool("list_tasks", {})).structured_content["tasks"]
+    assert len(listed) == 1 and listed[0]["status"] == "failed", listed
+    error = listed[0]["error"]
+    assert error["code"] == "unknown_outcome" and "check_task" in error["message"] and "$1.26" in error["message"]
 
 
 # -- 3. secrets -------------------------------------------------------------------------------
