@@ -8,8 +8,6 @@ addresses, wrong lengths, echoed keys, undocumented statuses, odd task ids; or a
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import os

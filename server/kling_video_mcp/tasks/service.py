@@ -20,7 +20,7 @@ import anyio
 import httpx2
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
