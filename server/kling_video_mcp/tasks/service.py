@@ -554,9 +554,10 @@ class TaskService:
             error = storage_error(exc, destination.parent)
         except IncompleteDownload as exc:
             error = DownloadFailed(
-                f"The render finished, but the clip's transfer kept ending early, {DOWNLOAD_ATTEMPTS} times without "
-                f"progress ({exc.message}): the storage server may declare a wrong Content-Length. Call check_task "
-                f"again to retry; if it keeps failing, download the clip from {adapter.label}'s dashboard."
+                f"The render finished, but the clip's transfer kept failing, {DOWNLOAD_ATTEMPTS} times without "
+                f"progress (last: {exc.message}): the storage server is unreachable, or declares a wrong "
+                "Content-Length. Call check_task again to retry; if it keeps failing, download the clip from "
+                f"{adapter.label}'s dashboard."
             )
         except (UrlExpired, NotAVideo) as exc:
             error = DownloadFailed(
@@ -605,7 +606,7 @@ class TaskService:
                     reached = part_size(destination)
                     fruitless = 0 if resumable and reached > furthest else fruitless + 1
                     furthest = max(furthest, reached)
-                    stale = not resumable  # a cut-off transfer resumes the same link
+                    stale = True  # a fresh link resumes the part file just as well, and the old one may be gone
                     # Shown by check_task while the task runs: the cause, not only "downloading".
                     record.error_code = exc.code
                     record.error_message = f"A download attempt failed; the server tries again by itself. {exc.message}"
