@@ -29,12 +29,14 @@ from bench.stdio_rpc import StdioServer, clean_env
 from kling_video_mcp.config import Settings
 from kling_video_mcp.models import GenerationRequest
 from kling_video_mcp.providers import Providers
+from kling_video_mcp.tasks.addresses import AddressPolicy
 from kling_video_mcp.tasks.downloads import download
 
 FIXED_INTERVALS = (2.0, 10.0)
 """Seconds (emulated) between the naive pollers' polls."""
 REAL_RATE_LIMIT = Settings.model_fields["provider_rate_limit"].default
 """Requests per second per provider in the real world (the server's default)."""
+MAX_CLIP_BYTES = Settings.model_fields["max_clip_bytes"].default
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,10 @@ async def fixed_poller(providers: Providers, client: httpx2.AsyncClient, index: 
         if update.status == "failed":
             return TaskRun(task_id, None)
         if update.status == "succeeded" and update.video_url:
-            await download(client, update.video_url, folder / f"{task_id}.mp4", deadline=600)
+            await download(
+                client, update.video_url, folder / f"{task_id}.mp4", deadline=600,
+                policy=AddressPolicy("local"), max_bytes=MAX_CLIP_BYTES,
+            )  # fmt: skip
             return TaskRun(task_id, time.time())
 
 

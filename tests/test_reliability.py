@@ -285,9 +285,9 @@ async def test_a_local_fault_does_not_take_the_server_down(tmp_path, emulator):
     settings = make_settings(tmp_path, emulator, output_dir=blocked)
     async with Client(build_server(settings)) as client:
         report = await submit(client, provider="novita")
-        await anyio.sleep(1.0)  # the render ends and the download fails, repeatedly
-        checked = await client.call_tool("check_task", {"task_id": report["task_id"]})
-        assert checked.structured_content["status"] == "running"  # rendered, not delivered, still watched
+        await anyio.sleep(1.0)  # the render ends and the download fails
+        checked = (await client.call_tool("check_task", {"task_id": report["task_id"]})).structured_content
+        assert checked["error"]["code"] == "storage_error" and str(blocked) in checked["error"]["message"], checked
         other = await client.call_tool("generate_video", {"prompt": "still serving", "provider": "highway", "dry_run": True})
         assert not other.is_error
 

@@ -10,8 +10,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kling_video_mcp import __version__
+
+if TYPE_CHECKING:
+    from kling_video_mcp.config import Settings
 
 TRANSPORTS = ("stdio", "sse", "streamable-http")
 
@@ -54,44 +58,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def doctor() -> int:
-    """Run ``kling-video-mcp doctor``; returns its exit status."""
+def read_settings() -> Settings:
+    """The settings from the environment; exits with the broken rules (never the values, which
+    may hold secrets) when they are invalid."""
     from pydantic import ValidationError
 
     from kling_video_mcp.config import Settings
-    from kling_video_mcp.doctor import run_doctor
 
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"kling-video-mcp: invalid configuration: {problems}")
-        return 1
-    return run_doctor(settings, sys.stdout)
+        sys.exit(f"kling-video-mcp: invalid configuration: {problems}")
+
+
+def doctor() -> int:
+    """Run ``kling-video-mcp doctor``; returns its exit status."""
+    from kling_video_mcp.doctor import run_doctor
+
+    return run_doctor(read_settings(), sys.stdout)
 
 
 def serve_stdio() -> None:
     """Run the server on stdio until the client closes it."""
     from kling_video_mcp.surface.server import build_server, settle_heap
 
-    server = build_server()
+    server = build_server(read_settings())
     settle_heap()
     server.run("stdio")
 
 
 def serve_http(args: argparse.Namespace) -> None:
     """Run the HTTP server until it is stopped; exits with a message when it must not start."""
-    from pydantic import ValidationError
-
-    from kling_video_mcp.config import Settings
     from kling_video_mcp.surface import http
 
     config = http.HttpConfig(transport=args.transport, host=args.host, port=args.port, stateless=args.stateless)
     try:
-        http.serve_http(Settings(), config)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        sys.exit(f"kling-video-mcp: invalid configuration: {problems}")
+        http.serve_http(read_settings(), config)
     except http.StartRefused as exc:
         sys.exit(f"kling-video-mcp: {exc}")
 

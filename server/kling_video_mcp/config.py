@@ -18,6 +18,10 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_IMAGE_DIRS``    HTTP only: folders (``os.pathsep``-separated) local images may come from.
 ``KLING_MCP_ALLOWED_HOSTS`` HTTP only: extra ``Host`` values to accept (comma-separated).
 ``KLING_MCP_ALLOWED_ORIGINS`` HTTP only: extra ``Origin`` values to accept (comma-separated).
+``KLING_MCP_MAX_CLIP_BYTES`` the largest clip download accepted, in bytes (default 2 GB).
+``KLING_MCP_ALLOW_PRIVATE_DOWNLOADS`` ``true``/``false``: clip downloads may/may not reach
+                            loopback and private addresses (default: only when the provider's
+                            own base URL is loopback or private, as for the emulator).
 ==========================  ===========================================================
 
 The remaining ``KLING_MCP_*`` settings tune timeouts and polling; their defaults suit real use.
@@ -28,9 +32,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["novita", "highway", "wavespeed", "sandbox"]
@@ -82,6 +87,12 @@ class Settings(BaseSettings):
     """Total wall-clock limit of one API request, retries excluded."""
     download_deadline: float = 1800.0
     """Total wall-clock limit of one clip download (a 4K clip can be hundreds of MB)."""
+    max_clip_bytes: int = Field(2_000_000_000, gt=0, validation_alias=_env("KLING_MCP_MAX_CLIP_BYTES"))
+    """Bytes: a download declaring or delivering more stops (a 15 s 4K clip is far below 2 GB)."""
+    allow_private_downloads: bool | None = Field(None, validation_alias=_env("KLING_MCP_ALLOW_PRIVATE_DOWNLOADS"))
+    """Whether clip downloads may connect to loopback, private and link-local addresses.
+    ``None``: only for a provider whose own base URL is loopback or private (see
+    :mod:`kling_video_mcp.tasks.addresses`)."""
 
     provider_rate_limit: float = Field(5.0, gt=0)
     """Requests per second to each provider, at most (polls, submits and uploads together)."""
@@ -124,6 +135,21 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("KLING_MCP_ALLOWED_ORIGINS")
     )
     """``Origin`` header values accepted besides loopback and the public URL's origin."""
+
+    @field_validator("novita_base_url", "highway_base_url", "wavespeed_base_url")
+    @classmethod
+    def _no_credentials_in_base_url(cls, value: str, info: ValidationInfo) -> str:
+        # httpx2 would send user:pass as Basic auth instead of the key, and the URL (with them)
+        # would show in every error and log line. Refuse it rather than strip it silently.
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "must not carry credentials (user:password@): put the provider key in "
+                f"{str(info.field_name).split('_')[0].upper()}_API_KEY, and a proxy's credentials in HTTPS_PROXY"
+            )
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL (e.g. https://api.novita.ai)")
+        return value
 
     @field_validator("http_token", mode="before")
     @classmethod
@@ -176,6 +202,17 @@ class Settings(BaseSettings):
             "highway": self.highway_base_url,
             "wavespeed": self.wavespeed_base_url,
         }[provider]
+
+    def secrets(self) -> list[str]:
+        """Every configured secret, to be redacted from whatever a provider says (see
+        :func:`kling_video_mcp.providers.http.redact`). A new secret setting is one more line."""
+        configured = [
+            self.novita_api_key,
+            self.highway_api_key,
+            self.wavespeed_api_key,
+            self.http_token,
+        ]
+        return [secret.get_secret_value() for secret in configured if secret is not None and secret.get_secret_value()]
 
     @property
     def journal_path(self) -> Path:

@@ -71,6 +71,20 @@ class ProviderUnreachable(KlingError):
     retryable = True
 
 
+class DownloadFailed(KlingError):
+    """The render finished but its clip could not be brought home: the link gave no video, a
+    refused address, a clip over the size ceiling, or transfers that kept failing."""
+
+    code = "download_failed"
+
+
+class StorageError(KlingError):
+    """This machine could not store a clip: the disk is full, or the output folder is read-only
+    or gone. Checking the task again once that is fixed resumes the download."""
+
+    code = "storage_error"
+
+
 class UnknownOutcome(KlingError):
     """A submit may have reached the provider, but no answer says whether a task was made."""
 

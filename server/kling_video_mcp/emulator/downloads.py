@@ -14,8 +14,10 @@ from http import HTTPStatus
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.types import Message, Receive, Scope, Send
+
+from .faults import Fault
 
 S3_CODES = {403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError", 503: "SlowDown"}
 
@@ -44,11 +46,34 @@ def missing() -> Response:
     return s3_error(404, "NoSuchKey", "The specified key does not exist.")
 
 
-def serve_file(path: Path, media_type: str, keep_fraction: float | None = None) -> Response:
-    """``path`` as a download; with ``keep_fraction`` the body is cut off after that share of it."""
-    if keep_fraction is None:
-        return FileResponse(path, media_type=media_type)
-    return CutOffFileResponse(path, keep_fraction, media_type=media_type)
+def bad_gateway_page() -> Response:
+    """A CDN's error page served with status 200, as fronting proxies sometimes do."""
+    return HTMLResponse("<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>")
+
+
+def redirect(location: str) -> Response:
+    return RedirectResponse(location, status_code=302)
+
+
+def serve_file(path: Path, media_type: str, fault: Fault | None = None) -> Response:
+    """``path`` as a download, as a body fault (``truncate``, ``truncated``, ``wrong_length``) says."""
+    if fault is not None and fault.kind == "truncate":
+        return CutOffFileResponse(path, fault.fraction, media_type=media_type)
+    if fault is not None and fault.kind == "wrong_length":
+        return CutOffFileResponse(path, 1.0, media_type=media_type, extra_declared=fault.extra)
+    if fault is not None and fault.kind == "truncated":
+        return ShortBodyResponse(path, fault.fraction, media_type)
+    return FileResponse(path, media_type=media_type)
+
+
+class ShortBodyResponse(Response):
+    """The first ``fraction`` of a file, without ``Content-Length``, ending cleanly: a client has
+    nothing but the content itself to tell that it is short."""
+
+    def __init__(self, path: Path, fraction: float, media_type: str) -> None:
+        data = path.read_bytes()
+        super().__init__(data[: int(len(data) * fraction)], media_type=media_type)
+        self.raw_headers = [(name, value) for name, value in self.raw_headers if name != b"content-length"]
 
 
 class CutOffFileResponse(FileResponse):
@@ -59,9 +84,11 @@ class CutOffFileResponse(FileResponse):
     client sees when a download is cut off mid-way.
     """
 
-    def __init__(self, path: Path, keep_fraction: float, media_type: str) -> None:
+    def __init__(self, path: Path, keep_fraction: float, media_type: str, extra_declared: int = 0) -> None:
         super().__init__(path, media_type=media_type)
         self.keep_fraction = keep_fraction
+        self.extra_declared = extra_declared
+        """Bytes declared in ``Content-Length`` beyond the honest length (a lying server)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         budget = 0
@@ -70,8 +97,12 @@ class CutOffFileResponse(FileResponse):
         async def cutting_send(message: Message) -> None:
             nonlocal budget, finished
             if message["type"] == "http.response.start":
-                length = int(dict(message["headers"]).get(b"content-length", b"0"))
+                headers = dict(message["headers"])
+                length = int(headers.get(b"content-length", b"0"))
                 budget = int(length * self.keep_fraction)
+                if self.extra_declared:
+                    headers[b"content-length"] = str(length + self.extra_declared).encode()
+                    message = {**message, "headers": list(headers.items())}
                 await send(message)
             elif message["type"] == "http.response.body" and not finished:
                 chunk = message.get("body", b"")[:budget]

@@ -15,6 +15,18 @@ is spent after ``times`` matching requests. Kinds and their parameters:
 - ``truncate`` (media, GET only): announce the full ``Content-Length`` but send
   only the first ``fraction`` of the body, then drop the connection.
 - ``expired`` (media): answer 403 AccessDenied as an expired presigned URL would.
+- ``html`` (media): answer 200 with a ``text/html`` "502 Bad Gateway" page, as a CDN
+  fronting the store sometimes does.
+- ``truncated`` (media, GET only): a 200 ``video/mp4`` answer without ``Content-Length``
+  that ends cleanly after the first ``fraction`` of the clip (nothing tells it is short).
+- ``wrong_length`` (media, GET only): declare ``extra`` bytes more than the clip has, send
+  all of it, then drop the connection.
+- ``redirect`` (media): answer 302 to ``value`` (a private address, a ``file://`` URL...).
+- ``echo_key`` (any target): like ``status``, with a message that echoes the request's
+  ``Authorization`` header (``Invalid key: Bearer ...``), as some providers' errors do.
+- ``odd_status`` (poll): the task's status in the answer becomes ``value`` (an undocumented one).
+- ``result_url`` (poll): a finished task's result URL in the answer becomes ``value``.
+- ``task_id`` (submit): the created task's id in the answer becomes ``value`` (an odd one).
 """
 
 from __future__ import annotations
@@ -35,7 +47,19 @@ KIND_TARGETS: dict[str, frozenset[str]] = {
     "hang": TARGETS,
     "truncate": frozenset({"media"}),
     "expired": frozenset({"media"}),
+    "html": frozenset({"media"}),
+    "truncated": frozenset({"media"}),
+    "wrong_length": frozenset({"media"}),
+    "redirect": frozenset({"media"}),
+    "echo_key": TARGETS,
+    "odd_status": frozenset({"poll"}),
+    "result_url": frozenset({"poll"}),
+    "task_id": frozenset({"submit"}),
 }
+BODY_ONLY_KINDS = frozenset({"truncate", "truncated", "wrong_length"})
+"""Kinds that cut or misdescribe a body: a HEAD (which has none) must not use them up."""
+REWRITE_KINDS = frozenset({"odd_status", "result_url", "task_id"})
+"""Kinds that rewrite one field of a successful JSON answer (see :func:`rewrite_answer`)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,8 @@ class Fault:
     fraction: float = 0.5
     reason: str | None = None
     message: str | None = None
+    extra: int = 1000
+    value: str | None = None
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
@@ -68,6 +94,8 @@ class Fault:
             raise ValueError("fraction must be between 0 and 1")
         if self.seconds < 0 or (self.retry_after is not None and self.retry_after < 0):
             raise ValueError("seconds and retry_after must be >= 0")
+        if self.kind in REWRITE_KINDS | {"redirect"} and self.value is None:
+            raise ValueError(f"a {self.kind} fault needs a value")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Fault:
@@ -89,6 +117,26 @@ class Fault:
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def rewrite_answer(body: dict[str, Any], kind: str, value: str) -> None:
+    """Apply a rewrite fault to a provider's JSON answer, in place, in either envelope:
+    Novita's ``{task_id}`` / ``{task, videos}`` or WaveSpeed's ``{data: {id, status, outputs}}``."""
+    data = body.get("data") if isinstance(body.get("data"), dict) else None
+    task = body.get("task") if isinstance(body.get("task"), dict) else data
+    if kind == "task_id":
+        if "task_id" in body:
+            body["task_id"] = value
+        elif data is not None:
+            data["id"] = value
+    elif kind == "odd_status" and task is not None:
+        task["status"] = value
+    elif kind == "result_url":
+        videos = body.get("videos")
+        if isinstance(videos, list) and videos:
+            videos[0]["video_url"] = value
+        elif data is not None and data.get("outputs"):
+            data["outputs"] = [value]
 
 
 @dataclass

@@ -27,7 +27,7 @@ from . import downloads
 from .access import Caller, KeyStatus, identify
 from .config import EmulatorConfig
 from .errors import ApiError
-from .faults import Fault
+from .faults import BODY_ONLY_KINDS, REWRITE_KINDS, Fault, rewrite_answer
 from .rules import FlavorRules, Model, Submission, validate
 from .state import Emulator
 from .tasks import Phase, Task
@@ -112,8 +112,8 @@ class Flavor(ABC):
             body = await request.body()
             self.emulator.journal.record(self.name, request, body)
             fault = self._take_fault(target, request) if target else None
-            if fault is not None and fault.kind == "status":
-                return self._fault_response(fault)
+            if fault is not None and fault.kind in ("status", "echo_key"):
+                return self._fault_response(fault, request)
             if fault is not None and fault.kind == "ok_error":
                 return self.render_ok_error(self.fault_error(fault))
             request.state.fault = fault
@@ -122,9 +122,13 @@ class Flavor(ABC):
             except ApiError as error:
                 response = self.render_ok_error(error) if error.in_ok else self.render_error(error)
             if fault is not None and fault.kind == "created_then_status" and response.status_code == 200:
-                response = self._fault_response(fault)
+                response = self._fault_response(fault, request)
             elif fault is not None and fault.kind == "hang":
                 await _hang(request, fault.seconds)
+            elif fault is not None and fault.kind in REWRITE_KINDS and response.status_code == 200:
+                answer = json.loads(bytes(response.body))
+                rewrite_answer(answer, fault.kind, fault.value or "")
+                response = JSONResponse(answer)
             return response
 
         return run
@@ -132,21 +136,25 @@ class Flavor(ABC):
     def _take_fault(self, target: str, request: Request) -> Fault | None:
         # A HEAD has no body to cut off, so it must not use up a truncate fault meant for the GET.
         head = request.method == "HEAD"
-        return self.emulator.faults.take(self.name, target, lambda fault: not (head and fault.kind == "truncate"))
+        return self.emulator.faults.take(self.name, target, lambda fault: not (head and fault.kind in BODY_ONLY_KINDS))
 
-    def _fault_response(self, fault: Fault) -> Response:
+    def _fault_response(self, fault: Fault, request: Request) -> Response:
+        message = fault.message
+        if fault.kind == "echo_key":
+            message = f"{fault.message or 'Invalid key'}: {request.headers.get('authorization', '')}"
         if fault.target == "media":
-            return downloads.s3_error(fault.status, fault.reason, fault.message, fault.retry_headers())
-        return self.render_error(self.fault_error(fault))
+            return downloads.s3_error(fault.status, fault.reason, message, fault.retry_headers())
+        return self.render_error(self.fault_error(fault, message))
 
-    def fault_error(self, fault: Fault) -> ApiError:
-        """A ``status`` fault's answer: its own wording, else the catalogue's, else HTTP's name for the code."""
+    def fault_error(self, fault: Fault, wording: str | None = None) -> ApiError:
+        """A ``status`` fault's answer: ``wording``, else its own, else the catalogue's, else
+        HTTP's name for the code."""
         kind = _FAULT_KINDS.get((fault.status, None)) or _FAULT_KINDS.get((fault.status, fault.target))
         if kind is not None:
             _status, reason, message = self.errors[kind]
         else:
             reason, message = HTTPStatus(fault.status).name, HTTPStatus(fault.status).phrase
-        return ApiError(fault.status, fault.reason or reason, fault.message or message, fault.retry_headers())
+        return ApiError(fault.status, fault.reason or reason, wording or fault.message or message, fault.retry_headers())
 
     # -- the submission pipeline ------------------------------------------------
 
@@ -221,11 +229,14 @@ class Flavor(ABC):
         fault: Fault | None = request.state.fault
         if fault is not None and fault.kind == "expired":
             return downloads.expired()
-        keep = fault.fraction if fault is not None and fault.kind == "truncate" else None
+        if fault is not None and fault.kind == "html":
+            return downloads.bad_gateway_page()
+        if fault is not None and fault.kind == "redirect":
+            return downloads.redirect(fault.value or "")
         name = request.path_params["name"]
         upload = self.emulator.store.upload_path(name)
         if upload is not None:
-            return downloads.serve_file(upload, mimetypes.guess_type(name)[0] or "application/octet-stream", keep)
+            return downloads.serve_file(upload, mimetypes.guess_type(name)[0] or "application/octet-stream", fault)
         task_id, dot, extension = name.rpartition(".")
         task = self.emulator.find_task(self.name, task_id) if dot and extension == "mp4" else None
         now = self.emulator.now()
@@ -237,7 +248,7 @@ class Flavor(ABC):
             return downloads.s3_error(403, "AccessDenied", "Query-string authentication requires the expires parameter")
         if now >= expires:
             return downloads.expired()
-        return downloads.serve_file(await self.emulator.clip(task), "video/mp4", keep)
+        return downloads.serve_file(await self.emulator.clip(task), "video/mp4", fault)
 
     # -- control routes (not recorded: they are not part of any provider) ----------
 

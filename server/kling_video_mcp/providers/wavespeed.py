@@ -9,6 +9,7 @@ Answers come in the envelope ``{code, message, data}``; results are read from
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 
@@ -150,7 +151,8 @@ class WaveSpeedAdapter(ProviderAdapter):
         return KeyCheck(f"balance ${balance:.2f}" if isinstance(balance, (int, float)) else "")
 
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
-        response = await self._http.request("GET", f"/api/v3/predictions/{provider_task_id}/result")
+        # Encoded as one path segment: an odd id ("../../x?inject=1") must not reach another route.
+        response = await self._http.request("GET", f"/api/v3/predictions/{quote(provider_task_id, safe='')}/result")
         data = json_body(response).get("data")
         if not isinstance(data, dict):
             raise ProviderError(f"{self.label} answered the poll without a prediction; asking again later.", retryable=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -181,8 +182,13 @@ def clip_path(output_dir: Path, name: str) -> Path | None:
     Only ``.mp4`` files count (never a ``.part`` download in progress), and only after
     resolving symlinks and ``..``, so no request reaches a file outside the folder.
     """
+    if "\x00" in name:  # "x.mp4%00.txt": no file name holds a NUL
+        return None
     folder = output_dir.expanduser().resolve()
-    candidate = (folder / name).resolve()
+    try:
+        candidate = (folder / name).resolve()
+    except (OSError, ValueError):
+        return None
     if candidate.parent != folder or candidate.suffix.lower() != ".mp4" or not candidate.is_file():
         return None
     return candidate
@@ -226,6 +232,26 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     return app
 
 
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:[^=&#]*[_-])?(?:token|key|sig|signature|access_token)=)[^&#\s\"]*")
+"""A query parameter named ``token``, ``key``, ``sig`` or ``access_token`` (or ending in one,
+``api_key``, ``X-Amz-Signature``), up to its value's end."""
+
+
+def redact_query(text: str) -> str:
+    """``text`` with the values of secret-looking query parameters replaced by ``[redacted]``."""
+    return _SECRET_QUERY.sub(r"\1[redacted]", text)
+
+
+class QueryRedactingFilter(logging.Filter):
+    """Redacts secret query values in access-log lines (uvicorn logs each request's full path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_query(arg) if isinstance(arg, str) else arg for arg in record.args)
+        record.msg = redact_query(record.msg) if isinstance(record.msg, str) else record.msg
+        return True
+
+
 def serve_http(settings: Settings, config: HttpConfig) -> None:
     """Serve until stopped (Ctrl-C / SIGTERM). Logs go to the root logger (stderr).
 
@@ -246,5 +272,7 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
         config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
         public_base_url(settings, config), "required" if settings.http_token else "not required (loopback only)",
     )  # fmt: skip
-    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included.
+    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included;
+    # tokens in query strings (signed links, misplaced tokens) must not land in it.
+    logging.getLogger("uvicorn.access").addFilter(QueryRedactingFilter())
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)

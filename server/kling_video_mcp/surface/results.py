@@ -85,6 +85,14 @@ def public_status(record: TaskRecord) -> Literal["queued", "running", "succeeded
     return record.status
 
 
+def _warnings(record: TaskRecord, status: str) -> list[str]:
+    """The record's warnings, and while it is unfinished, the trouble the server is retrying
+    through (a failed download attempt, a provider hiccup), so the cause is never only in a log."""
+    if status in ("queued", "running") and record.error_message:
+        return [*record.warnings, record.error_message]
+    return list(record.warnings)
+
+
 def _next_check(record: TaskRecord, status: str) -> float | None:
     if status in ("succeeded", "failed"):
         return None
@@ -103,6 +111,8 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     progress = f" {record.progress_percent:.0f}% done." if record.progress_percent else ""
     if record.status == "succeeded":
         progress = " The render is finished; the clip is downloading."
+        if record.error_message:
+            progress = " The render is finished; downloading the clip ran into trouble (see warnings), and the server keeps trying."
     eta = f" About {record.eta_seconds:.0f} s left." if record.eta_seconds else ""
     return (
         f"{lead}{status.capitalize()}: {who}.{progress}{eta} Renders take minutes; the server finishes and downloads "
@@ -142,7 +152,7 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         contact_sheet_path=record.contact_sheet_path,
         last_frame_path=record.last_frame_path,
         sidecar_path=record.sidecar_path,
-        warnings=record.warnings,
+        warnings=_warnings(record, status),
         provider_video_url=record.video_url,
         created_at=record.created_at,
         finished_at=record.finished_at,

@@ -35,10 +35,18 @@ SIDECAR_FIELDS = (
 
 
 def write_sidecar(record: TaskRecord, clip: Path) -> Path:
-    """Write ``<clip>.json``: the prompt, every parameter, ids, times, cost, sha256, probe facts."""
+    """Write ``<clip>.json``: the prompt, every parameter, ids, times, cost, sha256, probe facts.
+
+    Raises:
+        OSError: it could not be written (nothing is left behind).
+    """
     sidecar = clip.with_name(clip.name + ".json")
     body = record.model_dump(mode="json", include=set(SIDECAR_FIELDS))
     temporary = sidecar.with_name(sidecar.name + ".tmp")
-    temporary.write_text(json.dumps(body, indent=2, sort_keys=True))
-    os.replace(temporary, sidecar)
+    try:
+        temporary.write_text(json.dumps(body, indent=2, sort_keys=True))
+        os.replace(temporary, sidecar)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # never leave an empty or half-written .json.tmp
+        raise
     return sidecar

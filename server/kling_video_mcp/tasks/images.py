@@ -4,7 +4,9 @@ An image may be given as a local path, a ``file://`` URI, an ``http(s)`` URL or 
 URI. Local and inline images are checked against the Kling image rules (Novita Kling v3.0
 image-to-video page, ``shared/specs/novita-kling-v3.0-4k-i2v.txt``; WaveSpeed's is the same,
 providers.md §4): JPEG or PNG, at most 10 MB, both sides at least 300 px, aspect ratio
-between 1:2.5 and 2.5:1. Remote URLs are passed on unchanged and checked by the provider.
+between 1:2.5 and 2.5:1, and decodable in full: a truncated or damaged file is refused here,
+before any money is spent, rather than by the provider after the submit. Remote URLs are
+passed on unchanged and checked by the provider.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from kling_video_mcp.models import ImageSource
 MAX_BYTES = 10 * 1024 * 1024
 MIN_SIDE = 300
 MIN_RATIO, MAX_RATIO = 1 / 2.5, 2.5
+MAX_PIXELS = 50_000_000
+"""Largest image decoded (about 150 MB as RGB): six times a 4K frame, far below what a header
+can claim (a 60-byte PNG can declare 100000x100000). Our bound, not a provider rule."""
 _MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png"}
 """Pillow's names for what Kling takes; phone cameras' JPEGs often read as MPO (a JPEG with extras)."""
 
@@ -41,7 +46,7 @@ def _read_data_uri(field: str, reference: str) -> bytes:
 
 
 def _read_file(field: str, path: Path) -> bytes:
-    path = path.expanduser()
+    """The bytes of ``path``, which has been resolved (and checked against the allowed folders)."""
     if not path.is_file():
         raise InvalidRequest(f"{field}: no file at {path} (give an existing JPEG or PNG path, a URL, or a data: URI).")
     if (size := path.stat().st_size) > MAX_BYTES:
@@ -65,8 +70,21 @@ def check_image_bytes(field: str, label: str, data: bytes) -> ImageSource:
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError) as exc:
+            if width * height > MAX_PIXELS:
+                raise InvalidRequest(
+                    f"{field}: {label} declares {width}x{height} px, more than {MAX_PIXELS // 1_000_000} megapixels; "
+                    "give a smaller JPEG or PNG."
+                )
+            if kind in _MIME:
+                image.load()  # the whole image, not just its header: a damaged file fails here
+    except Image.DecompressionBombError as exc:  # Pillow's own, far larger bound, checked on open
+        raise InvalidRequest(
+            f"{field}: {label} declares far more than {MAX_PIXELS // 1_000_000} megapixels; give a smaller JPEG or PNG."
+        ) from exc
+    except UnidentifiedImageError as exc:
         raise InvalidRequest(f"{field}: {label} is not a readable image; give a JPEG or PNG.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for damaged data
+        raise InvalidRequest(f"{field}: {label} is damaged or truncated ({exc}); give a complete JPEG or PNG.") from exc
     if kind not in _MIME:
         raise InvalidRequest(f"{field}: {label} is {kind}; Kling takes only JPEG or PNG images.")
     if min(width, height) < MIN_SIDE:
@@ -79,9 +97,32 @@ def check_image_bytes(field: str, label: str, data: bytes) -> ImageSource:
     return ImageSource(label=label, data=data, mime_type=_MIME[kind], width=width, height=height)
 
 
+def _local_path(field: str, reference: str, scheme: str) -> Path:
+    """The real path (``~`` expanded, symlinks and ``..`` resolved) a path or ``file://`` URI names.
+
+    Raises:
+        InvalidRequest: a NUL in it, an unknown ``~user``, or a ``file://`` URI naming another host.
+    """
+    if "\x00" in (unquote(reference) if scheme == "file" else reference):
+        raise InvalidRequest(f"{field}: the path contains a NUL character; give a plain file path, a URL or a data: URI.")
+    if scheme == "file":
+        parts = urlparse(reference)
+        if parts.netloc.lower() not in ("", "localhost"):
+            raise InvalidRequest(
+                f"{field}: {reference!r} names the host {parts.netloc!r}; a file:// URI must name a file on this machine "
+                "(file:///path or file://localhost/path)."
+            )
+        path = Path(unquote(parts.path))
+    else:
+        path = Path(reference)
+    try:
+        return path.expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # "~nosuchuser": no such home folder; a symlink loop
+        raise InvalidRequest(f"{field}: {reference!r} cannot be found ({exc}); give an existing JPEG or PNG path.") from exc
+
+
 def _inside(path: Path, folders: Sequence[Path]) -> bool:
-    real = path.expanduser().resolve()
-    return any(real.is_relative_to(folder.expanduser().resolve()) for folder in folders)
+    return any(path.is_relative_to(folder.expanduser().resolve()) for folder in folders)
 
 
 def resolve_image(field: str, reference: str, *, allowed_dirs: Sequence[Path] | None = None) -> ImageSource:
@@ -102,7 +143,8 @@ def resolve_image(field: str, reference: str, *, allowed_dirs: Sequence[Path] | 
         return ImageSource(label=label, url=reference)
     if scheme == "data":
         return check_image_bytes(field, label, _read_data_uri(field, reference))
-    path = Path(unquote(urlparse(reference).path)) if scheme == "file" else Path(reference)
+    # The resolved path is both the one checked and the one read: a symlink cannot lead elsewhere.
+    path = _local_path(field, reference, scheme)
     if allowed_dirs is not None and not _inside(path, allowed_dirs):
         where = ", ".join(str(folder) for folder in allowed_dirs) or "none (KLING_MCP_IMAGE_DIRS is not set)"
         raise InvalidRequest(

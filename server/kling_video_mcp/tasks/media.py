@@ -52,6 +52,35 @@ def probe(path: Path) -> ClipFacts:
         )
 
 
+END_TOLERANCE_SECONDS = 0.5
+"""How far short of its announced length a video stream's packets may end (audio can run longer)."""
+
+
+def check_whole(path: Path, duration: float) -> None:
+    """Check that the video stream's data runs to the end: a file cut short (a body that ended
+    early without a declared length) stops early or ends in a partial packet, even when its
+    index up front still announces the full ``duration`` (seconds). Reads only the last second.
+
+    Raises:
+        ValueError: the file is cut short (the message says where).
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base or Fraction(1, 1000)
+        if stream.duration is not None:
+            duration = float(stream.duration * time_base)
+        container.seek(int(max(0.0, duration - 1.0) / time_base), stream=stream, backward=True)
+        last = None
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                last = packet
+    end = float((last.pts + (last.duration or 0)) * time_base) if last is not None else 0.0
+    if last is None or last.is_corrupt or end < duration - END_TOLERANCE_SECONDS:
+        raise ValueError(f"the video data ends at {end:.2f} s of {duration:.2f} s")
+
+
 def _frame_at(container, stream, seconds: float) -> Image | None:
     """The first frame at or after ``seconds`` (or the last one before the end)."""
     time_base = stream.time_base or Fraction(1, 1000)
@@ -120,22 +149,42 @@ class Companions(BaseModel):
     warnings: list[str] = []
 
 
-def make_companions(clip: Path) -> Companions:
-    """Probe ``clip`` and write ``<clip>.contact.jpg`` and ``<clip>.last.png`` beside it.
+def _write_or_remove(destination: Path, write) -> Path:
+    """Run ``write(destination)``; if it fails, leave no partial or empty file behind."""
+    try:
+        write(destination)
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        raise
+    return destination
 
-    Never raises for a clip it cannot read: the clip is still delivered, with warnings.
+
+def make_companions(clip: Path, facts: ClipFacts | None = None) -> Companions:
+    """Probe ``clip`` (unless its ``facts`` are given) and write ``<clip>.contact.jpg`` and
+    ``<clip>.last.png`` beside it.
+
+    Never raises for a clip it cannot read or files it cannot write: the clip is still
+    delivered, with warnings naming what is missing and why. No half-written file is left.
     """
-    found = Companions()
+    found = Companions(facts=facts)
+    if found.facts is None:
+        try:
+            found.facts = probe(clip)
+        except Exception as exc:  # PyAV raises many types; any of them means "unreadable"
+            found.warnings.append(f"The clip could not be probed ({type(exc).__name__}: {exc}); it may not play.")
+            return found
+    duration = found.facts.duration_seconds
     try:
-        found.facts = probe(clip)
-    except Exception as exc:  # PyAV raises many types; any of them means "unreadable"
-        found.warnings.append(f"The clip could not be probed ({type(exc).__name__}: {exc}); it may not play.")
-        return found
-    try:
-        sheet = clip.with_name(clip.name + ".contact.jpg")
-        sheet.write_bytes(contact_sheet(clip, found.facts.duration_seconds))
-        found.contact_sheet = sheet
-        found.last_frame = save_last_frame(clip, clip.with_name(clip.name + ".last.png"))
+        sheet = contact_sheet(clip, duration)
+        found.contact_sheet = _write_or_remove(clip.with_name(clip.name + ".contact.jpg"), lambda path: path.write_bytes(sheet))
     except Exception as exc:
-        found.warnings.append(f"No preview frames could be made ({type(exc).__name__}: {exc}).")
+        found.warnings.append(f"The contact sheet could not be made ({type(exc).__name__}: {exc}).")
+    try:
+        found.last_frame = _write_or_remove(
+            clip.with_name(clip.name + ".last.png"), lambda path: save_last_frame(clip, path)
+        )
+    except Exception as exc:
+        found.warnings.append(
+            f"The last frame could not be saved ({type(exc).__name__}: {exc}), so this clip cannot start the next shot."
+        )
     return found

@@ -9,6 +9,7 @@ whether or not anyone asks.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,15 +20,34 @@ import anyio
 import httpx2
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
+from kling_video_mcp.errors import (
+    BudgetExceeded,
+    DownloadFailed,
+    InvalidRequest,
+    KlingError,
+    NotFound,
+    ProviderError,
+    UnknownOutcome,
+)
 from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
 from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
-from kling_video_mcp.tasks.downloads import Downloaded, IncompleteDownload, UrlExpired, adopt, download
+from kling_video_mcp.tasks.addresses import AddressPolicy, Reach, provider_reach
+from kling_video_mcp.tasks.downloads import (
+    Downloaded,
+    IncompleteDownload,
+    NotAVideo,
+    UrlExpired,
+    adopt,
+    discard_part,
+    download,
+    part_size,
+    storage_error,
+)
 from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
@@ -38,9 +58,10 @@ log = logging.getLogger(__name__)
 
 TASK_REFERENCE = "task:"
 DOWNLOAD_ATTEMPTS = 5
-ORPHAN_AFTER = timedelta(minutes=10)
-"""A journaled submit with no provider task id this old was cut off by a crash (a live submit
-answers within ``request_deadline`` plus its 429 retries)."""
+RETRIED_DOWNLOAD_ERRORS = (IncompleteDownload, UrlExpired, NotAVideo)
+"""Download failures worth another attempt (resuming, or with a fresh link); any other ends it."""
+PROVIDER_TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+"""What a provider task id given for adoption must look like: a plain token, safe in a URL path."""
 COMPANION_DECODERS = 2
 """Clips probed and previewed at once: each decode holds frames in memory (benchmark figure 4)."""
 FRESH_NEWS_SECONDS = 5.0
@@ -57,6 +78,8 @@ class TaskService:
         self._client = client
         self._watcher: Watcher | None = None
         self._decoders = anyio.CapacityLimiter(COMPANION_DECODERS)
+        self._reach: dict[ProviderName, Reach] = {}
+        self._submitting: dict[str, FileLock] = {}
 
     @classmethod
     @asynccontextmanager
@@ -68,8 +91,8 @@ class TaskService:
         try:
             async with anyio.create_task_group() as task_group:
                 service._watcher = Watcher(task_group, service, ceiling=settings.task_ceiling_seconds)
-                for record in journal.orphaned_submits(utcnow() - ORPHAN_AFTER):
-                    service._settle_orphan(record)
+                for record in journal.orphaned_submits(utcnow()):
+                    service._settle_if_orphaned(record)
                 for record in journal.unfinished():
                     record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
                     journal.save(record)
@@ -109,6 +132,9 @@ class TaskService:
         if part not in ("", "last_frame"):
             raise InvalidRequest(f"{field}: {reference!r} names #{part}; only #last_frame is available.")
         record = self.journal.get(task_id)
+        if record is not None and record.delivered and not record.last_frame_path:
+            why = " ".join(record.warnings) or "it was not made"
+            raise InvalidRequest(f"{field}: task {task_id!r} has its clip but no last frame ({why}); chain from another task.")
         if record is None or not record.delivered or not record.last_frame_path:
             state = "unknown" if record is None else "not finished with a clip and its last frame yet"
             raise InvalidRequest(f"{field}: task {task_id!r} is {state}; chain from a task whose clip succeeded.")
@@ -205,7 +231,17 @@ class TaskService:
             fingerprint=request.fingerprint(),
             estimated_cost_usd=estimate,
         )
+        # Held until the submit is answered: a record without a provider task id whose lock is
+        # free was cut off (the process died mid-submit; the OS released its lock).
+        lock = FileLock(self._submit_lock_path(record.task_id), timeout=0)
+        lock.acquire()
+        self._submitting[record.task_id] = lock
         return self.journal.save(record), False
+
+    def _submit_lock_path(self, task_id: str) -> Path:
+        folder = self.settings.state_dir / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"submit-{task_id}.lock"
 
     async def send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
         """Submit a reserved task to its provider and start watching it.
@@ -214,6 +250,15 @@ class TaskService:
             UnknownOutcome: the provider may have created a task; the record keeps the error.
             KlingError: the provider refused (nothing was created; the record is removed).
         """
+        try:
+            return await self._send(record, images, adapter)
+        finally:
+            # Released only once the answer (or the unknown outcome) is journaled.
+            if (lock := self._submitting.pop(record.task_id, None)) is not None:
+                lock.release()
+                Path(lock.lock_file).unlink(missing_ok=True)
+
+    async def _send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
         try:
             submitted = await adapter.submit(record.request, images)
         except UnknownOutcome as exc:
@@ -269,12 +314,17 @@ class TaskService:
             NotFound: an id is in neither the journal nor, as a provider task id, any record.
         """
         pending = []
+        resumed: dict[str, str] = {}
         for record in [self.get(task_id) for task_id in task_ids]:
             if record.provider_task_id is None:
-                if record.status != "failed" and record.created_at < utcnow() - ORPHAN_AFTER:
-                    self._settle_orphan(record)
+                self._settle_if_orphaned(record)
                 continue
             if record.gave_up:
+                stopped = (record.error_code or "an error").replace("_", " ")
+                resumed[record.task_id] = (
+                    f"This task had stopped ({stopped}): {record.error_message} "
+                    "Checking it resumed watching; call check_task again in a while."
+                )
                 record.gave_up = False
                 record.status = "running" if record.status == "failed" else record.status
                 record.error_code = record.error_message = None
@@ -285,23 +335,63 @@ class TaskService:
                 pending.append(record.task_id)
         if pending:
             await self.watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
-        return [self.get(task_id) for task_id in task_ids]
+        records = [self.get(task_id) for task_id in task_ids]
+        for record in records:
+            if record.task_id in resumed and not record.finished:
+                # Said in this answer only (not journaled): the next check shows the task as it goes on.
+                record.warnings.insert(0, resumed[record.task_id])
+        return records
 
-    def _settle_orphan(self, record: TaskRecord) -> None:
-        """A submit journaled but never answered (the process died): its outcome is unknown."""
+    def _settle_if_orphaned(self, record: TaskRecord) -> None:
+        """Settle a journaled submit that never got an answer, if nobody is still sending it.
+
+        Its outcome is unknown: the provider may have made (and billed) a task. No provider
+        lists its tasks, so the record asks the user to look in the dashboard, and adopting the
+        task found there (``check_task`` with its id, ``provider`` and ``mode``) links it back
+        to this record (see :meth:`recover`).
+        """
+        if record.status == "failed" or record.task_id in self._submitting:
+            return
+        lock_path = self._submit_lock_path(record.task_id)
+        try:
+            with FileLock(lock_path, timeout=0):
+                pass
+        except FileLockTimeout:
+            return  # another server process on this journal is sending it right now
+        lock_path.unlink(missing_ok=True)
         advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
         self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
 
     async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode) -> TaskRecord:
         """Start tracking a task submitted elsewhere, from its provider task id.
 
+        A submit of this server whose outcome is unknown (cut off by a crash or a timeout) on
+        the same provider and mode, and the only such one, is taken to be that task: the found
+        task is linked to it instead of making a new record.
+
         Raises:
+            InvalidRequest: ``provider_task_id`` is not a plain token (``[A-Za-z0-9_.-]{1,128}``).
             NotFound: the provider does not know the task.
         """
+        if not PROVIDER_TASK_ID.fullmatch(provider_task_id):
+            raise InvalidRequest(
+                "task_id: a provider task id is a plain token of letters, digits, '_', '.' and '-' "
+                "(at most 128); nothing was sent."
+            )
         if existing := self.journal.find_provider_task(provider, provider_task_id):
             return (await self.check([existing.task_id]))[0]
         adapter = await self.providers.get(provider)
         update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
+        if (orphan := self._lone_unknown_submit(provider, mode)) is not None:
+            orphan.provider_task_id = provider_task_id
+            orphan.provider_requests += 1
+            orphan.gave_up = False
+            orphan.finished_at = None
+            orphan.notes.append("Found at the provider after its submit's outcome was unknown, and adopted.")
+            self._apply(orphan, update)
+            orphan.watched_since = utcnow()
+            self.journal.save(orphan)
+            return (await self.check([orphan.task_id]))[0]
         request = GenerationRequest(provider=provider, mode=mode, kind="t2v")
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
@@ -319,6 +409,16 @@ class TaskService:
         record.watched_since = utcnow()
         self.journal.save(record)
         return (await self.check([record.task_id]))[0]
+
+    def _lone_unknown_submit(self, provider: ProviderName, mode: Mode) -> TaskRecord | None:
+        """The one unknown-outcome submit without a provider task id for ``provider`` and ``mode``."""
+        candidates = [
+            record
+            for record in self.journal.created_since(utcnow() - timedelta(days=2))
+            if record.provider == provider and record.mode == mode and record.provider_task_id is None
+            and record.error_code == UnknownOutcome.code
+        ]  # fmt: skip
+        return candidates[0] if len(candidates) == 1 else None
 
     # -- the watcher's side -----------------------------------------------------------
 
@@ -419,29 +519,74 @@ class TaskService:
             record.file_path = str(result.path)
             record.sha256 = result.sha256
             record.size_bytes = result.size_bytes
+            record.error_code = record.error_message = None  # the download's passing troubles are over
             self.journal.save(record)
         finally:
             lock.release()
         log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
-        companions = await anyio.to_thread.run_sync(make_companions, result.path, limiter=self._decoders)
+        companions = await anyio.to_thread.run_sync(make_companions, result.path, result.facts, limiter=self._decoders)
         record.clip_facts = companions.facts
         record.contact_sheet_path = str(companions.contact_sheet) if companions.contact_sheet else None
         record.last_frame_path = str(companions.last_frame) if companions.last_frame else None
         record.warnings.extend(companions.warnings)
-        record.sidecar_path = str(write_sidecar(record, result.path))
+        try:
+            record.sidecar_path = str(await anyio.to_thread.run_sync(write_sidecar, record, result.path))
+        except OSError as exc:
+            record.warnings.append(f"The sidecar {result.path.name}.json could not be written ({exc.strerror or exc}).")
         self.journal.save(record)
 
     async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
+        """The clip on disk, verified, after up to :data:`DOWNLOAD_ATTEMPTS` attempts.
+
+        Each failed attempt is journaled on the task (``check_task`` shows it as a warning
+        while the task runs). Whatever ends the download removes its part file.
+
+        Raises:
+            DownloadFailed: the attempts ran out, or the link cannot be used (address, size).
+            StorageError: the clip could not be written here (disk, folder).
+            KlingError: the provider could not give a fresh link.
+        """
         destination = Path(self.settings.output_dir) / clip_filename(record)
-        if destination.is_file() and not destination.with_name(destination.name + ".part").exists():
-            # Renamed into place (so complete and verified) before a crash kept it off the journal.
-            return await anyio.to_thread.run_sync(adopt, destination)
+        try:
+            if destination.is_file() and not destination.with_name(destination.name + ".part").exists():
+                # Renamed into place (so complete and verified) before a crash kept it off the journal.
+                return await anyio.to_thread.run_sync(adopt, destination)
+            return await self._download_attempts(record, adapter, destination)
+        except OSError as exc:
+            error = storage_error(exc, destination.parent)
+        except IncompleteDownload as exc:
+            error = DownloadFailed(
+                f"The render finished, but the clip's transfer kept failing, {DOWNLOAD_ATTEMPTS} times without "
+                f"progress (last: {exc.message}): the storage server is unreachable, or declares a wrong "
+                "Content-Length. Call check_task again to retry; if it keeps failing, download the clip from "
+                f"{adapter.label}'s dashboard."
+            )
+        except (UrlExpired, NotAVideo) as exc:
+            error = DownloadFailed(
+                f"The render finished, but {adapter.label}'s download links kept failing ({exc.message}) even after "
+                f"asking for fresh ones {DOWNLOAD_ATTEMPTS - 1} times. The clip may be gone; its last link was "
+                f"{record.video_url}. Call check_task again to retry."
+            )
+        except KlingError as exc:
+            error = exc
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(discard_part, destination)
+        raise error
+
+    async def _download_attempts(self, record: TaskRecord, adapter: ProviderAdapter, destination: Path) -> Downloaded:
+        """Attempt the download until it works or :data:`DOWNLOAD_ATTEMPTS` attempts in a row got
+        nowhere. Progress is a part file longer than ever before: a large clip on a poor line may
+        need many resumed attempts, while a server whose declared length is wrong sends the same
+        bytes again and again."""
         # A link past its expiry, or one that failed, is asked for again before the next try:
         # it may have expired, or (after a restart) point at a sandbox server that is gone.
         stale = record.url_expires_at is not None and record.url_expires_at <= utcnow()
+        policy = AddressPolicy(await self._download_reach(record.provider))
+        fruitless = 0
+        furthest = part_size(destination)
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((IncompleteDownload, UrlExpired)),
-            stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
+            retry=retry_if_exception_type(RETRIED_DOWNLOAD_ERRORS),
+            stop=lambda _state: fruitless >= DOWNLOAD_ATTEMPTS,
             wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
             reraise=True,
         ):
@@ -451,15 +596,32 @@ class TaskService:
                 assert record.video_url is not None
                 try:
                     return await download(
-                        self._client, record.video_url, destination, deadline=self.settings.download_deadline
+                        self._client,
+                        record.video_url,
+                        destination,
+                        deadline=self.settings.download_deadline,
+                        policy=policy,
+                        max_bytes=self.settings.max_clip_bytes,
                     )
-                except (UrlExpired, IncompleteDownload) as exc:
-                    stale = True
-                    if isinstance(exc, UrlExpired) and attempt.retry_state.attempt_number == DOWNLOAD_ATTEMPTS:
-                        raise ProviderError(
-                            f"The render finished, but {adapter.label}'s download links kept failing ({exc.message}) "
-                            f"even after asking for fresh ones {DOWNLOAD_ATTEMPTS - 1} times. The clip may be gone; "
-                            f"its last link was {record.video_url}"
-                        ) from exc
+                except RETRIED_DOWNLOAD_ERRORS as exc:
+                    resumable = isinstance(exc, IncompleteDownload)
+                    reached = part_size(destination)
+                    fruitless = 0 if resumable and reached > furthest else fruitless + 1
+                    furthest = max(furthest, reached)
+                    stale = True  # a fresh link resumes the part file just as well, and the old one may be gone
+                    # Shown by check_task while the task runs: the cause, not only "downloading".
+                    record.error_code = exc.code
+                    record.error_message = f"A download attempt failed; the server tries again by itself. {exc.message}"
+                    self.journal.save(record)
                     raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _download_reach(self, provider: ProviderName) -> Reach:
+        """Which addresses this provider's clip links may reach (its base URL is resolved once)."""
+        if provider == "sandbox":
+            return "local"  # the server's own embedded emulator, on loopback
+        if provider not in self._reach:
+            base_url = self.settings.base_url(provider)
+            setting = self.settings.allow_private_downloads
+            self._reach[provider] = await anyio.to_thread.run_sync(provider_reach, base_url, setting)
+        return self._reach[provider]
