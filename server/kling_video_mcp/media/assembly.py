@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 import av
 from av.audio.frame import AudioFrame
-from av.video.frame import VideoFrame
+from av.video.frame import PictureType, VideoFrame
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -230,6 +230,7 @@ def _reencode(
     def emit(frame: VideoFrame) -> None:
         nonlocal emitted
         frame.pts, frame.time_base = emitted, 1 / rate
+        frame.pict_type = PictureType.NONE  # the encoder picks frame types, not the source's decoder
         output.mux(stream.encode(frame))
         emitted += 1
         if progress is not None and emitted % PROGRESS_EVERY == 0:
