@@ -39,7 +39,9 @@ async def assemble(client: Client, task_ids: list[str], **arguments) -> dict:
     result = await client.call_tool("assemble_video", {"task_ids": task_ids, **arguments})
     assert not result.is_error, result.structured_content
     report = result.structured_content
-    if report["status"] != "succeeded":
+    if arguments.get("wait_seconds"):
+        assert report["status"] == "succeeded", report  # waited for it inside the call
+    else:
         report = (await wait_done(client, report["task_id"])).structured_content
     assert report["status"] == "succeeded", report
     return report
