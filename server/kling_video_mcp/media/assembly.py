@@ -23,6 +23,7 @@ thread and may raise to stop the work (the partial file is removed).
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def _copy(
     encoder = _AudioEncoder(output, sound) if sound is not None and not copy_audio else None
     offset = Fraction(0)
     starts: list[float] = []
-    last_dts: dict[int, int] = {}
+    last_dts: dict[int, Fraction] = {}
     written = 0
     for index, path in enumerate(clips):
         starts.append(float(offset))
@@ -183,12 +184,12 @@ def _copy(
                     packet.pts += shift
                 target = out_video if is_video else out_audio
                 assert target is not None
-                previous = last_dts.get(target.index)
-                if previous is not None and packet.dts <= previous:
+                previous = last_dts.get(target.index)  # in seconds: clips may differ in time base
+                if previous is not None and packet.dts * time_base <= previous:
                     if not is_video:
                         continue  # an audio priming packet overlapping the previous clip's last one
-                    packet.dts = previous + 1  # keep decoding order strictly increasing
-                last_dts[target.index] = packet.dts
+                    packet.dts = math.floor(previous / time_base) + 1  # keep decoding order strictly increasing
+                last_dts[target.index] = packet.dts * time_base
                 packet.stream = target
                 output.mux(packet)
                 written += 1
