@@ -149,7 +149,8 @@ class Assembler:
         """Make the film, its contact sheet, last frame and sidecar, and journal it as succeeded.
 
         Another server process on the same state folder making it already: returns the record
-        as it is (the watcher tries again later). A restarted server makes it from the start.
+        as it is (the watcher tries again later), and once that one is done, its result. A
+        restarted server makes it from the start.
 
         Raises:
             AssemblyFailed: a clip is gone or unreadable, or the film came out shorter than its sources.
@@ -160,7 +161,10 @@ class Assembler:
         except FileLockTimeout:
             return record
         try:
-            return await self._make(record)
+            current = self.journal.get(record.task_id) or record
+            if current.finished:
+                return current  # another server process finished it while we waited our turn
+            return await self._make(current)
         finally:
             lock.release()
 
