@@ -16,6 +16,7 @@ from PIL import Image
 
 from helpers import submit_count, wait_done
 from kling_video_mcp.surface.server import build_server
+from kling_video_mcp.tasks import assembly as assembly_module
 from kling_video_mcp.tasks.assembly import Assembler
 
 pytestmark = pytest.mark.anyio
@@ -170,6 +171,21 @@ async def test_sound_and_silence_make_one_audio_track_and_mute_drops_it(client):
 
     muted = await assemble(client, shots, audio="mute")
     assert muted["clip"]["has_audio"] is False
+
+
+async def test_a_film_short_of_its_shots_fails_with_the_reason(client, settings, monkeypatch):
+    shots = await make_clips(client, {"duration": 3}, {"duration": 4})
+    real_join = assembly_module.join
+
+    def losing_the_last_shot(clips, destination, **options):  # a fault in joining: the last shot goes missing
+        return real_join(clips[:-1] + clips[:1], destination, **options)
+
+    monkeypatch.setattr(assembly_module, "join", losing_the_last_shot)
+    result = await client.call_tool("assemble_video", {"task_ids": shots})
+    failed = (await wait_done(client, result.structured_content["task_id"])).structured_content
+    assert failed["status"] == "failed" and failed["error"]["code"] == "assembly_failed"
+    assert "6.00 s long, 1.00 s short of the 7.00 s its 2 shots add up to" in failed["error"]["message"]
+    assert not list(settings.output_dir.glob("*final-cut*"))  # no film that silently lost a shot
 
 
 async def test_bad_input_is_refused_before_any_work(client, settings, emulator):

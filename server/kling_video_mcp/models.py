@@ -126,7 +126,8 @@ class Assembly(BaseModel):
     audio: AudioChoice = "keep"
     sources: list[AssemblySource]
     expected_duration_seconds: float
-    """The sources' durations added up, minus one crossfade per join when crossfading."""
+    """The sources' durations added up, minus one crossfade per join when crossfading: from their
+    probe facts when asked for, then from their pictures' own lengths once made (sound may run longer)."""
     method: Literal["stream_copy", "re_encode"] | None = None
     """How the film was joined: packets copied as they are, or frames re-encoded (set when done)."""
 

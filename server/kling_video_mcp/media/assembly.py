@@ -66,8 +66,8 @@ class Joined:
     """What :func:`join` made."""
 
     method: Method
-    video_seconds: float
-    """Length of the film's picture, from the frames or packets written."""
+    rate: Fraction
+    """The film's frame rate (frames per second)."""
     shot_starts: list[float]
     """Where each clip starts in the film, in seconds."""
     has_audio: bool
@@ -156,6 +156,7 @@ def _copy(
 ) -> Joined:
     """Remux every clip's packets one after the other, each clip's timestamps shifted to follow the last."""
     with av.open(str(clips[0])) as first:
+        rate = first.streams.video[0].average_rate or DEFAULT_RATE
         out_video = output.add_stream_from_template(first.streams.video[0])
         out_audio = output.add_stream_from_template(first.streams.audio[0]) if copy_audio else None
     encoder = _AudioEncoder(output, sound) if sound is not None and not copy_audio else None
@@ -202,7 +203,7 @@ def _copy(
             progress((index + 1) / len(clips))
     if encoder is not None:
         encoder.close()
-    return Joined("stream_copy", float(offset), starts, out_audio is not None or encoder is not None)
+    return Joined("stream_copy", rate, starts, out_audio is not None or encoder is not None)
 
 
 # -- re-encode --------------------------------------------------------------------------
@@ -264,20 +265,32 @@ def _reencode(
     output.mux(stream.encode(None))
     if encoder is not None:
         encoder.close()
-    return Joined("re_encode", emitted / float(rate), starts, encoder is not None)
+    return Joined("re_encode", rate, starts, encoder is not None)
+
+
+def picture_seconds(path: Path) -> Fraction:
+    """How long the clip's picture lasts, in seconds (its sound may run a little longer).
+
+    Raises:
+        JoinError: the file cannot be read or has no video stream.
+    """
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise JoinError(f"{path.name} has no video stream")
+            video = container.streams.video[0]
+            if video.duration is not None and video.time_base is not None:
+                return video.duration * video.time_base
+            if video.frames and video.average_rate:
+                return Fraction(video.frames) / video.average_rate
+            return Fraction(container.duration or 0, av.time_base)
+    except av.error.FFmpegError as exc:
+        raise JoinError(f"{path.name} cannot be read: {exc}") from exc
 
 
 def _frame_count(path: Path, rate: Fraction) -> int:
-    """Frames the clip fills at ``rate``: its picture's length in seconds times the rate."""
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        if video.duration is not None and video.time_base is not None:
-            seconds = video.duration * video.time_base
-        elif video.frames and video.average_rate:
-            seconds = Fraction(video.frames) / video.average_rate
-        else:
-            seconds = Fraction(container.duration or 0, av.time_base)
-    return max(1, round(seconds * rate))
+    """Frames the clip fills at ``rate``, rounded up so that a film is never shorter than its clips."""
+    return max(1, math.ceil(picture_seconds(path) * rate - Fraction(1, 1000)))
 
 
 def _frames_at_rate(path: Path, rate: Fraction, count: int, size: tuple[int, int]) -> Generator[VideoFrame]:

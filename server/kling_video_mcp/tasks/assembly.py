@@ -26,7 +26,7 @@ from filelock import Timeout as FileLockTimeout
 
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import AssemblyFailed, InvalidRequest
-from kling_video_mcp.media.assembly import JoinError, Joined, Progress, join, shot_sheet
+from kling_video_mcp.media.assembly import JoinError, Joined, Progress, join, picture_seconds, shot_sheet
 from kling_video_mcp.models import Assembly, AssemblySource, AudioChoice, ClipFacts, TaskRecord, Transition, utcnow
 from kling_video_mcp.tasks.downloads import adopt
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
@@ -176,43 +176,50 @@ class Assembler:
                 raise AssemblyFailed(f"The clip of task {source.task_id!r} is gone from disk ({source.file_path}).")
         destination = Path(self.settings.output_dir) / clip_filename(record)
         destination.parent.mkdir(parents=True, exist_ok=True)
+        fade = assembly.crossfade_seconds if assembly.transition == "crossfade" else 0.0
         work = partial(
             join,
             [Path(source.file_path) for source in assembly.sources],
             destination,
-            crossfade_seconds=assembly.crossfade_seconds if assembly.transition == "crossfade" else 0.0,
+            crossfade_seconds=fade,
             keep_audio=assembly.audio == "keep",
             progress=self._progress_saver(record.task_id),
         )
         try:
+            # Pictures only: a clip's sound may run a little past its last frame.
+            files = [source.file_path for source in assembly.sources]
+            sources = await anyio.to_thread.run_sync(self._picture_seconds, files)
             joined = await anyio.to_thread.run_sync(work, limiter=self._limiter)
+            length = float(await anyio.to_thread.run_sync(picture_seconds, destination))
+            expected = round(sum(sources) - fade * (len(sources) - 1), 3)
+            if expected - length > SHORT_BY_FRAMES / float(joined.rate):
+                destination.unlink(missing_ok=True)
+                raise AssemblyFailed(
+                    f"The film came out {length:.2f} s long, {expected - length:.2f} s short of the {expected:.2f} s "
+                    f"its {len(sources)} shots add up to, so a shot would be lost; it was deleted. Check that each "
+                    "clip plays to its end."
+                )
             made = await anyio.to_thread.run_sync(partial(self._companions, destination, joined))
         except JoinError as exc:
             raise AssemblyFailed(f"The clips could not be joined: {exc}.") from exc
-        facts = made.facts
-        # The picture's length: what was written, and what the file says (its sound may run longer).
-        length = min(facts.duration_seconds, joined.video_seconds)
-        shortfall = assembly.expected_duration_seconds - length
-        if shortfall > SHORT_BY_FRAMES / (facts.fps or 24):
-            destination.unlink(missing_ok=True)
-            raise AssemblyFailed(
-                f"The film came out {length:.2f} s long, {shortfall:.2f} s short of the "
-                f"{assembly.expected_duration_seconds:.2f} s its {len(assembly.sources)} shots add up to, so a shot "
-                "would be lost; it was deleted. Check that each clip plays to its end."
-            )
         record = self.journal.get(record.task_id) or record
         assembly = record.assembly
         assert assembly is not None
         assembly.method = joined.method
+        assembly.expected_duration_seconds = expected
         record.file_path, record.sha256, record.size_bytes = str(destination), made.sha256, made.size_bytes
-        record.clip_facts = facts
+        record.clip_facts = made.facts
         record.contact_sheet_path = str(made.contact_sheet) if made.contact_sheet else None
         record.last_frame_path = str(made.last_frame) if made.last_frame else None
         record.warnings.extend(made.warnings)
         record.status, record.progress_percent, record.finished_at = "succeeded", 100.0, utcnow()
         record.sidecar_path = str(write_sidecar(record, destination))
-        log.info("assembly %s: %s (%s, %.2f s)", record.task_id, destination, joined.method, facts.duration_seconds)
+        log.info("assembly %s: %s (%s, %.2f s)", record.task_id, destination, joined.method, made.facts.duration_seconds)
         return self.journal.save(record)
+
+    @staticmethod
+    def _picture_seconds(paths: list[str]) -> list[float]:
+        return [float(picture_seconds(Path(path))) for path in paths]
 
     @staticmethod
     def _companions(film: Path, joined: Joined) -> _Made:
