@@ -163,39 +163,52 @@ def _copy(
     offset = Fraction(0)
     starts: list[float] = []
     last_dts: dict[int, Fraction] = {}
+    """Per output stream, the last decoding time written, in seconds (clips may differ in time base)."""
     written = 0
     for index, path in enumerate(clips):
         starts.append(float(offset))
         with av.open(str(path)) as container:
             video = container.streams.video[0]
-            streams = [video] + ([container.streams.audio[0]] if out_audio is not None else [])
+            pairs = [(video, out_video)]
+            if out_audio is not None:
+                pairs.append((container.streams.audio[0], out_audio))
+            # Per stream, in its own ticks so the loop below does integer sums only: the shift
+            # that puts this clip after the last one, and the last decoding time written so far.
+            targets = {source.index: target for source, target in pairs}
+            shifts = {source.index: round(offset / source.time_base) for source, _ in pairs}
+            floors = {
+                source.index: math.floor(last_dts[target.index] / source.time_base) if target.index in last_dts else None
+                for source, target in pairs
+            }
             # A frame's length, for packets that state none (some muxers write 0).
             frame_ticks = round(1 / ((video.average_rate or DEFAULT_RATE) * video.time_base))
-            end = offset
-            for packet in container.demux(*streams):
+            end_ticks = 0
+            for packet in container.demux(*(source for source, _ in pairs)):
                 if packet.dts is None:
                     continue  # the demuxer's end-of-stream marker
-                is_video = packet.stream is video
-                time_base = packet.time_base
+                number = packet.stream_index
+                is_video = number == video.index
                 if is_video and packet.pts is not None:
-                    end = max(end, offset + (packet.pts + (packet.duration or frame_ticks)) * time_base)
-                shift = round(offset / time_base)
+                    end_ticks = max(end_ticks, packet.pts + (packet.duration or frame_ticks))
+                shift = shifts[number]
                 packet.dts += shift
                 if packet.pts is not None:
                     packet.pts += shift
-                target = out_video if is_video else out_audio
-                assert target is not None
-                previous = last_dts.get(target.index)  # in seconds: clips may differ in time base
-                if previous is not None and packet.dts * time_base <= previous:
+                previous = floors[number]
+                if previous is not None and packet.dts <= previous:
                     if not is_video:
                         continue  # an audio priming packet overlapping the previous clip's last one
-                    packet.dts = math.floor(previous / time_base) + 1  # keep decoding order strictly increasing
-                last_dts[target.index] = packet.dts * time_base
-                packet.stream = target
+                    packet.dts = previous + 1  # keep decoding order strictly increasing
+                floors[number] = packet.dts
+                packet.stream = targets[number]
                 output.mux(packet)
                 written += 1
                 if progress is not None and written % PROGRESS_EVERY == 0:
                     progress((index + 0.5) / len(clips))
+            for source, target in pairs:
+                if floors[source.index] is not None:
+                    last_dts[target.index] = floors[source.index] * source.time_base
+            end = offset + end_ticks * video.time_base
         if encoder is not None:
             encoder.add(path, skip=0.0, seconds=float(end - offset))
         offset = end
