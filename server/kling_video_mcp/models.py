@@ -122,7 +122,8 @@ class Assembly(BaseModel):
 
     title: str | None = None
     transition: Transition = "cut"
-    crossfade_seconds: float = 0.5
+    crossfade_seconds: float | None = None
+    """Length of each crossfade in seconds; ``None`` for cuts."""
     audio: AudioChoice = "keep"
     sources: list[AssemblySource]
     expected_duration_seconds: float

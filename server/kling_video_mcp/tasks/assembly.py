@@ -92,7 +92,7 @@ class Assembler:
         return Assembly(
             title=title,
             transition=transition,
-            crossfade_seconds=crossfade_seconds,
+            crossfade_seconds=fade or None,
             audio=audio,
             sources=sources,
             expected_duration_seconds=round(expected, 3),
@@ -176,7 +176,7 @@ class Assembler:
                 raise AssemblyFailed(f"The clip of task {source.task_id!r} is gone from disk ({source.file_path}).")
         destination = Path(self.settings.output_dir) / clip_filename(record)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        fade = assembly.crossfade_seconds if assembly.transition == "crossfade" else 0.0
+        fade = assembly.crossfade_seconds or 0.0
         work = partial(
             join,
             [Path(source.file_path) for source in assembly.sources],

@@ -3,7 +3,8 @@
 It checks a request, journals it, submits it through the provider adapter, and hands it
 to the watcher, which polls until the clip is downloaded. ``check`` reads the journal
 (after nudging the watcher for fresh news), so a task survives restarts and is finished
-whether or not anyone asks.
+whether or not anyone asks. Assemblies (:mod:`kling_video_mcp.tasks.assembly`) are journaled
+here too and made by the same watcher, through :meth:`TaskService.step`.
 """
 
 from __future__ import annotations
