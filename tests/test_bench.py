@@ -18,6 +18,7 @@ FIGURES = {
     "4": ["clips delivered", "busiest second", "RSS growth", "event loop"],
     "5": ["throughput", "peak RSS", "read back"],
     "6": ["a client waiting", "nobody waiting"],
+    "7": ["stream copy", "crossfades"],
 }
 
 

@@ -3,7 +3,8 @@
 It checks a request, journals it, submits it through the provider adapter, and hands it
 to the watcher, which polls until the clip is downloaded. ``check`` reads the journal
 (after nudging the watcher for fresh news), so a task survives restarts and is finished
-whether or not anyone asks.
+whether or not anyone asks. Assemblies (:mod:`kling_video_mcp.tasks.assembly`) are journaled
+here too and made by the same watcher, through :meth:`TaskService.step`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import anyio
 import httpx2
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
-
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import (
@@ -33,10 +32,18 @@ from kling_video_mcp.errors import (
     ProviderError,
     UnknownOutcome,
 )
-from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
+from kling_video_mcp.models import (
+    Assembly,
+    GenerationRequest,
+    ImageSource,
+    ProviderUpdate,
+    TaskRecord,
+    utcnow,
+)
 from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.addresses import AddressPolicy, Reach, provider_reach
+from kling_video_mcp.tasks.assembly import Assembler
 from kling_video_mcp.tasks.downloads import (
     Downloaded,
     IncompleteDownload,
@@ -48,11 +55,12 @@ from kling_video_mcp.tasks.downloads import (
     part_size,
     storage_error,
 )
+from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
-from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.media import make_companions
 from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,7 @@ class TaskService:
         self._decoders = anyio.CapacityLimiter(COMPANION_DECODERS)
         self._reach: dict[ProviderName, Reach] = {}
         self._submitting: dict[str, FileLock] = {}
+        self.assembler = Assembler(settings, journal)
 
     @classmethod
     @asynccontextmanager
@@ -291,6 +300,12 @@ class TaskService:
             "Repeating this request returns this record; pass force_new=true only once you know nothing was created."
         )
 
+    def start_assembly(self, assembly: Assembly) -> TaskRecord:
+        """Journal an assembly checked by ``assembler.prepare`` and make it in the background."""
+        record = self.assembler.create(assembly)
+        self.watcher.watch(record.task_id)
+        return record
+
     # -- checking ---------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord:
@@ -316,6 +331,10 @@ class TaskService:
         pending = []
         resumed: dict[str, str] = {}
         for record in [self.get(task_id) for task_id in task_ids]:
+            if record.kind == "assemble":
+                if not record.finished:
+                    self.watcher.watch(record.task_id)  # made here: no provider to ask for news
+                continue
             if record.provider_task_id is None:
                 self._settle_if_orphaned(record)
                 continue
@@ -424,6 +443,8 @@ class TaskService:
 
     async def pacing(self, record: TaskRecord) -> Pace:
         """How to pace polls of ``record``, every duration scaled by ``poll_time_scale``."""
+        if record.kind == "assemble":
+            return self.assembler.pace(record)
         adapter = await self.providers.get(record.provider)
         scale = self.settings.poll_time_scale
         return Pace(
@@ -457,6 +478,8 @@ class TaskService:
         news is saved only over the record it started from.
         """
         record = self.get(task_id)
+        if record.kind == "assemble":
+            return await self.assembler.make(record)  # made in one step, here
         adapter = await self.providers.get(record.provider)
         if record.status != "succeeded":
             assert record.provider_task_id is not None
