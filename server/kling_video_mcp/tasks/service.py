@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
+from kling_video_mcp.media.previews import ensure_preview
 from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
 from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
@@ -428,6 +429,24 @@ class TaskService:
         record.warnings.extend(companions.warnings)
         record.sidecar_path = str(write_sidecar(record, result.path))
         self.journal.save(record)
+        try:
+            await self.preview(record)  # ready before anyone opens the screening room
+        except Exception as exc:  # PyAV raises many types; the view makes it again on demand
+            log.warning("task %s: no preview proxy (%s: %s)", record.task_id, type(exc).__name__, exc)
+
+    async def preview(self, record: TaskRecord) -> Path:
+        """The preview proxy of a delivered clip (at most 480p; :mod:`kling_video_mcp.media.previews`),
+        made first if it is missing. Blocks a worker thread, at most :data:`COMPANION_DECODERS` at once.
+
+        Raises:
+            NotFound: the task has no clip on disk. av.error.FFmpegError: the clip cannot be read.
+        """
+        if not record.delivered or record.file_path is None or not Path(record.file_path).is_file():
+            raise NotFound(f"Task {record.task_id!r} has no finished clip on disk to preview.", task_id=record.task_id)
+        clip = Path(record.file_path)
+        return await anyio.to_thread.run_sync(
+            ensure_preview, clip, self.settings.previews_dir, record.task_id, limiter=self._decoders
+        )
 
     async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
         destination = Path(self.settings.output_dir) / clip_filename(record)
