@@ -18,6 +18,7 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_IMAGE_DIRS``    HTTP only: folders (``os.pathsep``-separated) local images may come from.
 ``KLING_MCP_ALLOWED_HOSTS`` HTTP only: extra ``Host`` values to accept (comma-separated).
 ``KLING_MCP_ALLOWED_ORIGINS`` HTTP only: extra ``Origin`` values to accept (comma-separated).
+``KLING_MCP_URL_SECRET``    HTTP only: key signing expiring clip/preview links (default: generated).
 ==========================  ===========================================================
 
 The remaining ``KLING_MCP_*`` settings tune timeouts and polling; their defaults suit real use.
@@ -124,8 +125,12 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("KLING_MCP_ALLOWED_ORIGINS")
     )
     """``Origin`` header values accepted besides loopback and the public URL's origin."""
+    url_secret: SecretStr | None = Field(None, validation_alias=_env("KLING_MCP_URL_SECRET"))
+    """Key of the signed, expiring ``/clips/`` and ``/previews/`` links the screening room plays;
+    unset: a random key generated once into ``<state_dir>/url-secret``. Set it (the same on
+    every worker) when workers on several machines serve one deployment."""
 
-    @field_validator("http_token", mode="before")
+    @field_validator("http_token", "url_secret", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: object) -> object:
         # An empty KLING_MCP_HTTP_TOKEN= must not become a token that an empty header matches.
@@ -180,6 +185,11 @@ class Settings(BaseSettings):
     @property
     def journal_path(self) -> Path:
         return self.state_dir / "tasks.sqlite3"
+
+    @property
+    def previews_dir(self) -> Path:
+        """Preview proxies of finished clips (a cache: rebuilt from the clip when missing)."""
+        return self.state_dir / "previews"
 
     @property
     def sandbox_dir(self) -> Path:

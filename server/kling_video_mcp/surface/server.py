@@ -24,8 +24,10 @@ from kling_video_mcp.providers.http import make_client
 from kling_video_mcp.surface.prompts import register_prompts
 from kling_video_mcp.surface.resources import register_resources
 from kling_video_mcp.surface.results import error_result
+from kling_video_mcp.surface.signed_urls import UrlSigner
 from kling_video_mcp.surface.state import AppState
 from kling_video_mcp.surface.tools import register_tools
+from kling_video_mcp.surface.view import screening_room
 from kling_video_mcp.tasks.service import TaskService
 
 INSTRUCTIONS = """\
@@ -59,22 +61,33 @@ class KlingMCPServer(MCPServer[AppState]):
 
 
 def build_server(
-    settings: Settings | None = None, *, clip_base_url: str | None = None, image_dirs: list[Path] | None = None
+    settings: Settings | None = None,
+    *,
+    clip_base_url: str | None = None,
+    image_dirs: list[Path] | None = None,
+    url_signer: UrlSigner | None = None,
 ) -> KlingMCPServer:
     """The MCP server, reading the environment unless ``settings`` is given.
 
-    For stdio leave ``clip_base_url`` and ``image_dirs`` unset (``file://`` links, any local
-    image). An HTTP deployment passes the public base URL its ``/clips/`` route is served
-    under, and the folders remote callers may name local images in (``[]`` for none).
+    For stdio leave ``clip_base_url``, ``image_dirs`` and ``url_signer`` unset (``file://``
+    links, any local image, media for the view through ``resources/read``). An HTTP deployment
+    passes the public base URL its ``/clips/`` route is served under, the folders remote callers
+    may name local images in (``[]`` for none), and the signer of the view's media links.
     """
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         async with make_client(settings) as client, TaskService.running(settings, client) as service:
-            yield AppState(settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs)
+            yield AppState(
+                settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs,
+                url_signer=url_signer,
+            )  # fmt: skip
 
-    mcp = KlingMCPServer("kling-video-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
+    mcp = KlingMCPServer(
+        "kling-video-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+        extensions=[screening_room(clip_base_url)],
+    )  # fmt: skip
     register_tools(mcp, settings)
     register_resources(mcp)
     register_prompts(mcp)

@@ -27,6 +27,7 @@ from kling_video_mcp.surface.results import (
     task_result,
 )
 from kling_video_mcp.surface.state import AppState, app_state, task_report
+from kling_video_mcp.surface.view import VIEW_BINDING, with_media
 from kling_video_mcp.surface.waiting import wait_reporting
 
 _ASYNC_NOTE = (
@@ -83,14 +84,14 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
             request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]
         )
         if reused:
-            return task_result(task_report(state, record, reused=True))
+            return with_media(ctx, task_result(task_report(state, record, reused=True)), [record])
         record = await service.send(record, images, adapter)
     except KlingError as exc:
         return error_result(exc)
     if parameters["wait_seconds"]:
         await wait_reporting(ctx, service, [record.task_id], parameters["wait_seconds"])
         record = service.get(record.task_id)
-    return task_result(task_report(state, record))
+    return with_media(ctx, task_result(task_report(state, record)), [record])
 
 
 async def _check(state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode) -> list[TaskRecord]:
@@ -105,7 +106,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     default_mode = settings.mode
     default_provider = settings.default_provider
 
-    @mcp.tool(title="Generate video (Kling v3.0)", description=GENERATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS)
+    @mcp.tool(title="Generate video (Kling v3.0)", description=GENERATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS, meta=VIEW_BINDING)
     async def generate_video(
         ctx: Context,
         prompt: p.Prompt = None,
@@ -126,7 +127,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     ) -> ToolResult:
         return await _submit(ctx, "t2v", locals())
 
-    @mcp.tool(title="Animate image (Kling v3.0)", description=ANIMATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS)
+    @mcp.tool(title="Animate image (Kling v3.0)", description=ANIMATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS, meta=VIEW_BINDING)
     async def animate_image(
         ctx: Context,
         image: p.ImageRef,
@@ -148,7 +149,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     ) -> ToolResult:
         return await _submit(ctx, "i2v", locals())
 
-    @mcp.tool(title="Check video task", description=CHECK_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
+    @mcp.tool(title="Check video task", description=CHECK_DESCRIPTION, annotations=CHECK_ANNOTATIONS, meta=VIEW_BINDING)
     async def check_task(
         ctx: Context,
         task_id: p.TaskId = None,
@@ -169,7 +170,8 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             await wait_reporting(ctx, state.service, [record.task_id for record in records], wait_seconds)
             records = [state.service.get(record.task_id) for record in records]
         rows = [task_report(state, record) for record in records]
-        return task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
+        result = task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
+        return with_media(ctx, result, records)
 
     @mcp.tool(title="List video tasks", description=LIST_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
