@@ -126,6 +126,15 @@ async function attachPreview(video: HTMLVideoElement, taskId: string): Promise<v
   });
 }
 
+/** Call a server tool through the host; a refused call comes back as an error result to show. */
+async function callTool(name: string, args: Record<string, unknown>): Promise<ToolResult> {
+  try {
+    return (await app.callServerTool({ name, arguments: args })) as ToolResult;
+  } catch (error) {
+    return { isError: true, content: [{ type: "text", text: `${name} could not be called: ${error}` }] };
+  }
+}
+
 function facts(task: Task): HTMLElement {
   const rows: [string, string][] = [];
   if (task.model) rows.push(["Model", `${task.model} on ${task.provider}`]);
@@ -135,7 +144,7 @@ function facts(task: Task): HTMLElement {
     rows.push(["Sound", clip.has_audio ? "yes" : "silent"]);
   }
   rows.push(["Cost", `${usd(task.estimated_cost_usd)}${task.cost_basis ? ` (${task.cost_basis})` : ""}`]);
-  if (task.size_bytes) rows.push(["File", `${(task.size_bytes / 1e6).toFixed(1)} MB: ${task.file_path}`]);
+  if (task.size_bytes) rows.push(["File", `${(task.size_bytes / 1e6).toFixed(2)} MB: ${task.file_path}`]);
   const list = el("dl", { class: "facts" });
   for (const [name, value] of rows) list.append(el("dt", {}, name), el("dd", {}, value));
   return list;
@@ -189,8 +198,7 @@ function confirmation(task: Task): HTMLElement {
     const button = el("button", { class: decision, "data-decision": decision }, decision === "confirm" ? "Confirm" : "Decline");
     button.addEventListener("click", async () => {
       box.querySelectorAll("button").forEach((b) => ((b as HTMLButtonElement).disabled = true));
-      const result = await app.callServerTool({ name: "confirm_spend", arguments: { task_id: task.task_id, decision } });
-      show(result as ToolResult);
+      show(await callTool("confirm_spend", { task_id: task.task_id, decision }));
     });
     box.append(button);
   }
@@ -213,7 +221,7 @@ function showGrid(tasks: Task[], summary: string): void {
       card.append(thumb);
       void attachPreview(thumb, task.task_id).catch(() => undefined);
     } else if (UNFINISHED.has(task.status ?? "")) {
-      card.append(progress(task));
+      card.append(el("div", { class: "thumb empty" }, `${task.status} ${Math.round(task.progress_percent ?? 0)}%`), progress(task));
     } else {
       card.append(el("div", { class: "thumb empty" }, task.error?.message ?? task.status ?? ""));
     }
@@ -229,8 +237,7 @@ function showGrid(tasks: Task[], summary: string): void {
   cut.addEventListener("click", async () => {
     cut.setAttribute("disabled", "");
     cut.textContent = "Assembling…";
-    const result = await app.callServerTool({ name: "assemble_video", arguments: { task_ids: ids } });
-    show(result as ToolResult);
+    show(await callTool("assemble_video", { task_ids: ids }));
   });
   const total = tasks.reduce((sum, task) => sum + (task.estimated_cost_usd ?? 0), 0);
   root.replaceChildren(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -59,7 +60,10 @@ def make_preview(clip: Path, destination: Path) -> Path:
     import av
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".{destination.name}.{os.getpid()}.part")
+    # A name of its own: the background maker and a view's first read may run at once.
+    handle, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.stem}-", suffix=".part")
+    os.close(handle)
+    partial = Path(name)
     try:
         with av.open(str(clip)) as source, av.open(
             str(partial), "w", format="mp4", options={"movflags": "+faststart"}
