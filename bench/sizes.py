@@ -23,6 +23,12 @@ class Size:
     """Size of the clip the download benchmark moves, in MB (10^6 bytes)."""
     download_rounds: int
     """Downloads of each kind (ours, bare), alternated."""
+    assembly_clips: int
+    assembly_clip_seconds: int
+    assembly_height: int
+    """Frame height of the assembled clips in pixels (16:9)."""
+    assembly_rounds: int
+    """Assemblies of each kind (ours, baseline), alternated."""
 
 
 FULL = Size(
@@ -37,6 +43,10 @@ FULL = Size(
     concurrent_time_scale=0.1,
     download_mb=500,
     download_rounds=5,
+    assembly_clips=6,
+    assembly_clip_seconds=10,
+    assembly_height=1080,
+    assembly_rounds=3,
 )
 
 SMOKE = replace(
@@ -50,6 +60,10 @@ SMOKE = replace(
     concurrent_render=(3.0, 6.0),
     download_mb=4,
     download_rounds=1,
+    assembly_clips=2,
+    assembly_clip_seconds=2,
+    assembly_height=360,
+    assembly_rounds=1,
 )
 """Every figure at a size that runs in seconds: proves the suite works, measures nothing."""
 

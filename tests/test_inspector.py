@@ -118,7 +118,7 @@ def image_reference(transport: str, tmp_path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 
 
-CALLED = {"generate_video", "animate_image", "check_task", "list_tasks"}
+CALLED = {"generate_video", "animate_image", "assemble_video", "check_task", "list_tasks"}
 """The tools test_every_tool_call_succeeds calls: every tool the server lists must be here."""
 
 
@@ -139,18 +139,23 @@ def test_every_tool_call_succeeds(inspector, transport, tmp_path):
     listed = inspector.call("list_tasks", {"limit": 100})["structuredContent"]["tasks"]
     assert made["task_id"] in {task["task_id"] for task in listed}
     report = checked["structuredContent"]
+    final_cut = {"task_ids": [made["task_id"], made["task_id"]], "wait_seconds": 15}
     if transport == "stdio":
         # Over stdio every Inspector call is a new server process, stopped once it answers. A
         # sandbox clip whose download such a process began stays unfinished (its URL named the
         # dead process's embedded emulator), so only the call is asserted here; test_stdio and
         # test_packaging follow stdio tasks to the clip within one process.
         assert report["status"] in ("queued", "running", "succeeded"), report
+        cut = inspector("tools/call", "--tool-name", "assemble_video", "--tool-args-json", json.dumps(final_cut))
+        assert not cut.get("isError") or "not finished" in cut["content"][0]["text"], cut  # answered either way
         return
     assert report["status"] == "succeeded", report
     link = next(block for block in checked["content"] if block["type"] == "resource_link")
     assert link["mimeType"] == "video/mp4" and link["uri"] == report["file_uri"]
     clip = httpx2.get(link["uri"])  # a remote client gets a link it can fetch
     assert clip.status_code == 200 and len(clip.content) == report["size_bytes"]
+    assembled = inspector.call("assemble_video", final_cut)["structuredContent"]
+    assert assembled["status"] == "succeeded" and assembled["estimated_cost_usd"] == 0, assembled
 
 
 def test_a_token_server_takes_the_inspector_with_its_header_only(tmp_path):

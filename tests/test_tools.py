@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_lists_three_tools_with_schemas_from_the_api_docs(client):
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert set(tools) == {"generate_video", "animate_image", "check_task", "list_tasks"}
+    assert set(tools) == {"generate_video", "animate_image", "assemble_video", "check_task", "list_tasks"}
 
     schema = tools["generate_video"].input_schema["properties"]
     assert schema["duration"]["minimum"] == 3 and schema["duration"]["maximum"] == 15
@@ -43,6 +43,17 @@ async def test_lists_three_tools_with_schemas_from_the_api_docs(client):
         annotations = tools[name].annotations
         assert annotations.read_only_hint is False and annotations.idempotent_hint is False
         assert annotations.open_world_hint is True
+    assemble = tools["assemble_video"]
+    assert assemble.annotations.read_only_hint is False and assemble.annotations.open_world_hint is False
+    cut = assemble.input_schema["properties"]
+    assert assemble.input_schema["required"] == ["task_ids"]
+    assert cut["task_ids"]["minItems"] == 2 and cut["task_ids"]["maxItems"] == 20
+    assert cut["transition"]["enum"] == ["cut", "crossfade"] and cut["transition"]["default"] == "cut"
+    assert (cut["crossfade_seconds"]["minimum"], cut["crossfade_seconds"]["maximum"]) == (0.2, 2.0)
+    assert cut["crossfade_seconds"]["default"] == 0.5
+    assert cut["audio"]["enum"] == ["keep", "mute"] and cut["audio"]["default"] == "keep"
+    assert any(branch.get("maxLength") == 100 for branch in cut["title"]["anyOf"])
+    assert cut["wait_seconds"]["maximum"] == 50
 
 
 @pytest.mark.parametrize("provider", FLAVORS)

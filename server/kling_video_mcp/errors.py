@@ -83,6 +83,12 @@ class TimedOut(KlingError):
     code = "timed_out"
 
 
+class AssemblyFailed(KlingError):
+    """Joining clips into a film failed on this machine (a clip unreadable, the film short of its sources)."""
+
+    code = "assembly_failed"
+
+
 class NotFound(KlingError):
     """No task with that id is known to the journal or to the provider."""
 

@@ -18,6 +18,10 @@ from kling_video_mcp.config import Mode, ProviderName
 
 Kind = Literal["t2v", "i2v"]
 """``t2v`` text to video, ``i2v`` image to video."""
+TaskKind = Literal["t2v", "i2v", "assemble"]
+"""A render (``t2v``, ``i2v``) at a provider, or ``assemble``: finished clips joined into one film here."""
+Transition = Literal["cut", "crossfade"]
+AudioChoice = Literal["keep", "mute"]
 AspectRatio = Literal["16:9", "9:16", "1:1"]
 ShotType = Literal["customize", "intelligent"]
 TaskStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -103,16 +107,45 @@ class ClipFacts(BaseModel):
     has_audio: bool
 
 
-class TaskRecord(BaseModel):
-    """One task as the journal keeps it: everything needed to finish it after a restart."""
+class AssemblySource(BaseModel):
+    """One shot of an assembly: a finished clip as it was when the assembly was asked for."""
 
     task_id: str
-    provider: ProviderName
-    mode: Mode
-    kind: Kind
-    endpoint: str
+    file_path: str
+    sha256: str | None = None
+    facts: ClipFacts
+    """Duration (seconds), frame size, rate, codec and sound, as probed when the clip was delivered."""
+
+
+class Assembly(BaseModel):
+    """What ``assemble_video`` was asked for, with its shots resolved to files, in playing order."""
+
+    title: str | None = None
+    transition: Transition = "cut"
+    crossfade_seconds: float = 0.5
+    audio: AudioChoice = "keep"
+    sources: list[AssemblySource]
+    expected_duration_seconds: float
+    """The sources' durations added up, minus one crossfade per join when crossfading."""
+    method: Literal["stream_copy", "re_encode"] | None = None
+    """How the film was joined: packets copied as they are, or frames re-encoded (set when done)."""
+
+
+class TaskRecord(BaseModel):
+    """One task as the journal keeps it: everything needed to finish it after a restart.
+
+    A render has a provider, mode, endpoint and request; an assembly (``kind="assemble"``)
+    has none of them (nothing is sent anywhere) and carries its :class:`Assembly` instead.
+    """
+
+    task_id: str
+    provider: ProviderName | None = None
+    mode: Mode | None = None
+    kind: TaskKind
+    endpoint: str | None = None
     """The provider's model route, e.g. ``kling-v3.0-4k-t2v`` or ``kwaivgi/kling-v3.0-4k/text-to-video``."""
-    request: GenerationRequest
+    request: GenerationRequest | None = None
+    assembly: Assembly | None = None
     fingerprint: str
     provider_task_id: str | None = None
     status: TaskStatus = "queued"

@@ -108,3 +108,27 @@ RecoverProvider = Annotated[
 RecoverMode = Annotated[
     Literal["std", "pro", "4k"] | None, Field(description="Only to recover a task submitted elsewhere: its mode.")
 ]
+AssemblyTaskIds = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=200)]],
+    Field(
+        min_length=2,
+        max_length=20,
+        description="2 to 20 finished tasks of this server, in the order they play: generated or animated clips, or "
+        "earlier assemblies. A task may appear more than once (a repeated shot).",
+    ),
+]
+TransitionParam = Annotated[
+    Literal["cut", "crossfade"],
+    Field(description="cut: one clip straight after the other (no re-encoding when the clips match); crossfade: "
+          "each clip blends into the next over crossfade_seconds (re-encoded; the film is shorter by that per join)."),
+]
+CrossfadeSeconds = Annotated[
+    float, Field(ge=0.2, le=2.0, description="Length of each crossfade in seconds, 0.2 to 2.0 (only with transition='crossfade').")
+]
+AudioParam = Annotated[
+    Literal["keep", "mute"],
+    Field(description="keep: the clips' sound, with silence under clips that have none; mute: a film without sound."),
+]
+Title = Annotated[
+    str | None, Field(max_length=100, description="The film's title (at most 100 characters), used in its file name and sidecar.")
+]

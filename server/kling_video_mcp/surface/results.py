@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from kling_video_mcp import pricing
 from kling_video_mcp.errors import KlingError
-from kling_video_mcp.models import GenerationRequest, ClipFacts, TaskRecord
+from kling_video_mcp.models import Assembly, GenerationRequest, ClipFacts, TaskRecord
 from kling_video_mcp.providers import LABELS
 from kling_video_mcp.providers.sandbox import PLACEHOLDER_NOTE
 
@@ -58,6 +58,10 @@ class TaskFacts(BaseModel):
     provider_video_url: str | None = Field(None, description="The provider's own link; it expires (about 1 hour).")
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    assembly: Assembly | None = Field(
+        None, description="For a final cut: its title, transition, sources in order (task ids, files, sha256, durations), "
+        "the duration they add up to, and whether it was joined by stream copy or re-encoded."
+    )
     reused_existing: bool = Field(False, description="True when an identical recent request's task was returned.")
     dry_run: bool = Field(False, description="True when the request was only checked and priced; nothing was sent.")
     sandbox: bool = Field(False, description="True for free placeholder clips from the bundled emulator.")
@@ -85,16 +89,38 @@ def public_status(record: TaskRecord) -> Literal["queued", "running", "succeeded
     return record.status
 
 
+ASSEMBLY_COST_BASIS = "Made on this machine from clips already paid for: no provider is called, nothing is billed."
+
+
+def _model(record: TaskRecord) -> str:
+    """``Kling v3.0 4K text-to-video``, or for an assembly ``Final cut 'title' of 3 shots``."""
+    if record.assembly is not None:
+        title = f" '{record.assembly.title}'" if record.assembly.title else ""
+        return f"Final cut{title} of {len(record.assembly.sources)} shots"
+    assert record.request is not None
+    return record.request.model_label
+
+
+def _cost_basis(record: TaskRecord) -> str:
+    if record.provider is None or record.mode is None or record.request is None:
+        return ASSEMBLY_COST_BASIS
+    return pricing.price(record.provider, record.mode, record.request.sound).basis
+
+
 def _next_check(record: TaskRecord, status: str) -> float | None:
     if status in ("succeeded", "failed"):
         return None
+    if record.assembly is not None:
+        return 2.0
     if record.eta_seconds:
         return round(min(max(record.eta_seconds / 2, 5.0), 60.0))
     return 5.0 if record.provider == "sandbox" else 30.0
 
 
 def _message(record: TaskRecord, status: str, reused: bool) -> str:
-    who = f"{record.request.model_label} on {LABELS[record.provider]}"
+    if record.assembly is not None:
+        return _assembly_message(record, status)
+    who = f"{_model(record)} on {LABELS[record.provider]}"
     if status == "succeeded":
         return f"Done: {who}. The clip is at {record.file_path}."
     if status == "failed":
@@ -107,6 +133,26 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     return (
         f"{lead}{status.capitalize()}: {who}.{progress}{eta} Renders take minutes; the server finishes and downloads "
         f"the clip by itself. Call check_task with task_id {record.task_id} in about {_next_check(record, status):.0f} s."
+    )
+
+
+def _assembly_message(record: TaskRecord, status: str) -> str:
+    assembly = record.assembly
+    assert assembly is not None
+    fade = f" {assembly.crossfade_seconds} s" if assembly.transition == "crossfade" else ""
+    who = f"{_model(record)} ({assembly.transition}{fade})"
+    if status == "failed":
+        return f"Failed: {who}. {record.error_message or ''}".strip()
+    if status == "succeeded" and record.clip_facts is not None:
+        how = "joined by stream copy, without re-encoding" if assembly.method == "stream_copy" else "re-encoded"
+        return (
+            f"Done: {who}, {record.clip_facts.duration_seconds:.2f} s long (its shots add up to "
+            f"{assembly.expected_duration_seconds:.2f} s), {how}, $0. The film is at {record.file_path}."
+        )
+    progress = f" {record.progress_percent:.0f}% done." if record.progress_percent else ""
+    return (
+        f"Running: {who}, {assembly.expected_duration_seconds:.2f} s of film.{progress} It costs nothing and is made on "
+        f"this machine; call check_task with task_id {record.task_id} in about {_next_check(record, status):.0f} s."
     )
 
 
@@ -128,12 +174,12 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         status=status,
         provider=record.provider,
         mode=record.mode,
-        model=record.request.model_label,
-        duration_seconds=record.request.duration if record.request.prompt or record.request.multi_prompt else None,
+        model=_model(record),
+        duration_seconds=record.request.duration if record.request and (record.request.prompt or record.request.multi_prompt) else None,
         progress_percent=record.progress_percent,
         eta_seconds=record.eta_seconds,
         estimated_cost_usd=record.estimated_cost_usd,
-        cost_basis=pricing.price(record.provider, record.mode, record.request.sound).basis,
+        cost_basis=_cost_basis(record),
         file_path=record.file_path,
         file_uri=clip_uri(record.file_path, clip_base_url) if record.file_path else None,
         size_bytes=record.size_bytes,
@@ -144,6 +190,7 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         sidecar_path=record.sidecar_path,
         warnings=record.warnings,
         provider_video_url=record.video_url,
+        assembly=record.assembly,
         created_at=record.created_at,
         finished_at=record.finished_at,
         reused_existing=reused,
@@ -182,8 +229,10 @@ def _link(task: TaskReport) -> ResourceLink:
         type="resource_link",
         uri=task.file_uri,
         name=Path(task.file_path).name,
-        title=f"{task.model} clip",
-        description=f"{task.model} clip from {task.provider}, task {task.task_id}",
+        title=f"{task.model} clip" if task.provider else task.model,
+        description=f"{task.model} clip from {task.provider}, task {task.task_id}"
+        if task.provider
+        else f"{task.model}, assembly task {task.task_id}",
         mime_type="video/mp4",
         size=task.size_bytes,
     )
@@ -212,7 +261,7 @@ def task_result(task: TaskReport) -> CallToolResult:
 def table_result(rows: list[TaskReport], summary: str) -> CallToolResult:
     """A tool result for several tasks: one line each plus a summary, links to finished clips."""
     lines = [summary] + [
-        f"- {row.task_id} {row.status}: {row.model} on {row.provider}"
+        f"- {row.task_id} {row.status}: {row.model}" + (f" on {row.provider}" if row.provider else "")
         + (f", {row.progress_percent:.0f}%" if row.progress_percent and row.status != "succeeded" else "")
         + (f", {row.file_path}" if row.file_path else "")
         + (f", {row.error.code}: {row.error.message}" if row.error else "")

@@ -1,4 +1,4 @@
-"""The MCP tools: generate_video, animate_image, check_task and list_tasks.
+"""The MCP tools: generate_video, animate_image, assemble_video, check_task and list_tasks.
 
 Each tool builds a request from its parameters, hands it to the task service and renders
 the journaled record with :mod:`kling_video_mcp.surface.results`.
@@ -53,11 +53,23 @@ CHECK_DESCRIPTION = (
     "Tasks are kept in a journal on disk, so this works after a server restart. To recover a task submitted "
     "elsewhere, pass its provider task id with provider and mode."
 )
+ASSEMBLE_DESCRIPTION = (
+    "Join finished clips of this server (generated, animated, or earlier assemblies) into one film, in the order "
+    "given: the final cut of a storyboard. transition='cut' joins matching clips without re-encoding (seconds, even "
+    "for 4K); 'crossfade' blends each join over crossfade_seconds. Clips of another frame size or rate are fitted "
+    "to the first clip's (black bars, never stretched). Sound is kept, with silence under silent clips, unless "
+    "audio='mute'. Costs nothing: no provider is called. Returns a task_id at once (wait_seconds waits up to 50 s); "
+    "check_task then gives the film's path, a resource link, its duration checked against the shots', a contact "
+    "sheet with one frame per shot, and its last frame (continue with animate_image(image='task:<task_id>'))."
+)
 LIST_DESCRIPTION = "List the tasks in this server's journal, newest first, optionally only those in one status."
 LIST_SCAN_LIMIT = 10_000
 """Newest journal rows ``list_tasks`` looks through when filtering by status."""
 
 SUBMIT_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+ASSEMBLE_ANNOTATIONS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
 CHECK_ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
 ToolResult = Annotated[CallToolResult, TaskReport]
@@ -148,6 +160,32 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         dry_run: p.DryRun = False,
     ) -> ToolResult:
         return await _submit(ctx, "i2v", locals())
+
+    @mcp.tool(
+        title="Assemble the final cut", description=ASSEMBLE_DESCRIPTION, annotations=ASSEMBLE_ANNOTATIONS,
+        meta=VIEW_BINDING,
+    )  # fmt: skip
+    async def assemble_video(
+        ctx: Context,
+        task_ids: p.AssemblyTaskIds,
+        transition: p.TransitionParam = "cut",
+        crossfade_seconds: p.CrossfadeSeconds = 0.5,
+        audio: p.AudioParam = "keep",
+        title: p.Title = None,
+        wait_seconds: p.WaitSeconds = 0,
+    ) -> ToolResult:
+        state = app_state(ctx)
+        service = state.service
+        try:
+            options = dict(transition=transition, crossfade_seconds=crossfade_seconds, audio=audio, title=title)
+            assembly = await anyio.to_thread.run_sync(partial(service.assembler.prepare, task_ids, **options))
+        except KlingError as exc:
+            return error_result(exc)
+        record = service.start_assembly(assembly)
+        if wait_seconds:
+            await wait_reporting(ctx, service, [record.task_id], wait_seconds)
+            record = service.get(record.task_id)
+        return with_media(ctx, task_result(task_report(state, record)), [record])
 
     @mcp.tool(title="Check video task", description=CHECK_DESCRIPTION, annotations=CHECK_ANNOTATIONS, meta=VIEW_BINDING)
     async def check_task(

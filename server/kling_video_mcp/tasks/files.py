@@ -21,16 +21,20 @@ def slug(text: str, limit: int = SLUG_CHARS) -> str:
 
 
 def clip_filename(record: TaskRecord) -> str:
-    """``YYYYmmdd-HHMMSS_<provider>-<mode>_<prompt slug>_<task id head>.mp4``."""
-    request = record.request
-    text = request.prompt or " ".join(shot.prompt for shot in request.multi_prompt or []) or "clip"
+    """``YYYYmmdd-HHMMSS_<provider>-<mode>_<prompt slug>_<task id head>.mp4``; for an
+    assembly, ``YYYYmmdd-HHMMSS_final-cut_<title slug>_<task id head>.mp4``."""
     stamp = record.created_at.strftime("%Y%m%d-%H%M%S")
+    if record.assembly is not None:
+        return f"{stamp}_final-cut_{slug(record.assembly.title or 'film')}_{record.task_id[:12]}.mp4"
+    request = record.request
+    assert request is not None
+    text = request.prompt or " ".join(shot.prompt for shot in request.multi_prompt or []) or "clip"
     return f"{stamp}_{record.provider}-{record.mode}_{slug(text)}_{record.task_id[:12]}.mp4"
 
 
 SIDECAR_FIELDS = (
     "task_id", "provider", "provider_task_id", "mode", "kind", "endpoint", "request", "created_at",
-    "finished_at", "estimated_cost_usd", "video_url", "sha256", "size_bytes", "clip_facts",
+    "finished_at", "estimated_cost_usd", "video_url", "sha256", "size_bytes", "clip_facts", "assembly",
 )  # fmt: skip
 
 

@@ -52,7 +52,7 @@ class Journal:
             "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 record.task_id,
-                record.provider,
+                record.provider or "local",  # an assembly is made here, at no provider
                 record.provider_task_id,
                 record.status,
                 record.fingerprint,
@@ -80,12 +80,16 @@ class Journal:
         return TaskRecord.model_validate_json(row[0]) if row else None
 
     def unfinished(self) -> list[TaskRecord]:
-        """Tasks whose clip is not yet safe on disk and that have not failed, oldest first."""
+        """Tasks whose clip is not yet safe on disk and that have not failed, oldest first: renders
+        with a provider task to watch, and assemblies (made here)."""
         rows = self._db.execute(
             "SELECT record FROM tasks WHERE status IN ('queued', 'running', 'succeeded') ORDER BY created_at"
         ).fetchall()
         records = [TaskRecord.model_validate_json(row[0]) for row in rows]
-        return [record for record in records if not record.delivered and record.provider_task_id]
+        return [
+            record for record in records
+            if not record.delivered and (record.provider_task_id or record.kind == "assemble")
+        ]  # fmt: skip
 
     def orphaned_submits(self, before: datetime) -> list[TaskRecord]:
         """Tasks journaled before ``before`` whose submit never got an answer recorded."""

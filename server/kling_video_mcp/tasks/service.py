@@ -25,9 +25,10 @@ from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.media.previews import ensure_preview
 from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
-from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
+from kling_video_mcp.models import Assembly, GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
 from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
+from kling_video_mcp.tasks.assembly import Assembler
 from kling_video_mcp.tasks.downloads import Downloaded, IncompleteDownload, UrlExpired, adopt, download
 from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
@@ -58,6 +59,7 @@ class TaskService:
         self._client = client
         self._watcher: Watcher | None = None
         self._decoders = anyio.CapacityLimiter(COMPANION_DECODERS)
+        self.assembler = Assembler(settings, journal)
 
     @classmethod
     @asynccontextmanager
@@ -247,6 +249,12 @@ class TaskService:
             "Repeating this request returns this record; pass force_new=true only once you know nothing was created."
         )
 
+    def start_assembly(self, assembly: Assembly) -> TaskRecord:
+        """Journal an assembly checked by ``assembler.prepare`` and make it in the background."""
+        record = self.assembler.create(assembly)
+        self.watcher.watch(record.task_id)
+        return record
+
     # -- checking ---------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord:
@@ -271,6 +279,10 @@ class TaskService:
         """
         pending = []
         for record in [self.get(task_id) for task_id in task_ids]:
+            if record.kind == "assemble":
+                if not record.finished:
+                    self.watcher.watch(record.task_id)  # made here: no provider to ask for news
+                continue
             if record.provider_task_id is None:
                 if record.status != "failed" and record.created_at < utcnow() - ORPHAN_AFTER:
                     self._settle_orphan(record)
@@ -325,6 +337,8 @@ class TaskService:
 
     async def pacing(self, record: TaskRecord) -> Pace:
         """How to pace polls of ``record``, every duration scaled by ``poll_time_scale``."""
+        if record.kind == "assemble":
+            return self.assembler.pace(record)
         adapter = await self.providers.get(record.provider)
         scale = self.settings.poll_time_scale
         return Pace(
@@ -358,6 +372,11 @@ class TaskService:
         news is saved only over the record it started from.
         """
         record = self.get(task_id)
+        if record.kind == "assemble":
+            made = await self.assembler.make(record)  # made in one step, here
+            if made.delivered:
+                await self._prepare_preview(made)
+            return made
         adapter = await self.providers.get(record.provider)
         if record.status != "succeeded":
             assert record.provider_task_id is not None
@@ -429,8 +448,12 @@ class TaskService:
         record.warnings.extend(companions.warnings)
         record.sidecar_path = str(write_sidecar(record, result.path))
         self.journal.save(record)
+        await self._prepare_preview(record)
+
+    async def _prepare_preview(self, record: TaskRecord) -> None:
+        """Make the preview now, so it is ready before anyone opens the screening room."""
         try:
-            await self.preview(record)  # ready before anyone opens the screening room
+            await self.preview(record)
         except Exception as exc:  # PyAV raises many types; the view makes it again on demand
             log.warning("task %s: no preview proxy (%s: %s)", record.task_id, type(exc).__name__, exc)
 

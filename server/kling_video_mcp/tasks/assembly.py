@@ -1,0 +1,264 @@
+"""Assemblies: finished clips joined into one film, as a journaled task of kind ``assemble``.
+
+:meth:`Assembler.prepare` checks everything before any work (each task known, finished, its
+clip still on disk; crossfades no longer than the clips) and :meth:`Assembler.create`
+journals the task as running. The watcher then makes it like a render's download, through
+the service's ``step`` (:meth:`Assembler.make`), so ``check_task``, ``list_tasks``, the
+resources and restart recovery treat it as any other task. Nothing is sent anywhere and it
+costs nothing. A task may appear more than once: a repeated shot is a legitimate edit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
+
+from kling_video_mcp.config import Settings
+from kling_video_mcp.errors import AssemblyFailed, InvalidRequest
+from kling_video_mcp.media.assembly import JoinError, Joined, Progress, join, shot_sheet
+from kling_video_mcp.models import Assembly, AssemblySource, AudioChoice, ClipFacts, TaskRecord, Transition, utcnow
+from kling_video_mcp.tasks.downloads import adopt
+from kling_video_mcp.tasks.files import clip_filename, write_sidecar
+from kling_video_mcp.tasks.journal import Journal
+from kling_video_mcp.tasks.media import frames, probe, save_last_frame
+from kling_video_mcp.tasks.watcher import Pace
+
+log = logging.getLogger(__name__)
+
+MIN_SHOTS, MAX_SHOTS = 2, 20
+"""How many tasks one assembly joins (issue 11 §1)."""
+ASSEMBLIES_AT_ONCE = 1
+"""Films made at once: a re-encode keeps both cores busy (libx264 threads), so more would only queue."""
+PROGRESS_SAVE_SECONDS = 0.5
+"""Least time between two journal writes of an assembly's progress."""
+SECONDS_PER_FILM_SECOND = 1.0
+"""Expected making time per second of film: a 1080p re-encode's pace (benchmark figure 6); a
+stream copy is far faster. Only paces ``wait_seconds`` progress estimates."""
+SHORT_BY_FRAMES = 2
+"""A film may end this many frames short of its sources' sum (timestamp rounding), no more."""
+
+
+class Assembler:
+    """Checks, journals and makes assemblies; the task service routes ``assemble`` tasks here."""
+
+    def __init__(self, settings: Settings, journal: Journal) -> None:
+        self.settings = settings
+        self.journal = journal
+        self._limiter = anyio.CapacityLimiter(ASSEMBLIES_AT_ONCE)
+
+    def prepare(
+        self,
+        task_ids: Sequence[str],
+        *,
+        transition: Transition = "cut",
+        crossfade_seconds: float = 0.5,
+        audio: AudioChoice = "keep",
+        title: str | None = None,
+    ) -> Assembly:
+        """The assembly of ``task_ids`` in playing order, checked; nothing is made or journaled.
+
+        Blocks (it may probe a clip whose facts are not journaled yet): call it from a worker thread.
+
+        Raises:
+            InvalidRequest: fewer than 2 or more than 20 tasks; a task unknown, unfinished,
+                without a probed clip, or whose clip is gone from disk; a clip too short for
+                its crossfades. The message names the task and its place in ``task_ids``.
+        """
+        if not MIN_SHOTS <= len(task_ids) <= MAX_SHOTS:
+            raise InvalidRequest(
+                f"task_ids: give {MIN_SHOTS} to {MAX_SHOTS} finished tasks in playing order (got {len(task_ids)})."
+            )
+        sources = [self._source(position, task_id) for position, task_id in enumerate(task_ids)]
+        fade = crossfade_seconds if transition == "crossfade" else 0.0
+        for position, source in enumerate(sources):
+            joins = (position > 0) + (position < len(sources) - 1)
+            if fade and source.facts.duration_seconds <= fade * joins:
+                raise InvalidRequest(
+                    f"task_ids[{position}]: task {source.task_id!r} is {source.facts.duration_seconds:.2f} s long, too "
+                    f"short for {joins} crossfade(s) of {fade} s; use a shorter crossfade_seconds or transition='cut'."
+                )
+        expected = sum(source.facts.duration_seconds for source in sources) - fade * (len(sources) - 1)
+        return Assembly(
+            title=title,
+            transition=transition,
+            crossfade_seconds=crossfade_seconds,
+            audio=audio,
+            sources=sources,
+            expected_duration_seconds=round(expected, 3),
+        )
+
+    def _source(self, position: int, task_id: str) -> AssemblySource:
+        where = f"task_ids[{position}]"
+        record = self.journal.get(task_id)
+        if record is None:
+            raise InvalidRequest(f"{where}: no task {task_id!r} in this server's journal; nothing was made.")
+        if not record.delivered:
+            state = "failed" if record.status == "failed" else "not finished yet"
+            advice = "leave it out or render it again" if record.status == "failed" else "wait for it with check_task"
+            raise InvalidRequest(f"{where}: task {task_id!r} is {state}, so it has no clip to assemble; {advice}.")
+        assert record.file_path is not None
+        if not Path(record.file_path).is_file():
+            raise InvalidRequest(
+                f"{where}: the clip of task {task_id!r} is no longer on disk ({record.file_path}); "
+                "put it back or leave the task out."
+            )
+        facts = record.clip_facts
+        if facts is None:  # just delivered, its companions still being made; or unreadable
+            try:
+                facts = probe(Path(record.file_path))
+            except Exception as exc:  # PyAV raises many types; any of them means "unreadable"
+                raise InvalidRequest(f"{where}: the clip of task {task_id!r} cannot be read ({exc}), so it cannot be joined.") from exc
+        return AssemblySource(task_id=record.task_id, file_path=record.file_path, sha256=record.sha256, facts=facts)
+
+    def create(self, assembly: Assembly) -> TaskRecord:
+        """Journal a new assembly task, already running (the watcher makes it from here on)."""
+        task_id = uuid.uuid4().hex
+        record = TaskRecord(
+            task_id=task_id,
+            kind="assemble",
+            assembly=assembly,
+            fingerprint=f"assemble:{task_id}",
+            status="running",
+            progress_percent=0.0,
+            estimated_cost_usd=0.0,
+            watched_since=utcnow(),
+        )
+        return self.journal.save(record)
+
+    def pace(self, record: TaskRecord) -> Pace:
+        """How the watcher and ``wait_seconds`` pace an assembly (it is made in one step)."""
+        assert record.assembly is not None
+        return Pace(
+            expected_seconds=record.assembly.expected_duration_seconds * SECONDS_PER_FILM_SECOND,
+            min_interval=0.5,
+            max_interval=5.0,
+        )
+
+    async def make(self, record: TaskRecord) -> TaskRecord:
+        """Make the film, its contact sheet, last frame and sidecar, and journal it as succeeded.
+
+        Another server process on the same state folder making it already: returns the record
+        as it is (the watcher tries again later). A restarted server makes it from the start.
+
+        Raises:
+            AssemblyFailed: a clip is gone or unreadable, or the film came out shorter than its sources.
+        """
+        lock = FileLock(self.settings.state_dir / "locks" / f"{record.task_id}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except FileLockTimeout:
+            return record
+        try:
+            return await self._make(record)
+        finally:
+            lock.release()
+
+    async def _make(self, record: TaskRecord) -> TaskRecord:
+        assembly = record.assembly
+        assert assembly is not None
+        for source in assembly.sources:
+            if not Path(source.file_path).is_file():
+                raise AssemblyFailed(f"The clip of task {source.task_id!r} is gone from disk ({source.file_path}).")
+        destination = Path(self.settings.output_dir) / clip_filename(record)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        work = partial(
+            join,
+            [Path(source.file_path) for source in assembly.sources],
+            destination,
+            crossfade_seconds=assembly.crossfade_seconds if assembly.transition == "crossfade" else 0.0,
+            keep_audio=assembly.audio == "keep",
+            progress=self._progress_saver(record.task_id),
+        )
+        try:
+            joined = await anyio.to_thread.run_sync(work, limiter=self._limiter)
+            made = await anyio.to_thread.run_sync(partial(self._companions, destination, joined))
+        except JoinError as exc:
+            raise AssemblyFailed(f"The clips could not be joined: {exc}.") from exc
+        facts = made.facts
+        # The picture's length: what was written, and what the file says (its sound may run longer).
+        length = min(facts.duration_seconds, joined.video_seconds)
+        shortfall = assembly.expected_duration_seconds - length
+        if shortfall > SHORT_BY_FRAMES / (facts.fps or 24):
+            destination.unlink(missing_ok=True)
+            raise AssemblyFailed(
+                f"The film came out {length:.2f} s long, {shortfall:.2f} s short of the "
+                f"{assembly.expected_duration_seconds:.2f} s its {len(assembly.sources)} shots add up to, so a shot "
+                "would be lost; it was deleted. Check that each clip plays to its end."
+            )
+        record = self.journal.get(record.task_id) or record
+        assembly = record.assembly
+        assert assembly is not None
+        assembly.method = joined.method
+        record.file_path, record.sha256, record.size_bytes = str(destination), made.sha256, made.size_bytes
+        record.clip_facts = facts
+        record.contact_sheet_path = str(made.contact_sheet) if made.contact_sheet else None
+        record.last_frame_path = str(made.last_frame) if made.last_frame else None
+        record.warnings.extend(made.warnings)
+        record.status, record.progress_percent, record.finished_at = "succeeded", 100.0, utcnow()
+        record.sidecar_path = str(write_sidecar(record, destination))
+        log.info("assembly %s: %s (%s, %.2f s)", record.task_id, destination, joined.method, facts.duration_seconds)
+        return self.journal.save(record)
+
+    @staticmethod
+    def _companions(film: Path, joined: Joined) -> _Made:
+        """Probe and hash the film; write one frame per shot as a contact sheet and its last frame."""
+        try:
+            facts = probe(film)
+        except Exception as exc:  # PyAV raises many types; any of them means the film is unreadable
+            raise JoinError(f"the film cannot be read back ({type(exc).__name__}: {exc})") from exc
+        hashed = adopt(film)
+        made = _Made(facts=facts, sha256=hashed.sha256, size_bytes=hashed.size_bytes)
+        ends = [*joined.shot_starts[1:], facts.duration_seconds]
+        middles = [(start + end) / 2 for start, end in zip(joined.shot_starts, ends)]
+        try:
+            sheet = film.with_name(film.name + ".contact.jpg")
+            sheet.write_bytes(shot_sheet(frames(film, middles)))
+            made.contact_sheet = sheet
+            made.last_frame = save_last_frame(film, film.with_name(film.name + ".last.png"))
+        except Exception as exc:
+            made.warnings.append(f"No preview frames could be made ({type(exc).__name__}: {exc}).")
+        return made
+
+    def _progress_saver(self, task_id: str) -> Progress:
+        """A progress callback for the worker thread: journals the percent now and then, and
+        stops the work (by raising) when the server shuts down."""
+        last_saved = 0.0
+
+        def save(fraction: float) -> None:
+            nonlocal last_saved
+            anyio.from_thread.check_cancelled()
+            now = time.monotonic()
+            if now - last_saved >= PROGRESS_SAVE_SECONDS:
+                last_saved = now
+                anyio.from_thread.run_sync(self._save_progress, task_id, fraction)
+
+        return save
+
+    def _save_progress(self, task_id: str, fraction: float) -> None:
+        record = self.journal.get(task_id)
+        if record is not None and not record.finished:
+            record.progress_percent = round(min(fraction, 0.99) * 100, 1)
+            self.journal.save(record)
+
+
+@dataclass
+class _Made:
+    """The film's facts and the files made beside it."""
+
+    facts: ClipFacts
+    sha256: str
+    size_bytes: int
+    contact_sheet: Path | None = None
+    last_frame: Path | None = None
+    warnings: list[str] = field(default_factory=list)
