@@ -268,22 +268,19 @@ async def test_storyboard_grid_refreshes_until_every_shot_is_done_and_makes_the_
             cut = screen.view.locator("button.final-cut")
             assert await cut.is_enabled()
             await screen.shot("done")
-            tools = {tool.name for tool in (await client.list_tools()).tools}
             await cut.click()
             with anyio.fail_after(10):
                 while "tools/call assemble_video" not in await screen.host_log():
                     await anyio.sleep(0.1)
-            section = screen.view.locator("section.single, p.error")
-            await section.first.wait_for()
-            if "assemble_video" in tools:
-                task_id = await screen.view.locator("section.single").get_attribute("data-task-id")
-                record = await client.call_tool("check_task", {"task_id": task_id})
-                assert record.structured_content["status"] in ("queued", "running", "succeeded"), record.structured_content
-                await screen.shot("final-cut")
-            else:
-                # assemble_video comes with issue 11 §1 (branch i11a); until it is merged the
-                # view must show the host's refusal rather than break.
-                assert "assemble_video" in await screen.view.locator("main").inner_text()
+            task_id = await screen.view.locator("section.single").get_attribute("data-task-id")
+            record = (await client.call_tool("check_task", {"task_id": task_id})).structured_content
+            assert record["status"] in ("queued", "running", "succeeded"), record
+            assert record["model"] == "Final cut of 3 shots"
+            await screen.shot("final-cut")
+            # The view follows the assembly and then plays the film: the three 3 s shots in a row.
+            await screen.view.locator("video.player").wait_for(timeout=30_000)
+            await assert_plays(screen, 9.0, source="resource")
+            await screen.shot("film")
 
 
 # -- over HTTP: signed links, the CSP, and the same player -----------------------------------

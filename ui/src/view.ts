@@ -137,7 +137,7 @@ async function callTool(name: string, args: Record<string, unknown>): Promise<To
 
 function facts(task: Task): HTMLElement {
   const rows: [string, string][] = [];
-  if (task.model) rows.push(["Model", `${task.model} on ${task.provider}`]);
+  if (task.model) rows.push(["Model", task.provider ? `${task.model} on ${task.provider}` : task.model]);
   if (task.clip) {
     const clip = task.clip;
     rows.push(["Clip", `${seconds(clip.duration_seconds)}, ${clip.width}×${clip.height}, ${clip.fps ?? "?"} fps`]);
@@ -179,7 +179,8 @@ function showSingle(task: Task): void {
     section.append(confirmation(task));
   } else if (UNFINISHED.has(task.status ?? "")) {
     const eta = task.eta_seconds ? `, about ${Math.round(task.eta_seconds)} s left` : "";
-    section.append(progress(task), el("p", { class: "live" }, `${task.progress_percent ?? 0}% done${eta}`));
+    const done = `${Math.round(task.progress_percent ?? 0)}% done`;
+    section.append(progress(task), el("p", { class: "live" }, `${task.status}, ${done}${eta}`));
   }
   if (task.error) section.append(el("p", { class: "error" }, `${task.error.code}: ${task.error.message}`));
   if (prompt) section.append(el("blockquote", { class: "prompt" }, prompt));

@@ -68,7 +68,12 @@ def screening_room(public_base_url: str | None) -> Apps:
 
 
 def _prompt(record: TaskRecord) -> str | None:
+    """A render's prompt (its shots' prompts, for a multi-shot one), or an assembly's title."""
+    if record.assembly is not None:
+        return record.assembly.title
     request = record.request
+    if request is None:
+        return None
     if request.multi_prompt:
         return " / ".join(shot.prompt for shot in request.multi_prompt)
     return request.prompt
