@@ -1,7 +1,9 @@
-"""The MCP tools: generate_video, animate_image, check_task and list_tasks.
+"""The MCP tools: generate_video, animate_image, check_task, list_tasks, and the app-only confirm_spend.
 
 Each tool builds a request from its parameters, hands it to the task service and renders
-the journaled record with :mod:`kling_video_mcp.surface.results`.
+the journaled record with :mod:`kling_video_mcp.surface.results`. A request above
+``KLING_MCP_CONFIRM_ABOVE_USD`` needs a person's yes first (:mod:`kling_video_mcp.tasks.consent`):
+asked through elicitation by a resolver, or given in the screening room through ``confirm_spend``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from functools import partial
 from typing import Annotated, Any
 
 import anyio
+from mcp.server.apps import client_supports_apps
+from mcp.server.elicitation import AcceptedElicitation, CancelledElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.types import CallToolResult, ToolAnnotations
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import InvalidRequest, KlingError
-from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
+from kling_video_mcp.errors import Declined, InvalidRequest, KlingError
+from kling_video_mcp.models import GenerationRequest, Kind, Shot, TaskRecord
 from kling_video_mcp.surface import params as p
+from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
@@ -27,7 +33,9 @@ from kling_video_mcp.surface.results import (
     task_result,
 )
 from kling_video_mcp.surface.state import AppState, app_state, task_report
+from kling_video_mcp.surface.visibility import APP_ONLY_META, called_from_a_view
 from kling_video_mcp.surface.waiting import wait_reporting
+from kling_video_mcp.tasks import consent, validation
 
 _ASYNC_NOTE = (
     " Returns within seconds with a task_id and an estimated cost in USD (wait_seconds, up to 50, waits for the "
@@ -53,6 +61,16 @@ CHECK_DESCRIPTION = (
     "elsewhere, pass its provider task id with provider and mode."
 )
 LIST_DESCRIPTION = "List the tasks in this server's journal, newest first, optionally only those in one status."
+CONFIRM_DESCRIPTION = (
+    "For the screening room view only: the person's answer to a request awaiting confirmation (its estimate is "
+    "above the spend they set in KLING_MCP_CONFIRM_ABOVE_USD). confirm sends it and returns the task; decline "
+    "ends it as declined. A model must never call this: the answer has to come from the person."
+)
+NOT_FROM_A_VIEW = (
+    "confirm_spend carries a person's answer from the screening room view, and this client shows no view "
+    "(it did not negotiate MCP Apps), so nothing was confirmed or sent. The request keeps waiting for the person."
+)
+DECLINED_IN_VIEW = "The person declined this request in the screening room; nothing was sent."
 LIST_SCAN_LIMIT = 10_000
 """Newest journal rows ``list_tasks`` looks through when filtering by status."""
 
@@ -62,12 +80,89 @@ CHECK_ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False,
 ToolResult = Annotated[CallToolResult, TaskReport]
 
 
+def _can_elicit(ctx: Context) -> bool:
+    """Whether the client declared form elicitation (a bare ``elicitation: {}`` means form)."""
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
+
+
+def _question(state: AppState, request: GenerationRequest, max_cost_usd: float | None, force_new: bool) -> str | None:
+    """What to ask the person before sending ``request``, or ``None`` when there is nothing to ask.
+
+    Nothing is asked about a request that spends nothing here (a recent identical task is
+    returned instead) or that the tool refuses anyway (broken rules, no key, over a cap):
+    the tool body reports those.
+    """
+    service = state.service
+    estimate = service.estimate(request)
+    if not consent.needs_confirmation(state.settings, estimate) or validation.problems(request):
+        return None
+    try:
+        service.providers.require_key(request.provider)
+        service.check_cost(request, max_cost_usd)
+    except KlingError:
+        return None
+    if not force_new and service.find_duplicate(request) is not None:
+        return None
+    return consent.question(request, estimate)
+
+
+def _consent_resolver(kind: Kind) -> Any:
+    """The resolver that asks the person before a ``kind`` request above the threshold is sent.
+
+    It runs before the tool body (``Resolve``), through MCP elicitation in both protocol eras;
+    it asks only a client that declared elicitation, and returns ``None`` (not asked) otherwise.
+    Images are not read here: they are checked in the body, after the answer.
+    """
+
+    async def ask_before_spending(
+        ctx: Context,
+        provider: str,
+        mode: str,
+        duration: int,
+        sound: bool,
+        prompt: str | None,
+        multi_prompt: list[Shot] | None,
+        shot_type: str | None,
+        element_list: list[str] | None,
+        force_new: bool,
+        max_cost_usd: float | None,
+        dry_run: bool,
+    ) -> Elicit[consent.SpendConsent] | None:
+        if dry_run or not _can_elicit(ctx):
+            return None
+        request = GenerationRequest(
+            kind=kind, provider=provider, mode=mode, duration=duration, sound=sound, prompt=prompt,
+            multi_prompt=multi_prompt, shot_type=shot_type, element_list=element_list,
+        )  # fmt: skip
+        text = _question(app_state(ctx), request, max_cost_usd, force_new)
+        return None if text is None else Elicit(text, consent.SpendConsent)
+
+    return ask_before_spending
+
+
+AskT2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_consent_resolver("t2v"))]
+AskI2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_consent_resolver("i2v"))]
+
+
+def _refusal(answer: ElicitationResult[Any], estimate: float) -> Declined | None:
+    """The error for a person's no, if the answer is one (an accepted form unticked counts as no)."""
+    if isinstance(answer, AcceptedElicitation) and not (
+        isinstance(answer.data, consent.SpendConsent) and not answer.data.confirm
+    ):
+        return None
+    return consent.declined_by_person(estimate, dismissed=isinstance(answer, CancelledElicitation))
+
+
 
 async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallToolResult:
     """Check, price and submit a generation tool's call; ``parameters`` are the tool's own.
 
     Tool parameters are named after :class:`GenerationRequest` fields, except ``ctx`` and
-    the submit options, which are taken out here.
+    the submit options, which are taken out here. ``consent`` is the person's answer when the
+    resolver asked them (an accepted :class:`~kling_video_mcp.tasks.consent.SpendConsent`),
+    else ``None``; it never comes from the caller's arguments.
     """
     state = app_state(ctx)
     service = state.service
@@ -77,13 +172,27 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
         # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
         images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
         if parameters["dry_run"]:
-            return dry_run_result(request, service.check_cost(request, parameters["max_cost_usd"]))
+            estimate = service.check_cost(request, parameters["max_cost_usd"])
+            asks = consent.needs_confirmation(state.settings, estimate)
+            return dry_run_result(request, estimate, asks_first=asks)
+        answer = parameters["consent"]
+        if (refusal := _refusal(answer, service.estimate(request))) is not None:
+            return error_result(refusal)
         adapter = await service.providers.get(request.provider)
         record, reused = service.reserve(
             request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]
         )
         if reused:
             return task_result(task_report(state, record, reused=True))
+        estimate = record.estimated_cost_usd or 0.0
+        if isinstance(answer.data, consent.SpendConsent):
+            record.notes.append(f"The person confirmed spending about ${estimate:.2f} when the client asked them.")
+        elif consent.needs_confirmation(state.settings, estimate):
+            # Not asked: the client cannot. An Apps host shows the screening room, where the person answers.
+            if client_supports_apps(ctx):
+                return task_result(task_report(state, service.consent.park(record)))
+            service.journal.delete(record.task_id)
+            return error_result(consent.cannot_ask(state.settings, estimate))
         record = await service.send(record, images, adapter)
     except KlingError as exc:
         return error_result(exc)
@@ -105,7 +214,12 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     default_mode = settings.mode
     default_provider = settings.default_provider
 
-    @mcp.tool(title="Generate video (Kling v3.0)", description=GENERATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS)
+    @mcp.tool(
+        title="Generate video (Kling v3.0)",
+        description=GENERATE_DESCRIPTION,
+        annotations=SUBMIT_ANNOTATIONS,
+        icons=icons("generate_video"),
+    )
     async def generate_video(
         ctx: Context,
         prompt: p.Prompt = None,
@@ -123,10 +237,16 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         wait_seconds: p.WaitSeconds = 0,
         max_cost_usd: p.MaxCost = None,
         dry_run: p.DryRun = False,
+        consent: AskT2V = None,
     ) -> ToolResult:
         return await _submit(ctx, "t2v", locals())
 
-    @mcp.tool(title="Animate image (Kling v3.0)", description=ANIMATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS)
+    @mcp.tool(
+        title="Animate image (Kling v3.0)",
+        description=ANIMATE_DESCRIPTION,
+        annotations=SUBMIT_ANNOTATIONS,
+        icons=icons("animate_image"),
+    )
     async def animate_image(
         ctx: Context,
         image: p.ImageRef,
@@ -145,10 +265,13 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         wait_seconds: p.WaitSeconds = 0,
         max_cost_usd: p.MaxCost = None,
         dry_run: p.DryRun = False,
+        consent: AskI2V = None,
     ) -> ToolResult:
         return await _submit(ctx, "i2v", locals())
 
-    @mcp.tool(title="Check video task", description=CHECK_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
+    @mcp.tool(
+        title="Check video task", description=CHECK_DESCRIPTION, annotations=CHECK_ANNOTATIONS, icons=icons("check_task")
+    )
     async def check_task(
         ctx: Context,
         task_id: p.TaskId = None,
@@ -171,10 +294,54 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         rows = [task_report(state, record) for record in records]
         return task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
 
-    @mcp.tool(title="List video tasks", description=LIST_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
+    @mcp.tool(
+        title="List video tasks", description=LIST_DESCRIPTION, annotations=CHECK_ANNOTATIONS, icons=icons("list_tasks")
+    )
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
         # Filter on the status people see: a finished render still downloading shows as running.
         records = state.service.journal.recent(None, limit if status is None else LIST_SCAN_LIMIT)
         rows = [task_report(state, record) for record in records if status in (None, public_status(record))][:limit]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))
+
+    @mcp.tool(
+        title="Confirm or decline a spend",
+        description=CONFIRM_DESCRIPTION,
+        annotations=SUBMIT_ANNOTATIONS,
+        icons=icons("confirm_spend"),
+        meta=APP_ONLY_META,
+    )
+    async def confirm_spend(ctx: Context, task_id: p.AwaitingTaskId, decision: p.Decision) -> ToolResult:
+        state = app_state(ctx)
+        if not called_from_a_view(ctx):
+            return error_result(Declined(NOT_FROM_A_VIEW, task_id=task_id))
+        try:
+            if decision == "decline":
+                state.service.consent.decline(task_id, DECLINED_IN_VIEW)
+                record = state.service.get(task_id)
+            else:
+                record = await _confirm(state, task_id)
+        except KlingError as exc:
+            return error_result(exc)
+        return task_result(task_report(state, record))
+
+
+async def _confirm(state: AppState, task_id: str) -> TaskRecord:
+    """Send a request the person confirmed; a task no longer waiting is returned as it is (never sent twice).
+
+    Raises:
+        Declined: it had already ended as declined (answered no, or no answer in time).
+        KlingError: its images no longer pass the checks (the task fails), or the provider refused it.
+    """
+    service = state.service
+    record = service.consent.claim(task_id)
+    if record is None:
+        return service.get(task_id)
+    try:
+        request = record.request
+        images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
+        adapter = await service.providers.get(request.provider)
+    except KlingError as exc:
+        service.record_error(task_id, exc, final=True)
+        raise
+    return await service.send(record, images, adapter)
