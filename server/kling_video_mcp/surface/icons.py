@@ -29,6 +29,9 @@ _GLYPHS = {
     "list_tasks": '<path d="M9 7h10M9 12h10M9 17h10" stroke="#fff" stroke-width="2" stroke-linecap="round"/>'
     '<circle cx="5.5" cy="7" r="1.3" fill="#fff"/><circle cx="5.5" cy="12" r="1.3" fill="#fff"/>'
     '<circle cx="5.5" cy="17" r="1.3" fill="#fff"/>',
+    # Three frames joined into one strip: the final cut (for assemble_video).
+    "assemble_video": '<rect x="3" y="7" width="18" height="10" rx="1.5" fill="#fff"/>'
+    '<path d="M9 7v10M15 7v10" stroke="#1f6feb" stroke-width="1.5"/>',
     # A coin with a tick: a person's yes to spending.
     "confirm_spend": '<circle cx="12" cy="12" r="7.5" fill="none" stroke="#fff" stroke-width="2"/>'
     '<path d="M8.5 12.2l2.4 2.4 4.8-5" fill="none" stroke="#fff" stroke-width="2" stroke-linecap="round" '
