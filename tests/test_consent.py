@@ -92,6 +92,19 @@ async def test_accepting_sends_the_request_after_asking_once(settings, emulator,
         assert (await wait_done(client, report["task_id"])).structured_content["status"] == "succeeded"
 
 
+async def test_a_repeat_that_spends_nothing_is_not_asked_about(settings, emulator, era, png_file):
+    person = Person("accept", {"confirm": True})
+    animate = {**EXPENSIVE, "image": str(png_file), "duration": 5}
+    async with Client(build_server(settings), mode=era, elicitation_callback=person) as client:
+        for tool, arguments in (("generate_video", EXPENSIVE), ("animate_image", animate)):
+            first = await client.call_tool(tool, arguments)
+            again = await client.call_tool(tool, arguments)
+            assert again.structured_content["reused_existing"], again.content
+            assert again.structured_content["task_id"] == first.structured_content["task_id"]
+    assert len(person.questions) == 2  # once per tool, not for the repeats
+    assert len(submits(emulator, "wavespeed")) == 2
+
+
 @pytest.mark.parametrize(
     ("action", "content", "words"),
     [("decline", None, "declined"), ("cancel", None, "dismissed"), ("accept", {"confirm": False}, "declined")],

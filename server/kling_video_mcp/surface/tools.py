@@ -20,7 +20,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import Declined, InvalidRequest, KlingError
-from kling_video_mcp.models import GenerationRequest, Kind, Shot, TaskRecord
+from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
 from kling_video_mcp.surface import params as p
 from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.results import (
@@ -41,7 +41,9 @@ _ASYNC_NOTE = (
     " Returns within seconds with a task_id and an estimated cost in USD (wait_seconds, up to 50, waits for the "
     "clip first); rendering takes minutes. The server watches the task and downloads the clip itself; call "
     "check_task(task_id) to get it. An identical request repeated within 10 minutes returns the existing task "
-    "instead of paying twice. dry_run=true only prices the request; max_cost_usd refuses it above a price."
+    "instead of paying twice. dry_run=true only prices the request; max_cost_usd refuses it above a price. "
+    "If the person running the server set a spend that needs their confirmation, a request above it is sent "
+    "only once they say yes; you cannot answer for them."
 )
 
 GENERATE_DESCRIPTION = (
@@ -53,7 +55,8 @@ ANIMATE_DESCRIPTION = (
     "optionally the last; the frame shape comes from the image." + _ASYNC_NOTE
 )
 CHECK_DESCRIPTION = (
-    "Get a task's status (queued, running, succeeded, failed), progress and ETA. When it succeeded: the clip's "
+    "Get a task's status (queued, running, succeeded, failed; awaiting_confirmation while a person has not yet "
+    "said yes to its cost), progress and ETA. When it succeeded: the clip's "
     "path on disk, a resource link to it (video/mp4), a contact sheet image, its duration, size and fps, and its "
     "last frame (chain the next shot with animate_image(image='task:<task_id>')). When it failed: the provider's "
     "reason. Pass task_ids to check several tasks (a whole storyboard) at once, and wait_seconds to wait for them. "
@@ -108,42 +111,37 @@ def _question(state: AppState, request: GenerationRequest, max_cost_usd: float |
     return consent.question(request, estimate)
 
 
-def _consent_resolver(kind: Kind) -> Any:
-    """The resolver that asks the person before a ``kind`` request above the threshold is sent.
+async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[consent.SpendConsent] | None:
+    """Ask the person before a request above the threshold is sent; ``None`` when not asking.
 
-    It runs before the tool body (``Resolve``), through MCP elicitation in both protocol eras;
-    it asks only a client that declared elicitation, and returns ``None`` (not asked) otherwise.
-    Images are not read here: they are checked in the body, after the answer.
+    Only a client that declared elicitation is asked, never for a dry run; the SDK sends the
+    question in either protocol era and injects the answer as the tool's ``consent``. Images
+    are not read here: the tool body checks them, after the answer.
     """
-
-    async def ask_before_spending(
-        ctx: Context,
-        provider: str,
-        mode: str,
-        duration: int,
-        sound: bool,
-        prompt: str | None,
-        multi_prompt: list[Shot] | None,
-        shot_type: str | None,
-        element_list: list[str] | None,
-        force_new: bool,
-        max_cost_usd: float | None,
-        dry_run: bool,
-    ) -> Elicit[consent.SpendConsent] | None:
-        if dry_run or not _can_elicit(ctx):
-            return None
-        request = GenerationRequest(
-            kind=kind, provider=provider, mode=mode, duration=duration, sound=sound, prompt=prompt,
-            multi_prompt=multi_prompt, shot_type=shot_type, element_list=element_list,
-        )  # fmt: skip
-        text = _question(app_state(ctx), request, max_cost_usd, force_new)
-        return None if text is None else Elicit(text, consent.SpendConsent)
-
-    return ask_before_spending
+    if arguments["dry_run"] or not _can_elicit(ctx):
+        return None
+    request = GenerationRequest(kind=kind, **{k: v for k, v in arguments.items() if k in GenerationRequest.model_fields})
+    text = _question(app_state(ctx), request, arguments["max_cost_usd"], arguments["force_new"])
+    return None if text is None else Elicit(text, consent.SpendConsent)
 
 
-AskT2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_consent_resolver("t2v"))]
-AskI2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_consent_resolver("i2v"))]
+# Resolvers take the tool's arguments by name (the SDK's rule), so each names its tool's parameters.
+async def _ask_before_generating(
+    ctx: Context, prompt, negative_prompt, duration, aspect_ratio, cfg_scale, sound, mode, multi_prompt, shot_type,
+    element_list, provider, force_new, max_cost_usd, dry_run,
+) -> Elicit[consent.SpendConsent] | None:
+    return await _ask(ctx, "t2v", locals())
+
+
+async def _ask_before_animating(
+    ctx: Context, image, end_image, prompt, negative_prompt, duration, cfg_scale, sound, mode, multi_prompt, shot_type,
+    element_list, provider, force_new, max_cost_usd, dry_run,
+) -> Elicit[consent.SpendConsent] | None:
+    return await _ask(ctx, "i2v", locals())
+
+
+AskT2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_ask_before_generating)]
+AskI2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_ask_before_animating)]
 
 
 def _refusal(answer: ElicitationResult[Any], estimate: float) -> Declined | None:
