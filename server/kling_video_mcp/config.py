@@ -13,6 +13,7 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_MAX_COST_USD``  refuse any single request estimated above this (default: no cap).
 ``KLING_MCP_BUDGET_USD``    refuse new work once the period's estimated spend would pass this.
 ``KLING_MCP_BUDGET_PERIOD`` ``day`` (default), ``week`` or ``month``: calendar periods in UTC.
+``KLING_MCP_CONFIRM_ABOVE_USD`` ask a person before sending any request estimated above this (default: never ask).
 ``KLING_MCP_HTTP_TOKEN``    HTTP only: every request must carry ``Authorization: Bearer <it>``.
 ``KLING_MCP_PUBLIC_URL``    HTTP only: the base URL clients reach the server at (clip links).
 ``KLING_MCP_IMAGE_DIRS``    HTTP only: folders (``os.pathsep``-separated) local images may come from.
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     max_cost_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_MAX_COST_USD"))
     budget_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_BUDGET_USD"))
     budget_period: Literal["day", "week", "month"] = Field("day", validation_alias=_env("KLING_MCP_BUDGET_PERIOD"))
+    confirm_above_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_CONFIRM_ABOVE_USD"))
+    """A request estimated above this waits for a person's yes before anything is sent (see ``tasks/consent.py``)."""
+    confirm_timeout_seconds: float = Field(1800.0, gt=0)
+    """How long a request journaled as ``awaiting_confirmation`` waits for the person before it ends as declined."""
     clip_resource_max_bytes: int = 50 * 1024 * 1024
     """Largest clip served whole through ``resources/read`` (base64 in one JSON-RPC message)."""
 

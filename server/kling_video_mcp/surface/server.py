@@ -21,6 +21,7 @@ from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import InvalidRequest
 from kling_video_mcp.providers.http import make_client
+from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.prompts import register_prompts
 from kling_video_mcp.surface.resources import register_resources
 from kling_video_mcp.surface.results import error_result
@@ -28,6 +29,7 @@ from kling_video_mcp.surface.signed_urls import UrlSigner
 from kling_video_mcp.surface.state import AppState
 from kling_video_mcp.surface.tools import register_tools
 from kling_video_mcp.surface.view import screening_room
+from kling_video_mcp.surface.visibility import HideAppOnlyTools
 from kling_video_mcp.tasks.service import TaskService
 
 INSTRUCTIONS = """\
@@ -35,7 +37,9 @@ Makes videos with Kling v3.0 (Standard, Pro, 4K) through Novita AI, HighwayAPI o
 Rendering takes minutes, so generate_video and animate_image return a task_id at once; the
 server then finishes the task and downloads the clip by itself. Call check_task with the
 task_id to get the status, and once it succeeded, the clip as a file on disk (resource link).
-Every result states the estimated cost in USD. The sandbox provider makes free placeholder clips."""
+Every result states the estimated cost in USD. If the person running the server set a spend that
+needs their confirmation, a request above it is sent only after they say yes; you cannot answer
+for them. The sandbox provider makes free placeholder clips."""
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -85,9 +89,14 @@ def build_server(
             )  # fmt: skip
 
     mcp = KlingMCPServer(
-        "kling-video-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+        "kling-video-mcp",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        icons=icons("server"),
+        lifespan=lifespan,
+        middleware=[HideAppOnlyTools()],
         extensions=[screening_room(clip_base_url)],
-    )  # fmt: skip
+    )
     register_tools(mcp, settings)
     register_resources(mcp)
     register_prompts(mcp)

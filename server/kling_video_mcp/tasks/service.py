@@ -29,6 +29,7 @@ from kling_video_mcp.models import Assembly, GenerationRequest, ImageSource, Pro
 from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.assembly import Assembler
+from kling_video_mcp.tasks.consent import ConsentDesk
 from kling_video_mcp.tasks.downloads import Downloaded, IncompleteDownload, UrlExpired, adopt, download
 from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
@@ -60,6 +61,7 @@ class TaskService:
         self._watcher: Watcher | None = None
         self._decoders = anyio.CapacityLimiter(COMPANION_DECODERS)
         self.assembler = Assembler(settings, journal)
+        self.consent = ConsentDesk(settings, journal)
 
     @classmethod
     @asynccontextmanager
@@ -77,6 +79,7 @@ class TaskService:
                     record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
                     journal.save(record)
                     service._watcher.watch(record.task_id)
+                task_group.start_soon(service.consent.sweep, name="expire unanswered spend confirmations")
                 yield service
                 task_group.cancel_scope.cancel()
         finally:
@@ -136,13 +139,15 @@ class TaskService:
         """Estimated USD committed in the current budget period.
 
         Every task counts except those the provider itself failed (failed renders are not
-        billed, or are refunded); unknown outcomes count, since they may have been billed.
+        billed, or are refunded) and those a person declined (never sent); unknown outcomes
+        count, since they may have been billed, and so do requests awaiting confirmation (the
+        budget is held for them until they are confirmed or declined).
         """
         return round(
             sum(
                 record.estimated_cost_usd or 0.0
                 for record in self.journal.created_since(self.period_start())
-                if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error"))
+                if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error", "declined"))
             ),
             2,
         )
@@ -284,7 +289,7 @@ class TaskService:
                     self.watcher.watch(record.task_id)  # made here: no provider to ask for news
                 continue
             if record.provider_task_id is None:
-                if record.status != "failed" and record.created_at < utcnow() - ORPHAN_AFTER:
+                if record.status == "queued" and record.created_at < utcnow() - ORPHAN_AFTER:
                     self._settle_orphan(record)
                 continue
             if record.gave_up:
