@@ -36,7 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
 from conftest import make_settings
-from helpers import clip_duration, wait_done
+from helpers import clip_duration, submit_count, wait_done
 from kling_video_mcp.surface.server import build_server
 from kling_video_mcp.surface.signed_urls import UrlSigner
 from kling_video_mcp.surface.view import MEDIA_META_KEY, VIEW_URI
@@ -281,6 +281,37 @@ async def test_storyboard_grid_refreshes_until_every_shot_is_done_and_makes_the_
             await screen.view.locator("video.player").wait_for(timeout=30_000)
             await assert_plays(screen, 9.0, source="resource")
             await screen.shot("film")
+
+
+@pytest.mark.parametrize("decision", ["confirm", "decline"])
+async def test_confirm_and_decline_answer_a_request_awaiting_the_persons_yes(tmp_path, emulator, decision):
+    # A 5 s 4K render costs more than $1: journaled as awaiting_confirmation, nothing sent.
+    settings = make_settings(tmp_path, emulator, confirm_above_usd=1.0)
+    async with Client(build_server(settings), extensions=[APPS]) as client:
+        parked = await client.call_tool("generate_video", {"prompt": "a fox in the snow", "duration": 5})
+        report = parked.structured_content
+        assert report["status"] == "awaiting_confirmation" and submit_count(emulator) == 0, report
+        async with hosted_view(client, f"confirm-{decision}", {"prompt": "a fox in the snow"}, parked) as screen:
+            box = screen.view.locator(".consent")
+            assert f"${report['estimated_cost_usd']:.2f}" in await box.inner_text()
+            await screen.shot("asking")
+            await box.locator(f"button[data-decision={decision}]").click()
+            with anyio.fail_after(10):
+                while "tools/call confirm_spend" not in await screen.host_log():
+                    await anyio.sleep(0.1)
+            if decision == "confirm":
+                # Sent now; the view follows the render and then plays it.
+                await screen.view.locator("video.player").wait_for(timeout=30_000)
+                assert submit_count(emulator) == 1
+                await assert_plays(screen, 5.0, source="resource")
+            else:
+                await screen.view.locator("[data-status=failed]").wait_for()
+                assert "declined" in await screen.view.locator("section.single").inner_text()
+                assert submit_count(emulator) == 0
+            await screen.shot("answered")
+    # The model cannot call it: a client without Apps neither lists it nor may call it.
+    async with Client(build_server(settings)) as plain:
+        assert "confirm_spend" not in {tool.name for tool in (await plain.list_tools()).tools}
 
 
 # -- over HTTP: signed links, the CSP, and the same player -----------------------------------

@@ -192,7 +192,7 @@ function showSingle(task: Task): void {
 function confirmation(task: Task): HTMLElement {
   const box = el(
     "div",
-    { class: "confirm" },
+    { class: "consent" },
     el("p", {}, `This render is estimated at ${usd(task.estimated_cost_usd)}. Nothing has been sent yet.`),
   );
   for (const decision of ["confirm", "decline"] as const) {
