@@ -12,6 +12,7 @@ without Apps get exactly the results they got before the view existed, and the s
 rules (valid, tampered, expired, unsigned).
 
 Screenshots of each state go to ``test-output/view/`` (override with ``KLING_VIEW_SCREENSHOTS``).
+Without ``/usr/bin/chromium`` the browser tests skip, saying so; ``.ci/run`` installs it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run installs it)",
+)
 HOST_URL = "http://localhost:9/view-host.html"
 APPS = advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})
 """What an Apps host declares in its capabilities (2026-07-28 era)."""
@@ -209,6 +214,7 @@ async def assert_plays(screen: Screen, expected_seconds: float, source: str) -> 
             await anyio.sleep(0.1)
 
 
+@needs_chromium
 async def test_player_plays_the_clip_through_resources_read(tmp_path, emulator):
     settings = make_settings(tmp_path, emulator)
     prompt = "a paper boat drifting down a rainy street"
@@ -225,6 +231,7 @@ async def test_player_plays_the_clip_through_resources_read(tmp_path, emulator):
             await screen.shot("playing")
 
 
+@needs_chromium
 async def test_player_follows_a_render_live_then_plays_it(tmp_path, emulator):
     settings = make_settings(tmp_path, emulator)
     async with Client(build_server(settings), extensions=[APPS]) as client:
@@ -240,6 +247,7 @@ async def test_player_follows_a_render_live_then_plays_it(tmp_path, emulator):
             await screen.shot("finished")
 
 
+@needs_chromium
 async def test_storyboard_grid_refreshes_until_every_shot_is_done_and_makes_the_final_cut(tmp_path, emulator):
     settings = make_settings(tmp_path, emulator)
     prompts = ["shot one: a door opens", "shot two: a cat walks in [[render:200]]", "shot three: the cat sits"]
@@ -283,6 +291,7 @@ async def test_storyboard_grid_refreshes_until_every_shot_is_done_and_makes_the_
             await screen.shot("film")
 
 
+@needs_chromium
 @pytest.mark.parametrize("decision", ["confirm", "decline"])
 async def test_confirm_and_decline_answer_a_request_awaiting_the_persons_yes(tmp_path, emulator, decision):
     # A 5 s 4K render costs more than $1: journaled as awaiting_confirmation, nothing sent.
@@ -339,6 +348,7 @@ async def finished_with_preview(client: Client, prompt: str) -> Any:
     return done
 
 
+@needs_chromium
 async def test_over_http_the_view_streams_a_signed_preview_link_its_csp_allows(tmp_path):
     async with http_apps_client(tmp_path) as (server, client, _):
         done = await finished_with_preview(client, "a kite over dunes")
