@@ -103,6 +103,40 @@ def test_the_view_is_one_self_contained_file_using_the_official_app_class():
     assert lock["packages"]["node_modules/@modelcontextprotocol/ext-apps"]["version"] == "2.0.4"
 
 
+# -- preview proxies and link signatures, directly ----------------------------------------------
+
+
+def test_a_preview_is_h264_at_most_480p_with_the_clips_length_and_sound(tmp_path):
+    from kling_video_mcp.emulator.media import ClipSpec, Shot, render_clip
+    from kling_video_mcp.media.previews import make_preview
+    from kling_video_mcp.tasks.media import probe
+
+    clip = tmp_path / "full.mp4"
+    render_clip(ClipSpec([Shot("a 1080p clip at 60 fps", 2)], duration=2, fps=60, width=1920, height=1080, sound=True), clip)
+    preview = probe(make_preview(clip, tmp_path / "previews" / "task.mp4"))
+    assert (preview.width, preview.height, preview.video_codec) == (854, 480, "h264")
+    assert preview.fps == 30 and preview.has_audio
+    assert abs(preview.duration_seconds - probe(clip).duration_seconds) < 0.1
+    assert (tmp_path / "previews" / "task.mp4").stat().st_size < clip.stat().st_size
+    assert [path.name for path in (tmp_path / "previews").iterdir()] == ["task.mp4"]  # no temporary left behind
+
+
+def test_links_are_signed_with_kling_mcp_url_secret_when_set(tmp_path, monkeypatch):
+    from kling_video_mcp.config import Settings
+    from kling_video_mcp.surface.signed_urls import Verdict
+
+    monkeypatch.setenv("KLING_MCP_URL_SECRET", "one shared secret for every worker")
+    settings = Settings(state_dir=tmp_path / "state")
+    worker_a = UrlSigner.for_settings(settings, "https://videos.example.com")
+    worker_b = UrlSigner.for_settings(Settings(state_dir=tmp_path / "elsewhere"), "https://videos.example.com")
+    query = dict(part.split("=") for part in urlsplit(worker_a.url("clips", "a b.mp4")).query.split("&"))
+    assert worker_b.verify("clips", "a b.mp4", query) is Verdict.VALID  # same key, another state folder
+    assert not (tmp_path / "state" / "url-secret").exists()  # nothing generated when the variable is set
+    generated = UrlSigner.for_settings(Settings(state_dir=tmp_path / "state", url_secret=""), "https://videos.example.com")
+    assert generated.verify("clips", "a b.mp4", query) is Verdict.INVALID  # a blank variable means "generate one"
+    assert (tmp_path / "state" / "url-secret").stat().st_mode & 0o777 == 0o600
+
+
 # -- clients without Apps keep today's results ---------------------------------------------
 
 
