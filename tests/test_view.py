@@ -418,6 +418,7 @@ async def test_signed_links_open_media_without_the_token_and_nothing_else(tmp_pa
             late = await anonymous.get(expired)
             unsigned = await anonymous.get(f"{server.base}/previews/{task_id}.mp4")
             sig_only = await anonymous.get(f"{server.base}/previews/{task_id}.mp4?sig=abc")
+            elsewhere = [await anonymous.get(f"{server.base}{path}?{url.query}") for path in ("/healthz", "/mcp")]
         with_token = await http.get(f"{server.base}/previews/{task_id}.mp4")
     assert signed.status_code == 200 and signed.content == preview and signed.headers["content-type"] == "video/mp4"
     assert ranged.status_code == 206 and ranged.content == preview[:100]
@@ -426,4 +427,5 @@ async def test_signed_links_open_media_without_the_token_and_nothing_else(tmp_pa
     assert "expired" in late.text
     # No signature and no token: the bearer challenge, as on every other route (RFC 6750 §3).
     assert unsigned.status_code == 401 and "Bearer" in unsigned.headers["www-authenticate"]
+    assert [r.status_code for r in elsewhere] == [401, 401]  # a signature opens media routes only
     assert with_token.status_code == 200 and with_token.content == preview

@@ -185,9 +185,10 @@ class BearerTokenGuard:
 
 
 def _signed_media(request: Request) -> bool:
-    """A media request carrying a signature: its route checks it (:func:`_media_endpoint`)."""
-    route = request.url.path.lstrip("/").partition("/")[0]
-    return route in SIGNED_ROUTES and "sig" in request.query_params
+    """A request for one file under a media route, carrying a signature: that route's endpoint
+    checks the signature (:func:`_media_endpoint`); no other endpoint can be reached this way."""
+    route, _, name = request.url.path.lstrip("/").partition("/")
+    return route in SIGNED_ROUTES and bool(name) and "/" not in name and "sig" in request.query_params
 
 
 def clip_path(output_dir: Path, name: str) -> Path | None:
