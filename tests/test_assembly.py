@@ -39,7 +39,9 @@ async def assemble(client: Client, task_ids: list[str], **arguments) -> dict:
     result = await client.call_tool("assemble_video", {"task_ids": task_ids, **arguments})
     assert not result.is_error, result.structured_content
     report = result.structured_content
-    if report["status"] != "succeeded":
+    if arguments.get("wait_seconds"):
+        assert report["status"] == "succeeded", report  # waited for it inside the call
+    else:
         report = (await wait_done(client, report["task_id"])).structured_content
     assert report["status"] == "succeeded", report
     return report
@@ -141,6 +143,18 @@ async def test_mixed_frame_sizes_are_letterboxed_to_the_first(client):
         assert max(portrait.getpixel((x, height // 2))) <= 8, x
     assert max(portrait.getpixel((width // 2, height // 2))) > 8  # the picture itself, not stretched over the bars
     assert decoded_frames(report["file_path"]) == 6 * FPS
+
+
+async def test_mixed_frame_rates_play_at_the_first_clips_rate(client, emulator, monkeypatch):
+    [first] = await make_clips(client, {"duration": 3})
+    monkeypatch.setattr(emulator.config, "fps", 30)  # the emulator renders the next clip at 30 fps
+    [second] = await make_clips(client, {"duration": 4})
+    monkeypatch.undo()
+    report = await assemble(client, [first, second])
+    assert report["assembly"]["sources"][1]["facts"]["fps"] == 30
+    assert report["assembly"]["method"] == "re_encode" and report["clip"]["fps"] == FPS
+    assert report["clip"]["duration_seconds"] == pytest.approx(7, abs=0.05)
+    assert decoded_frames(report["file_path"]) == 7 * FPS
 
 
 async def test_sound_and_silence_make_one_audio_track_and_mute_drops_it(client):

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -168,6 +167,8 @@ def _copy(
         with av.open(str(path)) as container:
             video = container.streams.video[0]
             streams = [video] + ([container.streams.audio[0]] if out_audio is not None else [])
+            # A frame's length, for packets that state none (some muxers write 0).
+            frame_ticks = round(1 / ((video.average_rate or DEFAULT_RATE) * video.time_base))
             end = offset
             for packet in container.demux(*streams):
                 if packet.dts is None:
@@ -175,7 +176,7 @@ def _copy(
                 is_video = packet.stream is video
                 time_base = packet.time_base
                 if is_video and packet.pts is not None:
-                    end = max(end, offset + (packet.pts + packet.duration) * time_base)
+                    end = max(end, offset + (packet.pts + (packet.duration or frame_ticks)) * time_base)
                 shift = round(offset / time_base)
                 packet.dts += shift
                 if packet.pts is not None:
@@ -224,7 +225,6 @@ def _reencode(
     counts = [_frame_count(path, rate) for path in clips]
     total = sum(counts) - blend_frames * (len(clips) - 1)
     starts: list[float] = []
-    tail: list[VideoFrame] = []
     emitted = 0
 
     def emit(frame: VideoFrame) -> None:
@@ -236,26 +236,30 @@ def _reencode(
         if progress is not None and emitted % PROGRESS_EVERY == 0:
             progress(emitted / total)
 
-    for index, (path, count) in enumerate(zip(clips, counts)):
-        starts.append(float(emitted / rate))  # the held tail blends into this clip's first frames
-        hold = blend_frames if index < len(clips) - 1 else 0
-        if count <= len(tail) + hold:
-            raise JoinError(f"{path.name} is too short ({count} frames) for crossfades of {blend_frames} frames")
-        held: deque[VideoFrame] = deque()
-        with av.open(str(path)) as container:
-            for number, frame in enumerate(_frames_at_rate(container, rate, count, (width, height))):
-                if number < len(tail):
-                    frame = _blend(tail[number], frame, (number + 1) / (len(tail) + 1))
-                held.append(frame)
-                if len(held) > hold:
-                    emit(held.popleft())
-        if encoder is not None:
-            seconds = float(count / rate)
-            half = crossfade_seconds / 2
-            lead = half if index > 0 else 0.0
-            trail = half if index < len(clips) - 1 else 0.0
-            encoder.add(path, skip=lead, seconds=seconds - lead - trail)
-        tail = list(held)
+    # One clip is decoded at a time, two across a crossfade, in step: nothing is held in memory.
+    current = _frames_at_rate(clips[0], rate, counts[0], (width, height))
+    blended = 0  # frames of the current clip already blended into the previous one
+    try:
+        for index, (path, count) in enumerate(zip(clips, counts)):
+            starts.append(float((emitted - blended) / rate))
+            fade = blend_frames if index < len(clips) - 1 else 0
+            if count < blended + fade + 1:
+                raise JoinError(f"{path.name} is too short ({count} frames) for crossfades of {blend_frames} frames")
+            for _ in range(count - blended - fade):
+                emit(next(current))
+            if index < len(clips) - 1:
+                upcoming = _frames_at_rate(clips[index + 1], rate, counts[index + 1], (width, height))
+                for number in range(fade):
+                    emit(_blend(next(current), next(upcoming), (number + 1) / (fade + 1)))
+                current.close()
+                current = upcoming
+            blended = fade
+            if encoder is not None:
+                lead = crossfade_seconds / 2 if index > 0 else 0.0
+                trail = crossfade_seconds / 2 if fade else 0.0
+                encoder.add(path, skip=lead, seconds=float(count / rate) - lead - trail)
+    finally:
+        current.close()
     output.mux(stream.encode(None))
     if encoder is not None:
         encoder.close()
@@ -275,26 +279,26 @@ def _frame_count(path: Path, rate: Fraction) -> int:
     return max(1, round(seconds * rate))
 
 
-def _frames_at_rate(
-    container: av.container.InputContainer, rate: Fraction, count: int, size: tuple[int, int]
-) -> Iterator[VideoFrame]:
+def _frames_at_rate(path: Path, rate: Fraction, count: int, size: tuple[int, int]) -> Generator[VideoFrame]:
     """Exactly ``count`` frames of the clip at ``rate``, fitted to ``size``: for each output time,
-    the source frame showing then (repeated or skipped as the rates differ; the last one held)."""
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    fit = _Fitter(size)
-    decoded = (fit(frame) for frame in container.decode(stream))
-    current = next(decoded, None)
-    if current is None:
-        raise JoinError("no frame could be decoded")
-    start = current.time or 0.0
-    upcoming = next(decoded, None)
-    half = 0.5 / float(rate)
-    for number in range(count):
-        moment = start + number / float(rate)
-        while upcoming is not None and (upcoming.time or 0.0) <= moment + half:
-            current, upcoming = upcoming, next(decoded, None)
-        yield current
+    the source frame showing then (repeated or skipped as the rates differ; the last one held).
+    The clip stays open until the generator is exhausted or closed."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fit = _Fitter(size)
+        decoded = (fit(frame) for frame in container.decode(stream))
+        current = next(decoded, None)
+        if current is None:
+            raise JoinError(f"no frame of {path.name} could be decoded")
+        start = current.time or 0.0
+        upcoming = next(decoded, None)
+        half = 0.5 / float(rate)
+        for number in range(count):
+            moment = start + number / float(rate)
+            while upcoming is not None and (upcoming.time or 0.0) <= moment + half:
+                current, upcoming = upcoming, next(decoded, None)
+            yield current
 
 
 class _Fitter:
