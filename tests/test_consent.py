@@ -15,13 +15,14 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.types import ElicitRequestParams, ElicitResult
 
 from conftest import make_settings
 from helpers import submit_count, submits, wait_done
+from test_stdio import console_script, server_env
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.server import build_server
 
@@ -158,6 +159,18 @@ async def test_a_refused_request_is_not_asked_about(settings, emulator, era):
     assert broken.structured_content["error"]["code"] == "validation_error"
     assert capped.structured_content["error"]["code"] == "budget_exceeded"
     assert person.questions == [] and submit_count(emulator) == 0
+
+
+async def test_asking_works_over_stdio_from_the_environment_variable(emulator, tmp_path, era):
+    """The real console script, configured by KLING_MCP_CONFIRM_ABOVE_USD, over the stdio transport."""
+    env = server_env(emulator, tmp_path, KLING_MCP_CONFIRM_ABOVE_USD="1")
+    person = Person("accept", {"confirm": True})
+    params = StdioServerParameters(command=console_script(), args=[], env=env)
+    async with Client(params, mode=era, elicitation_callback=person) as client:
+        result = await client.call_tool("generate_video", EXPENSIVE)
+        assert not result.is_error, result.content
+        assert "confirm_spend" not in {tool.name for tool in (await client.list_tools()).tools}
+    assert len(person.questions) == 1 and len(submits(emulator, "wavespeed")) == 1
 
 
 # -- a client that can do neither -----------------------------------------------------------
