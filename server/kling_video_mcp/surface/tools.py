@@ -79,6 +79,8 @@ LIST_SCAN_LIMIT = 10_000
 
 SUBMIT_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
 CHECK_ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+CONFIRM_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+"""confirm_spend: answering twice changes nothing (a confirmed request is sent once, a declined one stays declined)."""
 
 ToolResult = Annotated[CallToolResult, TaskReport]
 
@@ -311,7 +313,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     @mcp.tool(
         title="Confirm or decline a spend",
         description=CONFIRM_DESCRIPTION,
-        annotations=SUBMIT_ANNOTATIONS,
+        annotations=CONFIRM_ANNOTATIONS,
         icons=icons("confirm_spend"),
         meta=APP_ONLY_META,
     )

@@ -177,9 +177,10 @@ class ConsentDesk:
         self.journal.save(record)
 
     def _expired_message(self) -> str:
-        minutes = self.settings.confirm_timeout_seconds / 60
+        seconds = self.settings.confirm_timeout_seconds
+        span = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
         return (
-            f"No one confirmed this request within {minutes:g} minutes, so it ended as declined; nothing was sent. "
+            f"No one confirmed this request within {span}, so it ended as declined; nothing was sent. "
             "Make the request again to ask again."
         )
 
