@@ -15,13 +15,14 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.types import ElicitRequestParams, ElicitResult
 
 from conftest import make_settings
 from helpers import submit_count, submits, wait_done
+from test_stdio import console_script, server_env
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.server import build_server
 
@@ -160,6 +161,18 @@ async def test_a_refused_request_is_not_asked_about(settings, emulator, era):
     assert person.questions == [] and submit_count(emulator) == 0
 
 
+async def test_asking_works_over_stdio_from_the_environment_variable(emulator, tmp_path, era):
+    """The real console script, configured by KLING_MCP_CONFIRM_ABOVE_USD, over the stdio transport."""
+    env = server_env(emulator, tmp_path, KLING_MCP_CONFIRM_ABOVE_USD="1")
+    person = Person("accept", {"confirm": True})
+    params = StdioServerParameters(command=console_script(), args=[], env=env)
+    async with Client(params, mode=era, elicitation_callback=person) as client:
+        result = await client.call_tool("generate_video", EXPENSIVE)
+        assert not result.is_error, result.content
+        assert "confirm_spend" not in {tool.name for tool in (await client.list_tools()).tools}
+    assert len(person.questions) == 1 and len(submits(emulator, "wavespeed")) == 1
+
+
 # -- a client that can do neither -----------------------------------------------------------
 
 
@@ -272,15 +285,28 @@ async def test_the_model_cannot_call_confirm_spend(settings, emulator, era, app_
 # -- no answer in time ---------------------------------------------------------------------------
 
 
-async def test_no_answer_in_time_ends_it_as_declined_across_a_restart(tmp_path, emulator, era):
-    settings = make_settings(tmp_path, emulator, confirm_above_usd=THRESHOLD, confirm_timeout_seconds=1.5)
+async def test_a_waiting_request_survives_a_restart(settings, emulator, era):
+    async with Client(build_server(settings), mode=era, extensions=apps_host()) as first_run:
+        parked = await awaiting(first_run)
+
+    async with Client(build_server(settings), mode=era, extensions=apps_host()) as second_run:
+        kept = (await second_run.call_tool("check_task", {"task_id": parked["task_id"]})).structured_content
+        assert kept["status"] == "awaiting_confirmation" and kept["confirm_by"] == parked["confirm_by"]
+        assert submit_count(emulator) == 0
+        confirmed = await second_run.call_tool("confirm_spend", {"task_id": parked["task_id"], "decision": "confirm"})
+        assert not confirmed.is_error, confirmed.content
+        assert (await wait_done(second_run, parked["task_id"])).structured_content["status"] == "succeeded"
+    assert len(submits(emulator, "wavespeed")) == 1
+
+
+async def test_no_answer_in_time_ends_it_as_declined(tmp_path, emulator, era):
+    settings = make_settings(tmp_path, emulator, confirm_above_usd=THRESHOLD, confirm_timeout_seconds=1.0)
     async with Client(build_server(settings), mode=era, extensions=apps_host()) as first_run:
         task_id = (await awaiting(first_run))["task_id"]
 
+    # The deadline is journaled: the next server process ends it (its first sweep, or the next one).
     async with Client(build_server(settings), mode=era, extensions=apps_host()) as second_run:
-        kept = await second_run.call_tool("check_task", {"task_id": task_id})
-        assert kept.structured_content["status"] == "awaiting_confirmation"  # journaled: the restart kept it
-        with anyio.fail_after(5):
+        with anyio.fail_after(10):
             while (report := (await second_run.call_tool("check_task", {"task_id": task_id})).structured_content)[
                 "status"
             ] == "awaiting_confirmation":

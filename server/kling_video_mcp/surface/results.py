@@ -305,7 +305,7 @@ def dry_run_result(request: GenerationRequest, estimate: float, *, asks_first: b
 
     ``asks_first``: the estimate is above ``KLING_MCP_CONFIRM_ABOVE_USD``, so sending it will ask a person first.
     """
-    ask = " It is above the confirmation threshold the person set, so they will be asked before it is sent." if asks_first else ""
+    ask = " It is above the confirmation threshold the person set, so they will be asked before it is sent."
     body = TaskReport(
         provider=request.provider,
         mode=request.mode,
@@ -317,7 +317,7 @@ def dry_run_result(request: GenerationRequest, estimate: float, *, asks_first: b
         dry_run=True,
         message=(
             f"Dry run: the request is valid for {request.model_label} on {LABELS[request.provider]} and would cost "
-            f"about ${estimate:.2f}. Nothing was sent; call again without dry_run to submit it.{ask}"
+            f"about ${estimate:.2f}. Nothing was sent; call again without dry_run to submit it.{ask if asks_first else ''}"
         ),
     )
     return CallToolResult(

@@ -92,6 +92,8 @@ ASSEMBLE_ANNOTATIONS = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
 )
 CHECK_ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+CONFIRM_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+"""confirm_spend: answering twice changes nothing (a confirmed request is sent once, a declined one stays declined)."""
 
 ToolResult = Annotated[CallToolResult, TaskReport]
 
@@ -133,8 +135,7 @@ async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[co
     """
     if arguments["dry_run"] or not _can_elicit(ctx):
         return None
-    request = GenerationRequest(kind=kind, **{k: v for k, v in arguments.items() if k in GenerationRequest.model_fields})
-    text = _question(app_state(ctx), request, arguments["max_cost_usd"], arguments["force_new"])
+    text = _question(app_state(ctx), _request(kind, arguments), arguments["max_cost_usd"], arguments["force_new"])
     return None if text is None else Elicit(text, consent.SpendConsent)
 
 
@@ -159,12 +160,16 @@ AskI2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_ask_before_
 
 def _refusal(answer: ElicitationResult[Any], estimate: float) -> Declined | None:
     """The error for a person's no, if the answer is one (an accepted form unticked counts as no)."""
-    if isinstance(answer, AcceptedElicitation) and not (
-        isinstance(answer.data, consent.SpendConsent) and not answer.data.confirm
-    ):
-        return None
+    if isinstance(answer, AcceptedElicitation):
+        unticked = isinstance(answer.data, consent.SpendConsent) and not answer.data.confirm
+        if not unticked:
+            return None
     return consent.declined_by_person(estimate, dismissed=isinstance(answer, CancelledElicitation))
 
+
+def _request(kind: Kind, parameters: dict[str, Any]) -> GenerationRequest:
+    """The request a generation tool's parameters describe (they are named after its fields)."""
+    return GenerationRequest(kind=kind, **{k: v for k, v in parameters.items() if k in GenerationRequest.model_fields})
 
 
 async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallToolResult:
@@ -177,8 +182,7 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     """
     state = app_state(ctx)
     service = state.service
-    fields = {name: value for name, value in parameters.items() if name in GenerationRequest.model_fields}
-    request = GenerationRequest(kind=kind, **fields)
+    request = _request(kind, parameters)
     try:
         # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
         images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
@@ -199,11 +203,9 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
         if isinstance(answer.data, consent.SpendConsent):
             record.notes.append(f"The person confirmed spending about ${estimate:.2f} when the client asked them.")
         elif consent.needs_confirmation(state.settings, estimate):
-            # Not asked: the client cannot. An Apps host shows the screening room, where the person answers.
-            if client_supports_apps(ctx):
-                return with_media(ctx, task_result(task_report(state, service.consent.park(record))), [record])
-            service.journal.delete(record.task_id)
-            return error_result(consent.cannot_ask(state.settings, estimate))
+            # Not asked (the client cannot): parked for the screening room if it shows one, else refused.
+            held = service.consent.hold(record, can_show_view=client_supports_apps(ctx))
+            return with_media(ctx, task_result(task_report(state, held)), [held])
         record = await service.send(record, images, adapter)
     except KlingError as exc:
         return error_result(exc)
@@ -341,7 +343,10 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         return with_media(ctx, result, records)
 
     @mcp.tool(
-        title="List video tasks", description=LIST_DESCRIPTION, annotations=CHECK_ANNOTATIONS, icons=icons("list_tasks")
+        title="List video tasks",
+        description=LIST_DESCRIPTION,
+        annotations=CHECK_ANNOTATIONS,
+        icons=icons("list_tasks"),
     )
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
@@ -353,7 +358,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     @mcp.tool(
         title="Confirm or decline a spend",
         description=CONFIRM_DESCRIPTION,
-        annotations=SUBMIT_ANNOTATIONS,
+        annotations=CONFIRM_ANNOTATIONS,
         icons=icons("confirm_spend"),
         meta=APP_ONLY_META,
     )

@@ -112,6 +112,20 @@ class ConsentDesk:
         )
         return self.journal.save(record)
 
+    def hold(self, record: TaskRecord, *, can_show_view: bool) -> TaskRecord:
+        """A just-reserved task (nothing sent) that needs a yes nobody could give yet.
+
+        Parked for the screening room when the client shows it; otherwise withdrawn from the
+        journal and refused.
+
+        Raises:
+            Declined: the client can neither ask the person nor show the view (see :func:`cannot_ask`).
+        """
+        if can_show_view:
+            return self.park(record)
+        self.journal.delete(record.task_id)
+        raise cannot_ask(self.settings, record.estimated_cost_usd or 0.0)
+
     @contextmanager
     def _locked(self, task_id: str) -> Iterator[None]:
         # Guards the compare-and-set across server processes sharing the state folder.
@@ -131,7 +145,8 @@ class ConsentDesk:
             record = self.journal.get(task_id)
             if record is None or record.status != AWAITING:
                 if record is not None and record.error_code == Declined.code:
-                    raise Declined(record.error_message or "This request was declined; nothing was sent.", task_id=task_id)
+                    message = record.error_message or "This request was declined; nothing was sent."
+                    raise Declined(message, task_id=task_id)
                 return None
             if record.confirm_by is not None and record.confirm_by <= utcnow():
                 self._end(record, self._expired_message())
@@ -162,9 +177,10 @@ class ConsentDesk:
         self.journal.save(record)
 
     def _expired_message(self) -> str:
-        minutes = self.settings.confirm_timeout_seconds / 60
+        seconds = self.settings.confirm_timeout_seconds
+        span = f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
         return (
-            f"No one confirmed this request within {minutes:g} minutes, so it ended as declined; nothing was sent. "
+            f"No one confirmed this request within {span}, so it ended as declined; nothing was sent. "
             "Make the request again to ask again."
         )
 
