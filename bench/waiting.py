@@ -19,7 +19,6 @@ from bench.lab import FLAVORS, ClipWatcher, EmulatorProcess, arguments, journal_
 from bench.polling import REAL_RATE_LIMIT, PollerResult, TaskRun, run_adaptive, summarise
 from bench.report import Row, ratio_text
 from bench.sizes import Size
-from bench.stats import median
 from bench.stdio_rpc import StdioServer, clean_env
 from kling_video_mcp.providers.base import ProviderAdapter
 

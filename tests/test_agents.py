@@ -209,7 +209,10 @@ async def test_storyboard_prompt(client):
     result = await client.get_prompt("storyboard", {"idea": "a robot learns to paint", "shots": "3", "aspect_ratio": "9:16"})
     text = result.messages[0].content.text
     assert "a robot learns to paint" in text and "3 shots" in text and 'image="task:<previous task_id>"' in text
-    assert "check_task(task_ids=" in text and "dry_run=true" in text
+    assert "check_task(task_ids=" in text and "dry_run=true" in text and "screening room" in text
+    # It ends with the final cut, the shots in story order.
+    assert "assemble_video(task_ids=" in text and text.rfind("assemble_video") > text.rfind("check_task(task_ids=")
+    assert "never answer for me" in text
 
 
 def test_an_unreadable_clip_is_kept_with_a_warning(tmp_path):

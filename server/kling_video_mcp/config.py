@@ -13,6 +13,7 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_MAX_COST_USD``  refuse any single request estimated above this (default: no cap).
 ``KLING_MCP_BUDGET_USD``    refuse new work once the period's estimated spend would pass this.
 ``KLING_MCP_BUDGET_PERIOD`` ``day`` (default), ``week`` or ``month``: calendar periods in UTC.
+``KLING_MCP_CONFIRM_ABOVE_USD`` ask a person before sending any request estimated above this (default: never ask).
 ``KLING_MCP_HTTP_TOKEN``    HTTP only: every request must carry ``Authorization: Bearer <it>``.
 ``KLING_MCP_PUBLIC_URL``    HTTP only: the base URL clients reach the server at (clip links).
 ``KLING_MCP_IMAGE_DIRS``    HTTP only: folders (``os.pathsep``-separated) local images may come from.
@@ -22,6 +23,7 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_ALLOW_PRIVATE_DOWNLOADS`` ``true``/``false``: clip downloads may/may not reach
                             loopback and private addresses (default: only when the provider's
                             own base URL is loopback or private, as for the emulator).
+``KLING_MCP_URL_SECRET``    HTTP only: key signing expiring clip/preview links (default: generated).
 ==========================  ===========================================================
 
 The remaining ``KLING_MCP_*`` settings tune timeouts and polling; their defaults suit real use.
@@ -77,6 +79,10 @@ class Settings(BaseSettings):
     max_cost_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_MAX_COST_USD"))
     budget_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_BUDGET_USD"))
     budget_period: Literal["day", "week", "month"] = Field("day", validation_alias=_env("KLING_MCP_BUDGET_PERIOD"))
+    confirm_above_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_CONFIRM_ABOVE_USD"))
+    """A request estimated above this waits for a person's yes before anything is sent (see ``tasks/consent.py``)."""
+    confirm_timeout_seconds: float = Field(1800.0, gt=0)
+    """How long a request journaled as ``awaiting_confirmation`` waits for the person before it ends as declined."""
     clip_resource_max_bytes: int = 50 * 1024 * 1024
     """Largest clip served whole through ``resources/read`` (base64 in one JSON-RPC message)."""
 
@@ -135,6 +141,10 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("KLING_MCP_ALLOWED_ORIGINS")
     )
     """``Origin`` header values accepted besides loopback and the public URL's origin."""
+    url_secret: SecretStr | None = Field(None, validation_alias=_env("KLING_MCP_URL_SECRET"))
+    """Key of the signed, expiring ``/clips/`` and ``/previews/`` links the screening room plays;
+    unset: a random key generated once into ``<state_dir>/url-secret``. Set it (the same on
+    every worker) when workers on several machines serve one deployment."""
 
     @field_validator("novita_base_url", "highway_base_url", "wavespeed_base_url")
     @classmethod
@@ -151,7 +161,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL (e.g. https://api.novita.ai)")
         return value
 
-    @field_validator("http_token", mode="before")
+    @field_validator("http_token", "url_secret", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: object) -> object:
         # An empty KLING_MCP_HTTP_TOKEN= must not become a token that an empty header matches.
@@ -211,12 +221,18 @@ class Settings(BaseSettings):
             self.highway_api_key,
             self.wavespeed_api_key,
             self.http_token,
+            self.url_secret,
         ]
         return [secret.get_secret_value() for secret in configured if secret is not None and secret.get_secret_value()]
 
     @property
     def journal_path(self) -> Path:
         return self.state_dir / "tasks.sqlite3"
+
+    @property
+    def previews_dir(self) -> Path:
+        """Preview proxies of finished clips (a cache: rebuilt from the clip when missing)."""
+        return self.state_dir / "previews"
 
     @property
     def sandbox_dir(self) -> Path:

@@ -113,3 +113,10 @@ class BudgetExceeded(KlingError):
     """The request's estimate is above the per-request cap or what is left of the budget."""
 
     code = "budget_exceeded"
+
+
+class Declined(KlingError):
+    """A person did not say yes to spending on a request above ``KLING_MCP_CONFIRM_ABOVE_USD``
+    (declined, dismissed, no answer in time, or no way to ask them); nothing was sent."""
+
+    code = "declined"

@@ -24,7 +24,8 @@ Transition = Literal["cut", "crossfade"]
 AudioChoice = Literal["keep", "mute"]
 AspectRatio = Literal["16:9", "9:16", "1:1"]
 ShotType = Literal["customize", "intelligent"]
-TaskStatus = Literal["queued", "running", "succeeded", "failed"]
+TaskStatus = Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"]
+"""``awaiting_confirmation``: journaled, nothing sent, until a person confirms it (``tasks/consent.py``)."""
 TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({"succeeded", "failed"})
 
 MODE_LABELS: dict[Mode, str] = {"std": "Standard", "pro": "Pro", "4k": "4K"}
@@ -179,6 +180,8 @@ class TaskRecord(BaseModel):
     """``True`` when *we* stopped watching (ceiling, lost key, unreachable provider) rather than
     the provider failing the task: checking it again resumes watching."""
     notes: list[str] = Field(default_factory=list)
+    confirm_by: datetime | None = None
+    """While ``awaiting_confirmation``: when it ends as declined if no one has answered."""
 
     @property
     def is_terminal(self) -> bool:

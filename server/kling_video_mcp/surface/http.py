@@ -8,6 +8,7 @@ port, stateless). Out: one Starlette app that serves
 - the MCP endpoint (``/mcp``, or ``/sse`` + ``/messages/``), both protocol eras;
 - ``GET /clips/{file}``: finished clips from the output folder, with HTTP ``Range``
   (RFC 9110 §14: seeking and resumed downloads);
+- ``GET /previews/{task_id}.mp4``: the clips' small preview proxies (the screening room plays them);
 - ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up.
 
 Every route sits behind the same two guards, outermost first:
@@ -20,6 +21,10 @@ Every route sits behind the same two guards, outermost first:
 2. When ``KLING_MCP_HTTP_TOKEN`` is set, ``Authorization: Bearer <token>`` (RFC 6750), else
    401. A server that binds a non-loopback address without a token refuses to start: it would
    read local files and spend provider credit for anyone who can reach it.
+
+``/clips/`` and ``/previews/`` also open with a signed, expiring link instead of the token
+(:mod:`kling_video_mcp.surface.signed_urls`), because a ``<video>`` element cannot send one.
+A link whose signature is expired or does not match gets 403, token or not.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
+from kling_video_mcp.surface.signed_urls import SIGNED_ROUTES, UrlSigner, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +170,11 @@ class BearerTokenGuard:
         # The auth scheme is case-insensitive (RFC 9110 §11.1); the token is not.
         return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.expected)
 
+    def _admitted(self, request: Request) -> bool:
+        return _signed_media(request) or self._authorized(request.headers.get("authorization"))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorized(Request(scope).headers.get("authorization")):
+        if scope["type"] == "http" and not self._admitted(Request(scope)):
             refusal = JSONResponse(
                 {"error": "unauthorized", "message": _UNAUTHORIZED},
                 status_code=401,
@@ -174,6 +183,13 @@ class BearerTokenGuard:
             await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _signed_media(request: Request) -> bool:
+    """A request for one file under a media route, carrying a signature: that route's endpoint
+    checks the signature (:func:`_media_endpoint`); no other endpoint can be reached this way."""
+    route, _, name = request.url.path.lstrip("/").partition("/")
+    return route in SIGNED_ROUTES and bool(name) and "/" not in name and "sig" in request.query_params
 
 
 def clip_path(output_dir: Path, name: str) -> Path | None:
@@ -194,14 +210,26 @@ def clip_path(output_dir: Path, name: str) -> Path | None:
     return candidate
 
 
-def _clip_endpoint(output_dir: Path) -> Callable[[Request], Awaitable[Response]]:
-    async def clip(request: Request) -> Response:
+_REFUSED_LINK = {
+    Verdict.EXPIRED: "This link has expired; ask the server for a fresh one (check_task), or send the bearer token.",
+    Verdict.INVALID: "This link's signature does not match; use the link exactly as the server gave it.",
+}
+
+
+def _media_endpoint(route: str, folder: Path, signer: UrlSigner) -> Callable[[Request], Awaitable[Response]]:
+    """Serve ``<folder>/<file>`` under ``/<route>/``; a signed request must carry a valid signature."""
+
+    async def media(request: Request) -> Response:
+        name = request.path_params["file"]
+        verdict = signer.verify(route, name, request.query_params)
+        if verdict in _REFUSED_LINK:
+            return PlainTextResponse(_REFUSED_LINK[verdict], status_code=403)
         # Starlette's FileResponse answers Range requests (206, multipart, 416) and HEAD.
-        if (path := clip_path(output_dir, request.path_params["file"])) is None:
-            return PlainTextResponse("No such clip in this server's output folder.", status_code=404)
+        if (path := clip_path(folder, name)) is None:
+            return PlainTextResponse(f"No such file in this server's {route} folder.", status_code=404)
         return FileResponse(path, media_type="video/mp4")
 
-    return clip
+    return media
 
 
 async def _healthz(_: Request) -> Response:
@@ -218,9 +246,11 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
 
     check_bind(config.host, settings.http_token)
     base_url = public_base_url(settings, config)
-    mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs))
+    signer = UrlSigner.for_settings(settings, base_url)
+    mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs), url_signer=signer)
     mcp.custom_route("/healthz", methods=["GET"])(_healthz)
-    mcp.custom_route("/clips/{file}", methods=["GET"])(_clip_endpoint(settings.output_dir))
+    mcp.custom_route("/clips/{file}", methods=["GET"])(_media_endpoint("clips", settings.output_dir, signer))
+    mcp.custom_route("/previews/{file}", methods=["GET"])(_media_endpoint("previews", settings.previews_dir, signer))
     security = transport_security(settings, config, base_url)
     if config.transport == "sse":
         app = mcp.sse_app(transport_security=security, host=config.host)

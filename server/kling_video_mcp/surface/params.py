@@ -103,7 +103,15 @@ TaskIds = Annotated[
     Field(min_length=1, max_length=50, description="Several task_ids at once (e.g. every shot of a storyboard): one row each."),
 ]
 StatusFilter = Annotated[
-    Literal["queued", "running", "succeeded", "failed"] | None, Field(description="Only tasks in this state.")
+    Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"] | None,
+    Field(description="Only tasks in this state."),
+]
+AwaitingTaskId = Annotated[
+    str, Field(min_length=1, max_length=200, description="The task_id of a request awaiting confirmation.")
+]
+Decision = Annotated[
+    Literal["confirm", "decline"],
+    Field(description="The person's answer: confirm sends the request (and spends), decline ends it as declined."),
 ]
 Limit = Annotated[int, Field(ge=1, le=100, description="At most this many tasks, newest first.")]
 RecoverProvider = Annotated[

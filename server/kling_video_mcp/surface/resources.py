@@ -1,4 +1,4 @@
-"""The ``kling-video://`` resource templates: a task's record and its clip."""
+"""The ``kling-video://`` resource templates: a task's record, its clip and the clip's preview."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
+from kling_video_mcp.errors import NotFound
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.results import public_status
 from kling_video_mcp.surface.state import AppState, app_state, task_report
 
 TASK_RESOURCE = "kling-video://tasks/{task_id}"
 CLIP_RESOURCE = "kling-video://clips/{task_id}"
+PREVIEW_RESOURCE = "kling-video://previews/{task_id}"
 
 
 def register_resources(mcp: MCPServer[AppState]) -> None:
-    """The task record and the clip itself, as resource templates."""
+    """The task record, the clip itself and its preview proxy, as resource templates."""
 
     def delivered(ctx: Context, task_id: str) -> TaskRecord:
         record = app_state(ctx).service.journal.get(task_id)
@@ -46,3 +48,16 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
                 f"for reading it through MCP; open {record.file_path} or its resource link instead."
             )
         return await path.read_bytes()
+
+    @mcp.resource(PREVIEW_RESOURCE, name="preview", title="Clip preview", mime_type="video/mp4",
+                  description="A small copy of the finished clip (H.264, at most 480p, a few MB) for "
+                  "playing in a view; made on first read if it is not there yet. The clip stays the original.")  # fmt: skip
+    async def preview(task_id: str, ctx: Context) -> bytes:
+        record = delivered(ctx, task_id)
+        try:
+            path = await app_state(ctx).service.preview(record)
+        except NotFound as exc:
+            raise ResourceNotFoundError(f"{exc.message} (status {public_status(record)}).") from exc
+        except Exception as exc:  # PyAV raises many types; any of them means the clip is unreadable
+            raise ResourceError(f"No preview could be made of task {task_id!r}'s clip ({type(exc).__name__}).") from exc
+        return await anyio.Path(path).read_bytes()

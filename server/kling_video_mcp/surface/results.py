@@ -17,10 +17,14 @@ from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
 from kling_video_mcp import pricing
-from kling_video_mcp.errors import KlingError
+from kling_video_mcp.errors import Declined, KlingError
 from kling_video_mcp.models import Assembly, ClipFacts, GenerationRequest, TaskRecord
 from kling_video_mcp.providers import LABELS
 from kling_video_mcp.providers.sandbox import PLACEHOLDER_NOTE
+
+
+PublicStatus = Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"]
+"""A task's status as results show it (see :func:`public_status`)."""
 
 
 class ErrorInfo(BaseModel):
@@ -33,8 +37,10 @@ class TaskFacts(BaseModel):
     """Everything known about one task, or an error that stopped one from being made."""
 
     task_id: str | None = Field(None, description="Pass this to check_task.")
-    status: Literal["queued", "running", "succeeded", "failed"] | None = Field(
-        None, description="succeeded only once the clip is safely on disk."
+    status: PublicStatus | None = Field(
+        None,
+        description="succeeded only once the clip is safely on disk; awaiting_confirmation: nothing sent until a "
+        "person confirms it in the screening room (failed with error code declined if they decline or do not answer).",
     )
     provider: str | None = None
     mode: str | None = None
@@ -42,6 +48,9 @@ class TaskFacts(BaseModel):
     duration_seconds: int | None = None
     progress_percent: float | None = None
     eta_seconds: float | None = Field(None, description="Seconds until the provider expects to finish, if it says.")
+    confirm_by: datetime | None = Field(
+        None, description="While awaiting_confirmation: when it ends as declined if the person has not answered."
+    )
     estimated_cost_usd: float | None = None
     cost_basis: str | None = Field(None, description="Where the price estimate comes from, and whether it is confirmed.")
     file_path: str | None = Field(None, description="The finished clip on the server's disk.")
@@ -82,7 +91,7 @@ class TaskReport(TaskFacts):
     tasks: list[TaskFacts] | None = Field(None, description="One row per task, for check_task(task_ids) and list_tasks.")
 
 
-def public_status(record: TaskRecord) -> Literal["queued", "running", "succeeded", "failed"]:
+def public_status(record: TaskRecord) -> PublicStatus:
     """A render that finished but whose clip is still downloading is reported as running."""
     if record.status == "succeeded" and not record.delivered:
         return "running"
@@ -132,7 +141,14 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     if status == "succeeded":
         return f"Done: {who}. The clip is at {record.file_path}."
     if status == "failed":
-        return f"Failed: {who}. {record.error_message or ''}".strip()
+        lead = "Declined" if record.error_code == Declined.code else "Failed"
+        return f"{lead}: {who}. {record.error_message or ''}".strip()
+    if status == "awaiting_confirmation":
+        return (
+            f"Awaiting confirmation: {who}, about ${record.estimated_cost_usd or 0:.2f}. Nothing was sent: a person "
+            "must confirm it in the screening room (the view shows Confirm and Decline); you cannot confirm it for "
+            f"them. Call check_task with task_id {record.task_id} later to see their answer."
+        )
     lead = "An identical request was made recently; this is that task (pass force_new=true to pay for a new one). " if reused else ""
     progress = f" {record.progress_percent:.0f}% done." if record.progress_percent else ""
     if record.status == "succeeded":
@@ -188,6 +204,7 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         duration_seconds=record.request.duration if record.request and (record.request.prompt or record.request.multi_prompt) else None,
         progress_percent=record.progress_percent,
         eta_seconds=record.eta_seconds,
+        confirm_by=record.confirm_by,
         estimated_cost_usd=record.estimated_cost_usd,
         cost_basis=_cost_basis(record),
         file_path=record.file_path,
@@ -218,6 +235,8 @@ def _text(task: TaskReport) -> str:
     lines = [task.message, f"task_id: {task.task_id}", f"status: {task.status}"]
     if task.estimated_cost_usd is not None:
         lines.append(f"estimated cost: ${task.estimated_cost_usd:.2f} ({task.cost_basis})")
+    if task.confirm_by:
+        lines.append(f"awaiting the person's answer until {task.confirm_by:%Y-%m-%d %H:%M} UTC (then it ends as declined)")
     if task.file_path:
         lines += [f"file: {task.file_path}", f"resource link: {task.file_uri}", f"size: {task.size_bytes} bytes, sha256 {task.sha256}"]
     if task.clip:
@@ -285,13 +304,18 @@ def table_result(rows: list[TaskReport], summary: str) -> CallToolResult:
 
 def summary(rows: list[TaskReport]) -> str:
     """``3 tasks: 2 succeeded, 1 running.`` (counts by status, in a fixed order)."""
-    counts = {status: sum(row.status == status for row in rows) for status in ("succeeded", "running", "queued", "failed")}
+    order = ("succeeded", "running", "queued", "awaiting_confirmation", "failed")
+    counts = {status: sum(row.status == status for row in rows) for status in order}
     parts = [f"{count} {status}" for status, count in counts.items() if count]
     return f"{len(rows)} task{'s' if len(rows) != 1 else ''}: {', '.join(parts) or 'none'}."
 
 
-def dry_run_result(request: GenerationRequest, estimate: float) -> CallToolResult:
-    """The result of ``dry_run``: the request is valid and what it would cost; nothing was sent."""
+def dry_run_result(request: GenerationRequest, estimate: float, *, asks_first: bool = False) -> CallToolResult:
+    """The result of ``dry_run``: the request is valid and what it would cost; nothing was sent.
+
+    ``asks_first``: the estimate is above ``KLING_MCP_CONFIRM_ABOVE_USD``, so sending it will ask a person first.
+    """
+    ask = " It is above the confirmation threshold the person set, so they will be asked before it is sent."
     body = TaskReport(
         provider=request.provider,
         mode=request.mode,
@@ -303,7 +327,7 @@ def dry_run_result(request: GenerationRequest, estimate: float) -> CallToolResul
         dry_run=True,
         message=(
             f"Dry run: the request is valid for {request.model_label} on {LABELS[request.provider]} and would cost "
-            f"about ${estimate:.2f}. Nothing was sent; call again without dry_run to submit it."
+            f"about ${estimate:.2f}. Nothing was sent; call again without dry_run to submit it.{ask if asks_first else ''}"
         ),
     )
     return CallToolResult(

@@ -21,11 +21,15 @@ from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import InvalidRequest
 from kling_video_mcp.providers.http import make_client
+from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.prompts import register_prompts
 from kling_video_mcp.surface.resources import register_resources
 from kling_video_mcp.surface.results import error_result
+from kling_video_mcp.surface.signed_urls import UrlSigner
 from kling_video_mcp.surface.state import AppState
 from kling_video_mcp.surface.tools import register_tools
+from kling_video_mcp.surface.view import screening_room
+from kling_video_mcp.surface.visibility import HideAppOnlyTools
 from kling_video_mcp.tasks.service import TaskService
 
 INSTRUCTIONS = """\
@@ -33,7 +37,9 @@ Makes videos with Kling v3.0 (Standard, Pro, 4K) through Novita AI, HighwayAPI o
 Rendering takes minutes, so generate_video and animate_image return a task_id at once; the
 server then finishes the task and downloads the clip by itself. Call check_task with the
 task_id to get the status, and once it succeeded, the clip as a file on disk (resource link).
-Every result states the estimated cost in USD. The sandbox provider makes free placeholder clips."""
+Every result states the estimated cost in USD. If the person running the server set a spend that
+needs their confirmation, a request above it is sent only after they say yes; you cannot answer
+for them. The sandbox provider makes free placeholder clips."""
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -59,22 +65,38 @@ class KlingMCPServer(MCPServer[AppState]):
 
 
 def build_server(
-    settings: Settings | None = None, *, clip_base_url: str | None = None, image_dirs: list[Path] | None = None
+    settings: Settings | None = None,
+    *,
+    clip_base_url: str | None = None,
+    image_dirs: list[Path] | None = None,
+    url_signer: UrlSigner | None = None,
 ) -> KlingMCPServer:
     """The MCP server, reading the environment unless ``settings`` is given.
 
-    For stdio leave ``clip_base_url`` and ``image_dirs`` unset (``file://`` links, any local
-    image). An HTTP deployment passes the public base URL its ``/clips/`` route is served
-    under, and the folders remote callers may name local images in (``[]`` for none).
+    For stdio leave ``clip_base_url``, ``image_dirs`` and ``url_signer`` unset (``file://``
+    links, any local image, media for the view through ``resources/read``). An HTTP deployment
+    passes the public base URL its ``/clips/`` route is served under, the folders remote callers
+    may name local images in (``[]`` for none), and the signer of the view's media links.
     """
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         async with make_client(settings) as client, TaskService.running(settings, client) as service:
-            yield AppState(settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs)
+            yield AppState(
+                settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs,
+                url_signer=url_signer,
+            )  # fmt: skip
 
-    mcp = KlingMCPServer("kling-video-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
+    mcp = KlingMCPServer(
+        "kling-video-mcp",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        icons=icons("server"),
+        lifespan=lifespan,
+        middleware=[HideAppOnlyTools()],
+        extensions=[screening_room(clip_base_url)],
+    )
     register_tools(mcp, settings)
     register_resources(mcp)
     register_prompts(mcp)

@@ -10,6 +10,7 @@ from mcp.server.mcpserver import Context
 from kling_video_mcp.config import Settings
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.results import TaskReport, report
+from kling_video_mcp.surface.signed_urls import UrlSigner
 from kling_video_mcp.tasks.service import TaskService
 
 
@@ -23,6 +24,8 @@ class AppState:
     """Set when serving over HTTP: resource links point at ``<clip_base_url>/clips/<file>``."""
     image_dirs: list[Path] | None = None
     """Folders local input images may come from; ``None`` means any (stdio)."""
+    url_signer: UrlSigner | None = None
+    """Set when serving over HTTP: signs the expiring media links the screening room plays."""
 
 
 def app_state(ctx: Context) -> AppState:

@@ -1,7 +1,9 @@
-"""The MCP tools: generate_video, animate_image, assemble_video, check_task and list_tasks.
+"""The MCP tools: generate_video, animate_image, assemble_video, check_task, list_tasks, and the app-only confirm_spend.
 
 Each tool builds a request from its parameters, hands it to the task service and renders
-the journaled record with :mod:`kling_video_mcp.surface.results`.
+the journaled record with :mod:`kling_video_mcp.surface.results`. A request above
+``KLING_MCP_CONFIRM_ABOVE_USD`` needs a person's yes first (:mod:`kling_video_mcp.tasks.consent`):
+asked through elicitation by a resolver, or given in the screening room through ``confirm_spend``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from functools import partial
 from typing import Annotated, Any
 
 import anyio
+from mcp.server.apps import client_supports_apps
+from mcp.server.elicitation import AcceptedElicitation, CancelledElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.types import CallToolResult, ToolAnnotations
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import InvalidRequest, KlingError
+from kling_video_mcp.errors import Declined, InvalidRequest, KlingError
 from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
 from kling_video_mcp.surface import params as p
+from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
@@ -27,13 +33,18 @@ from kling_video_mcp.surface.results import (
     task_result,
 )
 from kling_video_mcp.surface.state import AppState, app_state, task_report
+from kling_video_mcp.surface.view import VIEW_BINDING, with_media
+from kling_video_mcp.surface.visibility import APP_ONLY_META, called_from_a_view
 from kling_video_mcp.surface.waiting import wait_reporting
+from kling_video_mcp.tasks import consent, validation
 
 _ASYNC_NOTE = (
     " Returns within seconds with a task_id and an estimated cost in USD (wait_seconds, up to 50, waits for the "
     "clip first); rendering takes minutes. The server watches the task and downloads the clip itself; call "
     "check_task(task_id) to get it. An identical request repeated within 10 minutes returns the existing task "
-    "instead of paying twice. dry_run=true only prices the request; max_cost_usd refuses it above a price."
+    "instead of paying twice. dry_run=true only prices the request; max_cost_usd refuses it above a price. "
+    "If the person running the server set a spend that needs their confirmation, a request above it is sent "
+    "only once they say yes; you cannot answer for them."
 )
 
 GENERATE_DESCRIPTION = (
@@ -45,7 +56,8 @@ ANIMATE_DESCRIPTION = (
     "optionally the last; the frame shape comes from the image." + _ASYNC_NOTE
 )
 CHECK_DESCRIPTION = (
-    "Get a task's status (queued, running, succeeded, failed), progress and ETA. When it succeeded: the clip's "
+    "Get a task's status (queued, running, succeeded, failed; awaiting_confirmation while a person has not yet "
+    "said yes to its cost), progress and ETA. When it succeeded: the clip's "
     "path on disk, a resource link to it (video/mp4), a contact sheet image, its duration, size and fps, and its "
     "last frame (chain the next shot with animate_image(image='task:<task_id>')). When it failed: the provider's "
     "reason. Pass task_ids to check several tasks (a whole storyboard) at once, and wait_seconds to wait for them. "
@@ -62,6 +74,16 @@ ASSEMBLE_DESCRIPTION = (
     "sheet with one frame per shot, and its last frame (continue with animate_image(image='task:<task_id>'))."
 )
 LIST_DESCRIPTION = "List the tasks in this server's journal, newest first, optionally only those in one status."
+CONFIRM_DESCRIPTION = (
+    "For the screening room view only: the person's answer to a request awaiting confirmation (its estimate is "
+    "above the spend they set in KLING_MCP_CONFIRM_ABOVE_USD). confirm sends it and returns the task; decline "
+    "ends it as declined. A model must never call this: the answer has to come from the person."
+)
+NOT_FROM_A_VIEW = (
+    "confirm_spend carries a person's answer from the screening room view, and this client shows no view "
+    "(it did not negotiate MCP Apps), so nothing was confirmed or sent. The request keeps waiting for the person."
+)
+DECLINED_IN_VIEW = "The person declined this request in the screening room; nothing was sent."
 LIST_SCAN_LIMIT = 10_000
 """Newest journal rows ``list_tasks`` looks through when filtering by status."""
 
@@ -70,39 +92,127 @@ ASSEMBLE_ANNOTATIONS = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
 )
 CHECK_ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+CONFIRM_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+"""confirm_spend: answering twice changes nothing (a confirmed request is sent once, a declined one stays declined)."""
 
 ToolResult = Annotated[CallToolResult, TaskReport]
 
+
+def _can_elicit(ctx: Context) -> bool:
+    """Whether the client declared form elicitation (a bare ``elicitation: {}`` means form)."""
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
+
+
+def _question(state: AppState, request: GenerationRequest, max_cost_usd: float | None, force_new: bool) -> str | None:
+    """What to ask the person before sending ``request``, or ``None`` when there is nothing to ask.
+
+    Nothing is asked about a request that spends nothing here (a recent identical task is
+    returned instead) or that the tool refuses anyway (broken rules, no key, over a cap):
+    the tool body reports those.
+    """
+    service = state.service
+    estimate = service.estimate(request)
+    if not consent.needs_confirmation(state.settings, estimate) or validation.problems(request):
+        return None
+    try:
+        service.providers.require_key(request.provider)
+        service.check_cost(request, max_cost_usd)
+    except KlingError:
+        return None
+    if not force_new and service.find_duplicate(request) is not None:
+        return None
+    return consent.question(request, estimate)
+
+
+async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[consent.SpendConsent] | None:
+    """Ask the person before a request above the threshold is sent; ``None`` when not asking.
+
+    Only a client that declared elicitation is asked, never for a dry run; the SDK sends the
+    question in either protocol era and injects the answer as the tool's ``consent``. Images
+    are not read here: the tool body checks them, after the answer.
+    """
+    if arguments["dry_run"] or not _can_elicit(ctx):
+        return None
+    text = _question(app_state(ctx), _request(kind, arguments), arguments["max_cost_usd"], arguments["force_new"])
+    return None if text is None else Elicit(text, consent.SpendConsent)
+
+
+# Resolvers take the tool's arguments by name (the SDK's rule), so each names its tool's parameters.
+async def _ask_before_generating(
+    ctx: Context, prompt, negative_prompt, duration, aspect_ratio, cfg_scale, sound, mode, multi_prompt, shot_type,
+    element_list, provider, force_new, max_cost_usd, dry_run,
+) -> Elicit[consent.SpendConsent] | None:
+    return await _ask(ctx, "t2v", locals())
+
+
+async def _ask_before_animating(
+    ctx: Context, image, end_image, prompt, negative_prompt, duration, cfg_scale, sound, mode, multi_prompt, shot_type,
+    element_list, provider, force_new, max_cost_usd, dry_run,
+) -> Elicit[consent.SpendConsent] | None:
+    return await _ask(ctx, "i2v", locals())
+
+
+AskT2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_ask_before_generating)]
+AskI2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_ask_before_animating)]
+
+
+def _refusal(answer: ElicitationResult[Any], estimate: float) -> Declined | None:
+    """The error for a person's no, if the answer is one (an accepted form unticked counts as no)."""
+    if isinstance(answer, AcceptedElicitation):
+        unticked = isinstance(answer.data, consent.SpendConsent) and not answer.data.confirm
+        if not unticked:
+            return None
+    return consent.declined_by_person(estimate, dismissed=isinstance(answer, CancelledElicitation))
+
+
+def _request(kind: Kind, parameters: dict[str, Any]) -> GenerationRequest:
+    """The request a generation tool's parameters describe (they are named after its fields)."""
+    return GenerationRequest(kind=kind, **{k: v for k, v in parameters.items() if k in GenerationRequest.model_fields})
 
 
 async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallToolResult:
     """Check, price and submit a generation tool's call; ``parameters`` are the tool's own.
 
     Tool parameters are named after :class:`GenerationRequest` fields, except ``ctx`` and
-    the submit options, which are taken out here.
+    the submit options, which are taken out here. ``consent`` is the person's answer when the
+    resolver asked them (an accepted :class:`~kling_video_mcp.tasks.consent.SpendConsent`),
+    else ``None``; it never comes from the caller's arguments.
     """
     state = app_state(ctx)
     service = state.service
-    fields = {name: value for name, value in parameters.items() if name in GenerationRequest.model_fields}
-    request = GenerationRequest(kind=kind, **fields)
+    request = _request(kind, parameters)
     try:
         # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
         images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
         if parameters["dry_run"]:
-            return dry_run_result(request, service.check_cost(request, parameters["max_cost_usd"]))
+            estimate = service.check_cost(request, parameters["max_cost_usd"])
+            asks = consent.needs_confirmation(state.settings, estimate)
+            return dry_run_result(request, estimate, asks_first=asks)
+        answer = parameters["consent"]
+        if (refusal := _refusal(answer, service.estimate(request))) is not None:
+            return error_result(refusal)
         adapter = await service.providers.get(request.provider)
         record, reused = service.reserve(
             request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]
         )
         if reused:
-            return task_result(task_report(state, record, reused=True))
+            return with_media(ctx, task_result(task_report(state, record, reused=True)), [record])
+        estimate = record.estimated_cost_usd or 0.0
+        if isinstance(answer.data, consent.SpendConsent):
+            record.notes.append(f"The person confirmed spending about ${estimate:.2f} when the client asked them.")
+        elif consent.needs_confirmation(state.settings, estimate):
+            # Not asked (the client cannot): parked for the screening room if it shows one, else refused.
+            held = service.hold_for_consent(record, can_show_view=client_supports_apps(ctx))
+            return with_media(ctx, task_result(task_report(state, held)), [held])
         record = await service.send(record, images, adapter)
     except KlingError as exc:
         return error_result(exc)
     if parameters["wait_seconds"]:
         await wait_reporting(ctx, service, [record.task_id], parameters["wait_seconds"])
         record = service.get(record.task_id)
-    return task_result(task_report(state, record))
+    return with_media(ctx, task_result(task_report(state, record)), [record])
 
 
 async def _check(state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode) -> list[TaskRecord]:
@@ -117,7 +227,13 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     default_mode = settings.mode
     default_provider = settings.default_provider
 
-    @mcp.tool(title="Generate video (Kling v3.0)", description=GENERATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS)
+    @mcp.tool(
+        title="Generate video (Kling v3.0)",
+        description=GENERATE_DESCRIPTION,
+        annotations=SUBMIT_ANNOTATIONS,
+        meta=VIEW_BINDING,
+        icons=icons("generate_video"),
+    )
     async def generate_video(
         ctx: Context,
         prompt: p.Prompt = None,
@@ -135,10 +251,17 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         wait_seconds: p.WaitSeconds = 0,
         max_cost_usd: p.MaxCost = None,
         dry_run: p.DryRun = False,
+        consent: AskT2V = None,
     ) -> ToolResult:
         return await _submit(ctx, "t2v", locals())
 
-    @mcp.tool(title="Animate image (Kling v3.0)", description=ANIMATE_DESCRIPTION, annotations=SUBMIT_ANNOTATIONS)
+    @mcp.tool(
+        title="Animate image (Kling v3.0)",
+        description=ANIMATE_DESCRIPTION,
+        annotations=SUBMIT_ANNOTATIONS,
+        meta=VIEW_BINDING,
+        icons=icons("animate_image"),
+    )
     async def animate_image(
         ctx: Context,
         image: p.ImageRef,
@@ -157,10 +280,17 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         wait_seconds: p.WaitSeconds = 0,
         max_cost_usd: p.MaxCost = None,
         dry_run: p.DryRun = False,
+        consent: AskI2V = None,
     ) -> ToolResult:
         return await _submit(ctx, "i2v", locals())
 
-    @mcp.tool(title="Assemble the final cut", description=ASSEMBLE_DESCRIPTION, annotations=ASSEMBLE_ANNOTATIONS)
+    @mcp.tool(
+        title="Assemble the final cut",
+        description=ASSEMBLE_DESCRIPTION,
+        annotations=ASSEMBLE_ANNOTATIONS,
+        icons=icons("assemble_video"),
+        meta=VIEW_BINDING,
+    )
     async def assemble_video(
         ctx: Context,
         task_ids: p.AssemblyTaskIds,
@@ -181,9 +311,15 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         if wait_seconds:
             await wait_reporting(ctx, service, [record.task_id], wait_seconds)
             record = service.get(record.task_id)
-        return task_result(task_report(state, record))
+        return with_media(ctx, task_result(task_report(state, record)), [record])
 
-    @mcp.tool(title="Check video task", description=CHECK_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
+    @mcp.tool(
+        title="Check video task",
+        description=CHECK_DESCRIPTION,
+        annotations=CHECK_ANNOTATIONS,
+        icons=icons("check_task"),
+        meta=VIEW_BINDING,
+    )
     async def check_task(
         ctx: Context,
         task_id: p.TaskId = None,
@@ -204,12 +340,61 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             await wait_reporting(ctx, state.service, [record.task_id for record in records], wait_seconds)
             records = [state.service.get(record.task_id) for record in records]
         rows = [task_report(state, record) for record in records]
-        return task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
+        result = task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
+        return with_media(ctx, result, records)
 
-    @mcp.tool(title="List video tasks", description=LIST_DESCRIPTION, annotations=CHECK_ANNOTATIONS)
+    @mcp.tool(
+        title="List video tasks",
+        description=LIST_DESCRIPTION,
+        annotations=CHECK_ANNOTATIONS,
+        icons=icons("list_tasks"),
+    )
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
         # Filter on the status people see: a finished render still downloading shows as running.
         records = state.service.journal.recent(None, limit if status is None else LIST_SCAN_LIMIT)
         rows = [task_report(state, record) for record in records if status in (None, public_status(record))][:limit]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))
+
+    @mcp.tool(
+        title="Confirm or decline a spend",
+        description=CONFIRM_DESCRIPTION,
+        annotations=CONFIRM_ANNOTATIONS,
+        icons=icons("confirm_spend"),
+        meta=APP_ONLY_META,
+    )
+    async def confirm_spend(ctx: Context, task_id: p.AwaitingTaskId, decision: p.Decision) -> ToolResult:
+        state = app_state(ctx)
+        if not called_from_a_view(ctx):
+            return error_result(Declined(NOT_FROM_A_VIEW, task_id=task_id))
+        try:
+            if decision == "decline":
+                state.service.consent.decline(task_id, DECLINED_IN_VIEW)
+                record = state.service.get(task_id)
+            else:
+                record = await _confirm(state, task_id)
+        except KlingError as exc:
+            return error_result(exc)
+        return with_media(ctx, task_result(task_report(state, record)), [record])
+
+
+async def _confirm(state: AppState, task_id: str) -> TaskRecord:
+    """Send a request the person confirmed; a task no longer waiting is returned as it is (never sent twice).
+
+    Raises:
+        Declined: it had already ended as declined (answered no, or no answer in time).
+        KlingError: its images no longer pass the checks (the task fails), or the provider refused it.
+    """
+    service = state.service
+    record = service.claim_confirmed(task_id)
+    if record is None:
+        return service.get(task_id)
+    try:
+        request = record.request
+        images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
+        adapter = await service.providers.get(request.provider)
+    except KlingError as exc:
+        service.record_error(task_id, exc, final=True)
+        service.release_submit(task_id)
+        raise
+    return await service.send(record, images, adapter)

@@ -14,6 +14,7 @@ import anyio
 from mcp.server.mcpserver import Context
 
 from kling_video_mcp.models import TaskRecord, utcnow
+from kling_video_mcp.tasks.consent import AWAITING
 from kling_video_mcp.tasks.service import TaskService
 
 MAX_WAIT_SECONDS = 50
@@ -25,6 +26,8 @@ async def _percent_and_left(service: TaskService, record: TaskRecord) -> tuple[f
     """Percent done (0-100) and seconds left, from the provider where it says, else estimated."""
     if record.finished:
         return 100.0, 0.0
+    if record.status == AWAITING:
+        return 0.0, None
     if record.status == "succeeded":
         return 99.0, None  # rendered; the clip is downloading
     pace = await service.pacing(record)
@@ -36,7 +39,9 @@ async def _percent_and_left(service: TaskService, record: TaskRecord) -> tuple[f
 
 
 def _phrase(record: TaskRecord, percent: float, left: float | None) -> str:
-    if record.status == "queued":
+    if record.status == AWAITING:
+        words = "awaiting the person's confirmation"
+    elif record.status == "queued":
         words = "queued at the provider"
     elif record.status == "succeeded":
         words = "render finished, downloading the clip"
@@ -46,7 +51,10 @@ def _phrase(record: TaskRecord, percent: float, left: float | None) -> str:
 
 
 async def wait_reporting(ctx: Context, service: TaskService, task_ids: list[str], seconds: float) -> None:
-    """Return when every task is finished or ``seconds`` have passed, reporting progress meanwhile."""
+    """Return when every task is finished or ``seconds`` have passed, reporting progress meanwhile.
+
+    A task awaiting a person's confirmation counts as settled: nothing moves it but their answer.
+    """
     with service.watcher.waiting(task_ids):
         await _wait_reporting(ctx, service, task_ids, anyio.current_time() + min(seconds, MAX_WAIT_SECONDS))
 
@@ -55,7 +63,7 @@ async def _wait_reporting(ctx: Context, service: TaskService, task_ids: list[str
     reported = 0.0
     while (left := deadline - anyio.current_time()) > 0:
         records = [service.get(task_id) for task_id in task_ids]
-        if all(record.finished for record in records):
+        if all(record.finished or record.status == AWAITING for record in records):
             return
         await service.watcher.wait_for_any_update(min(PROGRESS_INTERVAL, left))
         records = [service.get(task_id) for task_id in task_ids]

@@ -21,8 +21,11 @@ import anyio
 import httpx2
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
+from kling_video_mcp.media.previews import ensure_preview
 from kling_video_mcp.errors import (
     BudgetExceeded,
     DownloadFailed,
@@ -55,12 +58,12 @@ from kling_video_mcp.tasks.downloads import (
     part_size,
     storage_error,
 )
+from kling_video_mcp.tasks.consent import ConsentDesk
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
 from kling_video_mcp.tasks.media import make_companions
 from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class TaskService:
         self._reach: dict[ProviderName, Reach] = {}
         self._submitting: dict[str, FileLock] = {}
         self.assembler = Assembler(settings, journal)
+        self.consent = ConsentDesk(settings, journal)
 
     @classmethod
     @asynccontextmanager
@@ -106,6 +110,7 @@ class TaskService:
                     record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
                     journal.save(record)
                     service._watcher.watch(record.task_id)
+                task_group.start_soon(service.consent.sweep, name="expire unanswered spend confirmations")
                 yield service
                 task_group.cancel_scope.cancel()
         finally:
@@ -168,13 +173,15 @@ class TaskService:
         """Estimated USD committed in the current budget period.
 
         Every task counts except those the provider itself failed (failed renders are not
-        billed, or are refunded); unknown outcomes count, since they may have been billed.
+        billed, or are refunded) and those a person declined (never sent); unknown outcomes
+        count, since they may have been billed, and so do requests awaiting confirmation (the
+        budget is held for them until they are confirmed or declined).
         """
         return round(
             sum(
                 record.estimated_cost_usd or 0.0
                 for record in self.journal.created_since(self.period_start())
-                if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error"))
+                if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error", "declined"))
             ),
             2,
         )
@@ -262,10 +269,46 @@ class TaskService:
         try:
             return await self._send(record, images, adapter)
         finally:
-            # Released only once the answer (or the unknown outcome) is journaled.
-            if (lock := self._submitting.pop(record.task_id, None)) is not None:
-                lock.release()
-                Path(lock.lock_file).unlink(missing_ok=True)
+            self.release_submit(record.task_id)  # only once the answer (or the unknown outcome) is journaled
+
+    def release_submit(self, task_id: str) -> None:
+        """Drop the submit lock :meth:`reserve` took: the task is answered, or will not be sent now."""
+        if (lock := self._submitting.pop(task_id, None)) is not None:
+            lock.release()
+            Path(lock.lock_file).unlink(missing_ok=True)
+
+    def hold_for_consent(self, record: TaskRecord, *, can_show_view: bool) -> TaskRecord:
+        """Park a just-reserved task for a person's yes (nothing sent), or refuse it.
+
+        Its submit lock is released first: a parked task is not in flight, and the orphan rule
+        leaves it alone (only ``queued`` records can be orphans).
+
+        Raises:
+            Declined: the client can neither ask the person nor show the view.
+        """
+        self.release_submit(record.task_id)
+        return self.consent.hold(record, can_show_view=can_show_view)
+
+    def claim_confirmed(self, task_id: str) -> TaskRecord | None:
+        """Take a task the person confirmed for sending, under its submit lock (see :meth:`reserve`);
+        ``None`` when it is not waiting (already sent, or being sent by another server process).
+
+        Raises:
+            Declined: it had already ended as declined.
+        """
+        lock = FileLock(self._submit_lock_path(task_id), timeout=0)
+        try:
+            lock.acquire()
+        except FileLockTimeout:
+            return None
+        self._submitting[task_id] = lock
+        record = None
+        try:
+            record = self.consent.claim(task_id)
+        finally:
+            if record is None:  # not waiting, or declined: nothing will be sent
+                self.release_submit(task_id)
+        return record
 
     async def _send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
         try:
@@ -369,8 +412,8 @@ class TaskService:
         task found there (``check_task`` with its id, ``provider`` and ``mode``) links it back
         to this record (see :meth:`recover`).
         """
-        if record.status == "failed" or record.task_id in self._submitting:
-            return
+        if record.status != "queued" or record.task_id in self._submitting:
+            return  # settled already, or a request parked for a person's confirmation (nothing sent)
         lock_path = self._submit_lock_path(record.task_id)
         try:
             with FileLock(lock_path, timeout=0):
@@ -479,7 +522,10 @@ class TaskService:
         """
         record = self.get(task_id)
         if record.kind == "assemble":
-            return await self.assembler.make(record)  # made in one step, here
+            made = await self.assembler.make(record)  # made in one step, here
+            if made.delivered:
+                await self._prepare_preview(made)
+            return made
         adapter = await self.providers.get(record.provider)
         if record.status != "succeeded":
             assert record.provider_task_id is not None
@@ -557,6 +603,28 @@ class TaskService:
         except OSError as exc:
             record.warnings.append(f"The sidecar {result.path.name}.json could not be written ({exc.strerror or exc}).")
         self.journal.save(record)
+        await self._prepare_preview(record)
+
+    async def _prepare_preview(self, record: TaskRecord) -> None:
+        """Make the preview now, so it is ready before anyone opens the screening room."""
+        try:
+            await self.preview(record)
+        except Exception as exc:  # PyAV raises many types; the view makes it again on demand
+            log.warning("task %s: no preview proxy (%s: %s)", record.task_id, type(exc).__name__, exc)
+
+    async def preview(self, record: TaskRecord) -> Path:
+        """The preview proxy of a delivered clip (at most 480p; :mod:`kling_video_mcp.media.previews`),
+        made first if it is missing. Blocks a worker thread, at most :data:`COMPANION_DECODERS` at once.
+
+        Raises:
+            NotFound: the task has no clip on disk. av.error.FFmpegError: the clip cannot be read.
+        """
+        if not record.delivered or record.file_path is None or not Path(record.file_path).is_file():
+            raise NotFound(f"Task {record.task_id!r} has no finished clip on disk to preview.", task_id=record.task_id)
+        clip = Path(record.file_path)
+        return await anyio.to_thread.run_sync(
+            ensure_preview, clip, self.settings.previews_dir, record.task_id, limiter=self._decoders
+        )
 
     async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
         """The clip on disk, verified, after up to :data:`DOWNLOAD_ATTEMPTS` attempts.
