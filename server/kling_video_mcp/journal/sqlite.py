@@ -51,6 +51,9 @@ MIGRATIONS: tuple[str, ...] = (
 )
 """Schema versions, oldest first; version ``n`` is ``MIGRATIONS[n - 1]`` (``PRAGMA user_version``)."""
 
+BUSY_SECONDS = 5.0
+"""How long a statement waits for another process's write lock on the file."""
+
 _COLUMNS = "task_id, provider, provider_task_id, status, fingerprint, created_at, record, webhook_token"
 
 
@@ -81,7 +84,7 @@ class SqliteJournal(Journal):
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
         migrate(self._db)
         self._listeners = Listeners()
         self._sections: dict[str, anyio.Lock] = {}
@@ -159,15 +162,34 @@ class SqliteJournal(Journal):
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
-        """One holder in this process (a lock), and in every process on the file (``BEGIN IMMEDIATE``)."""
+        """One holder in this process (a lock), and in every process on the file (``BEGIN IMMEDIATE``).
+
+        The write lock is asked for without SQLite's busy wait, which would stall the event
+        loop: while another process holds it, we sleep between tries (up to ``BUSY_SECONDS``).
+        """
         async with self._sections.setdefault(name, anyio.Lock()):
-            self._db.execute("BEGIN IMMEDIATE")
+            await self._begin_immediate()
             try:
                 yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    async def _begin_immediate(self) -> None:
+        deadline = anyio.current_time() + BUSY_SECONDS
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            while True:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or anyio.current_time() > deadline:
+                        raise
+                await anyio.sleep(0.005)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
 
     async def take_lease(self, task_id: str, owner: str, seconds: float) -> bool:
         return True
