@@ -8,9 +8,11 @@ port, stateless). Out: one Starlette app that serves
 - the MCP endpoint (``/mcp``, or ``/sse`` + ``/messages/``), both protocol eras;
 - ``GET /clips/{file}``: finished clips from the output folder, with HTTP ``Range``
   (RFC 9110 §14: seeking and resumed downloads);
-- ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up.
+- ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up;
+- ``POST /webhooks/{token}``: a provider saying a task ended (see :func:`webhook_endpoint`).
 
-Every route sits behind the same two guards, outermost first:
+Every route sits behind the same two guards, outermost first (the webhook route behind
+the first only: providers cannot send a bearer token, and the URL's token is the credential):
 
 1. ``Host``/``Origin`` validation (DNS-rebinding protection), on for every bind address.
    The MCP transports spec says servers "MUST validate the ``Origin`` header on all incoming
@@ -27,11 +29,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
@@ -44,6 +47,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
 
+if TYPE_CHECKING:
+    from kling_video_mcp.surface.server import KlingMCPServer
+
 log = logging.getLogger(__name__)
 
 HttpTransport = Literal["streamable-http", "sse"]
@@ -51,6 +57,10 @@ HttpTransport = Literal["streamable-http", "sse"]
 #: Loopback names a local client may put in ``Host``/``Origin`` (any port), as the SDK allows.
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
+WEBHOOK_PREFIX = "/webhooks/"
+WEBHOOK_MAX_BYTES = 256 * 1024
+"""Largest webhook body read (a task result is a few kB); a longer one gets 413 and changes nothing."""
+_WEBHOOK_TOKEN = re.compile(r"(/webhooks/)[^/?\s\"]+")
 
 
 class StartRefused(Exception):
@@ -164,6 +174,9 @@ class BearerTokenGuard:
         return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
+            await self.app(scope, receive, send)  # the token in the URL is the credential
+            return
         if scope["type"] == "http" and not self._authorized(Request(scope).headers.get("authorization")):
             refusal = JSONResponse(
                 {"error": "unauthorized", "message": _UNAUTHORIZED},
@@ -198,6 +211,45 @@ def _clip_endpoint(output_dir: Path) -> Callable[[Request], Awaitable[Response]]
     return clip
 
 
+def webhook_endpoint(mcp: KlingMCPServer) -> Callable[[Request], Awaitable[Response]]:
+    """``POST /webhooks/{token}``: a provider says a task ended; its watcher polls it now.
+
+    The body is read (up to :data:`WEBHOOK_MAX_BYTES`, else 413) and never trusted: the poll
+    asks the provider itself, so a forged call can at most cause one early poll. An unknown
+    token gets 404 and changes nothing; a known one 202 at once. The token never reaches a log.
+    """
+
+    async def webhook(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > WEBHOOK_MAX_BYTES:
+            return PlainTextResponse("Webhook body too large.", status_code=413)
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > WEBHOOK_MAX_BYTES:
+                return PlainTextResponse("Webhook body too large.", status_code=413)
+        if mcp.live is None:
+            return PlainTextResponse("Starting up; send it again.", status_code=503)  # providers retry non-2xx
+        if not await mcp.live.service.webhook(request.path_params["token"]):
+            return PlainTextResponse("No such webhook.", status_code=404)
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    return webhook
+
+
+class WebhookTokenFilter(logging.Filter):
+    """Replaces the token of every ``/webhooks/<token>`` path in a log record (uvicorn's access log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _WEBHOOK_TOKEN.sub(r"\1…", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = _WEBHOOK_TOKEN.sub(r"\1…", record.msg)
+        return True
+
+
 async def _healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
@@ -215,6 +267,7 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs))
     mcp.custom_route("/healthz", methods=["GET"])(_healthz)
     mcp.custom_route("/clips/{file}", methods=["GET"])(_clip_endpoint(settings.output_dir))
+    mcp.custom_route(WEBHOOK_PREFIX + "{token}", methods=["POST"])(webhook_endpoint(mcp))
     security = transport_security(settings, config, base_url)
     if config.transport == "sse":
         app = mcp.sse_app(transport_security=security, host=config.host)
@@ -246,5 +299,8 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
         config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
         public_base_url(settings, config), "required" if settings.http_token else "not required (loopback only)",
     )  # fmt: skip
-    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included.
+    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included,
+    # with webhook tokens blotted out.
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(WebhookTokenFilter())
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)
