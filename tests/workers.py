@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx2
 import psycopg
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from test_http import HttpServer, free_port
-from test_stdio import console_script, server_env
+from test_http import HttpServer, free_port, start_server, stop_server, wait_healthy
+from test_stdio import server_env
 
-STARTUP_SECONDS = 30.0
 LEASE_SECONDS = 3.0
 """Leases in the tests: a killed worker's tasks are taken over within 4 s (default 15 s, at most 20 s)."""
 
@@ -30,46 +27,27 @@ LEASE_SECONDS = 3.0
 def workers(emulator, tmp_path: Path, database_url: str, count: int = 3, **extra: str) -> Iterator[list[HttpServer]]:
     """Start ``count`` workers at once (own state folders, one output folder, one database); stop them after.
 
-    ``extra`` is added to every worker's environment; ``{port}`` in a value is the worker's own port.
+    ``extra`` is added to every worker's environment; ``{port}`` in a value is the worker's own
+    port, ``{port0}`` the first worker's.
     """
     servers: list[HttpServer] = []
     tmp_path.mkdir(parents=True, exist_ok=True)
     try:
-        for number in range(count):
-            port = free_port()
+        ports = [free_port() for _ in range(count)]
+        for number, port in enumerate(ports):
             env = server_env(
                 emulator, tmp_path,
                 KLING_MCP_DATABASE_URL=database_url, KLING_MCP_LEASE_SECONDS=str(LEASE_SECONDS),
                 KLING_MCP_STATE_DIR=str(tmp_path / f"state-{number}"),
-                **{name: value.format(port=port) for name, value in extra.items()},
+                **{name: value.format(port=port, port0=ports[0]) for name, value in extra.items()},
             )  # fmt: skip
-            log_path = tmp_path / f"worker-{number}.log"
-            argv = [console_script(), "--transport", "streamable-http", "--stateless", "--port", str(port)]
-            with log_path.open("wb") as log:
-                process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-            servers.append(HttpServer(port, process, log_path))
-        deadline = time.monotonic() + STARTUP_SECONDS
+            servers.append(start_server(env, "--stateless", log_dir=tmp_path, port=port))
         for server in servers:
-            while True:
-                assert server.process.poll() is None, f"a worker exited:\n{server.log()}"
-                try:
-                    if httpx2.get(f"{server.base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"no /healthz within {STARTUP_SECONDS} s:\n{server.log()}"
-                time.sleep(0.05)
+            wait_healthy(server)
         yield servers
     finally:
         for server in servers:
-            if server.process.poll() is None:
-                server.process.terminate()
-        for server in servers:
-            try:
-                server.process.wait(10)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
+            stop_server(server)
 
 
 @asynccontextmanager

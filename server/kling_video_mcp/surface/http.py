@@ -60,7 +60,8 @@ _WILDCARD_BINDS = ("0.0.0.0", "::", "")
 WEBHOOK_PREFIX = "/webhooks/"
 WEBHOOK_MAX_BYTES = 256 * 1024
 """Largest webhook body read (a task result is a few kB); a longer one gets 413 and changes nothing."""
-_WEBHOOK_TOKEN = re.compile(r"(/webhooks/)[^/?\s\"]+")
+_WEBHOOK_TOKEN = re.compile(r"((?:/|%2F)webhooks(?:/|%2F))[^/?&#\s\"%]+", re.IGNORECASE)
+"""A webhook token in a path, or in a URL-encoded query (WaveSpeed's ``?webhook=``)."""
 
 
 class StartRefused(Exception):
@@ -238,16 +239,27 @@ def webhook_endpoint(mcp: KlingMCPServer) -> Callable[[Request], Awaitable[Respo
 
 
 class WebhookTokenFilter(logging.Filter):
-    """Replaces the token of every ``/webhooks/<token>`` path in a log record (uvicorn's access log)."""
+    """Replaces the token of every webhook URL in a log record: uvicorn's access log shows the
+    receiver's path, httpx's request log the submit URL that carries it."""
+
+    @staticmethod
+    def _hide(value: object) -> object:
+        if isinstance(value, (int, float)):
+            return value
+        text = str(value)
+        return _WEBHOOK_TOKEN.sub(r"\1…", text) if _WEBHOOK_TOKEN.search(text) else value
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                _WEBHOOK_TOKEN.sub(r"\1…", arg) if isinstance(arg, str) else arg for arg in record.args
-            )
-        if isinstance(record.msg, str):
-            record.msg = _WEBHOOK_TOKEN.sub(r"\1…", record.msg)
+            record.args = tuple(self._hide(arg) for arg in record.args)
+        record.msg = self._hide(record.msg)
         return True
+
+
+def hide_webhook_tokens() -> None:
+    """Filter webhook tokens out of the loggers that see them (call once, before serving)."""
+    for name in ("uvicorn.access", "uvicorn.error", "httpx2", "httpx"):
+        logging.getLogger(name).addFilter(WebhookTokenFilter())
 
 
 async def _healthz(_: Request) -> Response:
@@ -301,6 +313,5 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
     )  # fmt: skip
     # log_config=None: uvicorn's own loggers go through ours (stderr), access log included,
     # with webhook tokens blotted out.
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(WebhookTokenFilter())
+    hide_webhook_tokens()
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)
