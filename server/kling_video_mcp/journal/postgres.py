@@ -133,6 +133,8 @@ class PostgresJournal(Journal):
         self._sections: dict[str, anyio.Lock] = {}
         self._gates: dict[str, RateGate] = {}
         self._listening = anyio.Event()
+        self._events: AsyncConnection | None = None
+        self._closing = False
 
     @classmethod
     @asynccontextmanager
@@ -148,6 +150,7 @@ class PostgresJournal(Journal):
                 with anyio.fail_after(30):
                     await journal._listening.wait()
                 yield journal
+                await journal._stop_listening()
                 task_group.cancel_scope.cancel()
         finally:
             await pool.close()
@@ -157,9 +160,10 @@ class PostgresJournal(Journal):
 
     async def _listen(self) -> None:
         """Hand every ``NOTIFY`` on :data:`CHANNEL` to the subscribers; reconnect when the link drops."""
-        while True:
+        while not self._closing:
             try:
                 async with await AsyncConnection.connect(self._url, autocommit=True) as conn:
+                    self._events = conn
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
                     async for notify in conn.notifies():
@@ -167,8 +171,17 @@ class PostgresJournal(Journal):
                         if kind in ("changed", "nudge", "polled"):
                             self._listeners.deliver(kind, task_id)  # type: ignore[arg-type]
             except OperationalError as exc:
+                if self._closing:
+                    return
                 log.warning("journal: lost the event connection (%s); reconnecting", exc)
                 await anyio.sleep(RECONNECT_SECONDS)
+
+    async def _stop_listening(self) -> None:
+        """Close the event connection under the waiting ``notifies()`` (cancelling it instead
+        makes psycopg log an interrupted query)."""
+        self._closing = True
+        if self._events is not None:
+            await self._events.close()
 
     # -- records ----------------------------------------------------------------------
 
