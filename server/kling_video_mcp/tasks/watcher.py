@@ -194,9 +194,11 @@ class Watcher:
         """
         while True:
             try:
-                held = await self._journal.renew_leases(self._owner, list(self._watches), self._lease_seconds)
-                for task_id, watch in list(self._watches.items()):
-                    if task_id not in held:
+                # Only the watches that existed before the await: one started meanwhile has a fresh lease.
+                renewing = list(self._watches)
+                held = await self._journal.renew_leases(self._owner, renewing, self._lease_seconds)
+                for task_id in renewing:
+                    if task_id not in held and (watch := self._watches.get(task_id)) is not None:
                         log.warning("task %s: lost its lease to another worker; it watches the task now", task_id)
                         watch.scope.cancel()
                 for task_id in await self._journal.claim(self._owner, self._lease_seconds, CLAIM_BATCH):
