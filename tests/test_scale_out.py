@@ -124,15 +124,27 @@ async def test_three_workers_cost_the_provider_what_one_does(emulator, tmp_path,
 
 async def test_a_waiting_check_on_another_worker_returns_within_a_second_of_the_change(emulator, tmp_path, database_url):
     with workers(emulator, tmp_path, database_url, count=2) as (first, second):
-        task_id = await submit(first, prompt="a lantern [[render:60]]")
+        task_id = await submit(first, prompt="a lantern [[render:60]]")  # 3 s, watched by the first worker
+        progress: list[tuple[float, str | None]] = []
+
+        async def on_progress(value: float, _total: float | None, message: str | None) -> None:
+            progress.append((value, message))
+
         async with connect(second) as client:
             async with anyio.create_task_group() as group:
                 returned: list[float] = []
 
                 async def wait() -> None:
-                    await client.call_tool("check_task", {"task_id": task_id, "wait_seconds": 40})
+                    result = await client.call_tool(
+                        "check_task", {"task_id": task_id, "wait_seconds": 40}, progress_callback=on_progress
+                    )
                     returned.append(time.monotonic())
+                    assert result.structured_content["status"] == "succeeded", result.structured_content
 
                 group.start_soon(wait)
                 recorded = await anyio.to_thread.run_sync(wait_delivered, database_url, [task_id])
     assert returned and returned[0] - recorded < 1.0, returned[0] - recorded
+    # Progress as on one worker: rising, with the holder's news (the provider's percent) in the words.
+    values = [value for value, _ in progress]
+    assert len(values) >= 2 and values == sorted(values)
+    assert any(message and "rendering" in message for _, message in progress)

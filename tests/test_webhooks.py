@@ -17,6 +17,8 @@ import anyio
 import httpx2
 import pytest
 
+from kling_video_mcp.models import GenerationRequest, TaskRecord
+from kling_video_mcp.tasks.watcher import Pace, next_poll_delay
 from workers import connect, delivered, query, wait_delivered, workers
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +37,23 @@ def webhook_url(emulator, flavor: str) -> str:
     """The webhook URL the (only) submit carried, read from what the emulator received."""
     (submit,) = [r for r in emulator.requests(flavor) if r["method"] == "POST" and "upload" not in r["path"]]
     return submit["query"]["webhook"] if flavor == "wavespeed" else submit["json"]["extra"]["webhook"]["url"]
+
+
+def test_while_a_webhook_is_expected_polls_are_only_a_safety_net():
+    request = GenerationRequest(provider="novita", mode="std", kind="t2v", prompt="a gull")
+    record = TaskRecord(
+        task_id="t", provider="novita", mode="std", kind="t2v", endpoint="kling-v3.0-std-t2v", request=request,
+        fingerprint=request.fingerprint(), status="running", eta_seconds=40,
+    )  # fmt: skip
+    polling = Pace(expected_seconds=90, min_interval=2, max_interval=30)
+    hooked = Pace(expected_seconds=90, min_interval=2, max_interval=30, webhook=True)
+    assert next_poll_delay(record, polling) == 20  # half the remaining 40 s
+    assert next_poll_delay(record, hooked) == 40 + 45  # past the end by half the usual render time
+    record.eta_seconds = None
+    record.created_at = record.created_at.replace(year=2000)  # long overdue
+    assert next_poll_delay(record, hooked) == 45  # then every half of the usual render time
+    record.status = "succeeded"
+    assert next_poll_delay(record, hooked) == 0  # the download never waits
 
 
 @pytest.fixture
