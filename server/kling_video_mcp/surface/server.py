@@ -8,8 +8,8 @@ record with :mod:`kling_video_mcp.surface.results`.
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,26 @@ class KlingMCPServer(MCPServer[AppState]):
     """``MCPServer`` whose argument-validation errors carry the structured error shape too.
 
     ``live`` is the lifespan's state while the server runs, for the HTTP routes that are no
-    MCP requests (the webhook receiver) and so get no request context.
+    MCP requests (the webhook receiver) and so get no request context. Streamable HTTP enters
+    the lifespan once; the deprecated SSE transport once per connection, hence a list.
     """
 
-    live: AppState | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._running: list[AppState] = []
+
+    @property
+    def live(self) -> AppState | None:
+        return self._running[-1] if self._running else None
+
+    @contextmanager
+    def running(self, state: AppState) -> Iterator[None]:
+        """Make ``state`` the live one for the life of the context (the lifespan's)."""
+        self._running.append(state)
+        try:
+            yield
+        finally:
+            self._running.remove(state)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         try:
@@ -78,11 +94,9 @@ def build_server(
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         async with make_client(settings) as client, TaskService.running(settings, client) as service:
-            mcp.live = AppState(settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs)
-            try:
-                yield mcp.live
-            finally:
-                mcp.live = None
+            state = AppState(settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs)
+            with mcp.running(state):
+                yield state
 
     mcp = KlingMCPServer("kling-video-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
     register_tools(mcp, settings)
