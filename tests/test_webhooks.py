@@ -170,3 +170,24 @@ async def test_the_emulator_retries_a_webhook_until_it_gets_a_2xx(emulator):
     event = receiver.received[-1]
     assert event["event_type"] == "ASYNC_TASK_RESULT"  # providers.md §1.5: the Task Result, wrapped
     assert event["payload"]["task"]["status"] == "TASK_STATUS_SUCCEED" and event["payload"]["videos"][0]["video_url"]
+
+
+async def test_a_refused_webhook_url_is_dropped_and_the_task_polled(emulator, tmp_path):
+    """WaveSpeed documents a public HTTPS webhook URL (providers.md §3.8); if it refuses ours, the
+    refusal created nothing, so the submit goes once more without it."""
+    from mcp import Client
+
+    from conftest import make_settings
+    from helpers import submits, wait_done
+    from kling_video_mcp.surface.server import build_server
+
+    emulator.inject_fault("wavespeed", "submit", "status", status=400)
+    settings = make_settings(tmp_path, emulator, public_url="http://127.0.0.1:9")
+    async with Client(build_server(settings)) as client:
+        submitted = await client.call_tool("generate_video", {"prompt": "a crane", "duration": 3, "provider": "wavespeed"})
+        assert not submitted.is_error, submitted.structured_content
+        done = await wait_done(client, submitted.structured_content["task_id"])
+    assert done.structured_content["status"] == "succeeded"
+    sent = submits(emulator, "wavespeed")
+    assert len(sent) == 2 and "webhook" in sent[0]["query"] and "webhook" not in sent[1]["query"]
+

@@ -30,7 +30,7 @@ from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
 from kling_video_mcp.journal import Journal, open_journal, token_digest
 from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
-from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
+from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers, Submitted
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.downloads import Downloaded, IncompleteDownload, UrlExpired, adopt, download
 from kling_video_mcp.tasks.images import frame_image, resolve_image
@@ -237,9 +237,8 @@ class TaskService:
             UnknownOutcome: the provider may have created a task; the record keeps the error.
             KlingError: the provider refused (nothing was created; the record is removed).
         """
-        webhook_url = await self._webhook_url(record)
         try:
-            submitted = await adapter.submit(record.request, images, webhook_url=webhook_url)
+            submitted = await self._submit(record, images, adapter)
         except UnknownOutcome as exc:
             error = UnknownOutcome(self._unknown_outcome_advice(exc.message, record), task_id=record.task_id)
             await self.record_error(record.task_id, error, final=True)
@@ -260,6 +259,26 @@ class TaskService:
         await self.journal.save(record)
         await self.watcher.watch(record.task_id)
         return record
+
+    async def _submit(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> Submitted:
+        """The submit, with a webhook URL when webhooks are on.
+
+        A provider may refuse our webhook URL (WaveSpeed documents a public HTTPS one, providers.md
+        §3.8; whether it checks is unknown). A refusal creates nothing, so the request is sent
+        once more without it, and the task is polled as usual.
+        """
+        webhook_url = await self._webhook_url(record)
+        if webhook_url is None:
+            return await adapter.submit(record.request, images)
+        try:
+            return await adapter.submit(record.request, images, webhook_url=webhook_url)
+        except InvalidRequest:
+            # Not the provider's words in the log: they may quote the URL, whose token is a credential.
+            log.warning("task %s: %s refused the submit with a webhook; sending it without", record.task_id, adapter.label)
+            record.webhook_token_sha256 = None
+            record.notes.append(f"{adapter.label} refused the webhook URL, so this task is polled instead.")
+            await self.journal.save(record)
+            return await adapter.submit(record.request, images)
 
     async def _webhook_url(self, record: TaskRecord) -> str | None:
         """A fresh webhook URL for ``record`` when webhooks are on, its token's digest journaled first.
