@@ -94,6 +94,29 @@ async def test_reopening_applies_no_migration_twice(journal_settings):
         assert (await again.get("kept")).task_id == "kept"
 
 
+async def test_a_journal_from_before_schema_versions_is_upgraded_in_place(tmp_path, emulator):
+    import sqlite3
+
+    from kling_video_mcp.journal.sqlite import MIGRATIONS
+
+    settings = make_settings(tmp_path, emulator)
+    settings.journal_path.parent.mkdir(parents=True)
+    old = record("from-last-year")
+    with sqlite3.connect(settings.journal_path) as db:  # the schema as released before versions were kept
+        db.executescript(MIGRATIONS[0])
+        db.execute(
+            "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (old.task_id, old.provider, old.provider_task_id, old.status, old.fingerprint,
+             old.created_at.isoformat(), old.model_dump_json()),
+        )  # fmt: skip
+    async with open_journal(settings) as journal:
+        assert (await journal.get("from-last-year")) == old
+        await journal.save(record("hooked", webhook_token_sha256=token_digest("t")))
+        assert (await journal.find_webhook("t")).task_id == "hooked"
+    with sqlite3.connect(settings.journal_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
 async def test_workers_starting_together_migrate_once(database_url, tmp_path, emulator):
     import psycopg
 
