@@ -256,10 +256,13 @@ class WebhookTokenFilter(logging.Filter):
         return True
 
 
+_TOKEN_FILTER = WebhookTokenFilter()
+
+
 def hide_webhook_tokens() -> None:
-    """Filter webhook tokens out of the loggers that see them (call once, before serving)."""
+    """Filter webhook tokens out of the loggers that see them (idempotent: one shared filter)."""
     for name in ("uvicorn.access", "uvicorn.error", "httpx2", "httpx"):
-        logging.getLogger(name).addFilter(WebhookTokenFilter())
+        logging.getLogger(name).addFilter(_TOKEN_FILTER)
 
 
 async def _healthz(_: Request) -> Response:
@@ -311,7 +314,6 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
         config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
         public_base_url(settings, config), "required" if settings.http_token else "not required (loopback only)",
     )  # fmt: skip
-    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included,
-    # with webhook tokens blotted out.
-    hide_webhook_tokens()
+    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included
+    # (webhook tokens blotted out: see build_server).
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)

@@ -90,6 +90,10 @@ def build_server(
     under, and the folders remote callers may name local images in (``[]`` for none).
     """
     settings = settings or Settings()
+    if settings.webhook_base_url:
+        from kling_video_mcp.surface.http import hide_webhook_tokens  # starlette loads only when needed
+
+        hide_webhook_tokens()  # submit URLs carry them, and the receiver's path
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
