@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import assembly, call_overhead, cold_start, concurrency, download, polling, waiting
+from bench import assembly, call_overhead, cold_start, concurrency, download, polling, scale_out, waiting
 from bench.report import Row, document, table, write
 from bench.sizes import SIZES, Size
 
@@ -25,6 +25,7 @@ FIGURES: dict[str, Callable[[Size], list[Row]]] = {
     "5": download.run,
     "6": waiting.run,
     "7": assembly.run,
+    "8": scale_out.run,
 }
 
 SETUP = [
@@ -54,6 +55,11 @@ SETUP = [
     "files; `media.assembly.join` (what the server runs on its worker thread) alternated in one process with a bare "
     "PyAV demux of the same packets (stream copy) or a bare decode + encode with the same libx264 settings "
     "(crossfades); speeds are film seconds per wall-clock second.",
+    "8: `--stateless` HTTP workers on one PostgreSQL server started for the run (fresh database per setup), "
+    "emulator clock at 0.1; nobody calls `check_task` while tasks render, so only the watchers poll; requests "
+    "are counted at the emulator (submits and polls); with webhooks every worker's `KLING_MCP_PUBLIC_URL` "
+    "names the first worker. Wake-ups: a `check_task(wait_seconds=50)` on a worker not holding the lease, "
+    "from the `NOTIFY` of the save that journaled the clip, as this process received it.",
 ]
 
 

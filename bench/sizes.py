@@ -32,6 +32,12 @@ class Size:
     """Frame height of the assembled clips in pixels (16:9)."""
     assembly_rounds: int
     """Assemblies of each kind (ours, baseline), alternated."""
+    scale_tasks: int
+    """Tasks each worker setup of figure 8 runs."""
+    scale_render: tuple[float, float]
+    """Render seconds (emulated) of figure 8's tasks."""
+    wake_ups: int
+    """Cross-worker wake-ups measured."""
 
 
 FULL = Size(
@@ -52,6 +58,9 @@ FULL = Size(
     assembly_clip_seconds=10,
     assembly_height=1080,
     assembly_rounds=3,
+    scale_tasks=12,
+    scale_render=(30.0, 120.0),
+    wake_ups=10,
 )
 
 SMOKE = replace(
@@ -71,6 +80,9 @@ SMOKE = replace(
     assembly_clip_seconds=2,
     assembly_height=360,
     assembly_rounds=1,
+    scale_tasks=3,
+    scale_render=(3.0, 6.0),
+    wake_ups=2,
 )
 """Every figure at a size that runs in seconds: proves the suite works, measures nothing."""
 

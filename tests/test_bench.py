@@ -19,6 +19,7 @@ FIGURES = {
     "5": ["throughput", "peak RSS", "read back"],
     "6": ["a client waiting", "nobody waiting"],
     "7": ["stream copy", "crossfades"],
+    "8": ["3 workers", "with webhooks", "success", "clips delivered", "wake-up"],
 }
 
 

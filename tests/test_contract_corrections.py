@@ -242,17 +242,17 @@ async def test_prompt_token_makes_the_submit_answer_200_with_an_error(client, em
 
 
 async def test_prompt_token_makes_polls_answer_200_with_an_error(client, emulator, settings):
-    from kling_video_mcp.tasks.journal import Journal
+    from kling_video_mcp.journal.sqlite import SqliteJournal
 
     submitted = await client.call_tool("generate_video", {"prompt": "a lake [[ok_error:poll]]", "provider": "highway"})
     task_id = submitted.structured_content["task_id"]
     report = (await client.call_tool("check_task", {"task_id": task_id})).structured_content
     assert report["status"] == "queued", report  # as submitted: an error answer is not read as progress
-    journal = Journal(settings.journal_path)
+    journal = SqliteJournal(settings.journal_path)
     try:
-        record = journal.get(task_id)
+        record = await journal.get(task_id)
     finally:
-        journal.close()
+        await journal.aclose()
     assert record.error_code == "provider_error" and "Failed to get task result" in record.error_message
     assert not record.gave_up  # a passing error: the watcher keeps polling
 

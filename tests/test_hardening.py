@@ -207,16 +207,16 @@ async def test_check_task_says_a_timed_out_task_timed_out(tmp_path, emulator):
 
 async def test_an_orphaned_submit_is_reported_at_once_and_found_by_adoption(tmp_path, emulator):
     from kling_video_mcp.models import GenerationRequest, TaskRecord
-    from kling_video_mcp.tasks.journal import Journal
+    from kling_video_mcp.journal.sqlite import SqliteJournal
 
     settings = make_settings(tmp_path, emulator)
-    journal = Journal(settings.journal_path)
+    journal = SqliteJournal(settings.journal_path)
     request = GenerationRequest(provider="novita", mode="4k", kind="t2v", prompt="cut off by kill -9", duration=3)
-    journal.save(TaskRecord(
+    await journal.save(TaskRecord(
         task_id="e" * 32, provider="novita", mode="4k", kind="t2v", endpoint="kling-v3.0-4k-t2v", request=request,
         fingerprint=request.fingerprint(), estimated_cost_usd=1.26,
     ))  # fmt: skip  (journaled a moment ago, as a kill -9 mid-submit leaves it)
-    journal.close()
+    await journal.aclose()
     async with httpx2.AsyncClient() as http:  # what the cut-off submit made at the provider
         made = await http.post(
             emulator.url("novita") + "/v3/async/kling-v3.0-4k-t2v",

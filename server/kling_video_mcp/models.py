@@ -182,6 +182,14 @@ class TaskRecord(BaseModel):
     notes: list[str] = Field(default_factory=list)
     confirm_by: datetime | None = None
     """While ``awaiting_confirmation``: when it ends as declined if no one has answered."""
+    webhook_token_sha256: str | None = None
+    """Digest of the token in the webhook URL the provider was given (the token itself is
+    kept nowhere); ``None`` when no webhook was asked for."""
+
+    @property
+    def webhook_expected(self) -> bool:
+        """The provider was asked to call us when the task ends."""
+        return self.webhook_token_sha256 is not None
 
     @property
     def is_terminal(self) -> bool:

@@ -12,6 +12,10 @@ Layout::
 
 Each flavor also has ``/<flavor>/__fake/requests``,
 ``/<flavor>/__fake/tasks/{id}/complete`` and ``/<flavor>/__fake/media/{name}``.
+
+A submit that names a webhook (Novita/HighwayAPI ``extra.webhook.url``, WaveSpeed ``?webhook=``
+or ``webhook_url``) gets it called when the task ends, retried on non-2xx (``state.py``);
+``POST /__fake/config {"drop_webhooks": true}`` makes the emulator ignore them instead.
 """
 
 from __future__ import annotations

@@ -161,9 +161,15 @@ class NovitaFamilyAdapter(ProviderAdapter):
             body["multi_prompt"] = [shot.model_dump() for shot in request.multi_prompt]
         return body
 
-    async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> Submitted:
+    async def submit(
+        self, request: GenerationRequest, images: dict[str, ImageSource], *, webhook_url: str | None = None
+    ) -> Submitted:
         endpoint = self.endpoint(request.kind, request.mode)
         body = self.body(request, images)
+        if webhook_url:
+            # providers.md §1.5 (Novita's generic V3 async webhook; HighwayAPI is Novita-compatible).
+            # Whether Kling v3.0 routes honour it is unconfirmed (§10): the watcher's safety-net polls cover that.
+            body["extra"] = {"webhook": {"url": webhook_url}}
         try:
             response = await self._http.submit(f"/v3/async/{endpoint}", json=body)
         except InvalidRequest as exc:

@@ -9,9 +9,11 @@ port, stateless). Out: one Starlette app that serves
 - ``GET /clips/{file}``: finished clips from the output folder, with HTTP ``Range``
   (RFC 9110 §14: seeking and resumed downloads);
 - ``GET /previews/{task_id}.mp4``: the clips' small preview proxies (the screening room plays them);
-- ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up.
+- ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up;
+- ``POST /webhooks/{token}``: a provider saying a task ended (see :func:`webhook_endpoint`).
 
-Every route sits behind the same two guards, outermost first:
+Every route sits behind the same two guards, outermost first (the webhook route behind
+the first only: providers cannot send a bearer token, and the URL's token is the credential):
 
 1. ``Host``/``Origin`` validation (DNS-rebinding protection), on for every bind address.
    The MCP transports spec says servers "MUST validate the ``Origin`` header on all incoming
@@ -37,7 +39,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
@@ -51,6 +53,9 @@ from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.signed_urls import SIGNED_ROUTES, UrlSigner, Verdict
 
+if TYPE_CHECKING:
+    from kling_video_mcp.surface.server import KlingMCPServer
+
 log = logging.getLogger(__name__)
 
 HttpTransport = Literal["streamable-http", "sse"]
@@ -58,6 +63,11 @@ HttpTransport = Literal["streamable-http", "sse"]
 #: Loopback names a local client may put in ``Host``/``Origin`` (any port), as the SDK allows.
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
+WEBHOOK_PREFIX = "/webhooks/"
+WEBHOOK_MAX_BYTES = 256 * 1024
+"""Largest webhook body read (a task result is a few kB); a longer one gets 413 and changes nothing."""
+_WEBHOOK_TOKEN = re.compile(r"((?:/|%2F)webhooks(?:/|%2F))[^/?&#\s\"%]+", re.IGNORECASE)
+"""A webhook token in a path, or in a URL-encoded query (WaveSpeed's ``?webhook=``)."""
 
 
 class StartRefused(Exception):
@@ -174,6 +184,9 @@ class BearerTokenGuard:
         return _signed_media(request) or self._authorized(request.headers.get("authorization"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
+            await self.app(scope, receive, send)  # the token in the URL is the credential
+            return
         if scope["type"] == "http" and not self._admitted(Request(scope)):
             refusal = JSONResponse(
                 {"error": "unauthorized", "message": _UNAUTHORIZED},
@@ -232,6 +245,59 @@ def _media_endpoint(route: str, folder: Path, signer: UrlSigner) -> Callable[[Re
     return media
 
 
+def webhook_endpoint(mcp: KlingMCPServer) -> Callable[[Request], Awaitable[Response]]:
+    """``POST /webhooks/{token}``: a provider says a task ended; its watcher polls it now.
+
+    The body is read (up to :data:`WEBHOOK_MAX_BYTES`, else 413) and never trusted: the poll
+    asks the provider itself, so a forged call can at most cause one early poll. An unknown
+    token gets 404 and changes nothing; a known one 202 at once. The token never reaches a log.
+    """
+
+    async def webhook(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > WEBHOOK_MAX_BYTES:
+            return PlainTextResponse("Webhook body too large.", status_code=413)
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > WEBHOOK_MAX_BYTES:
+                return PlainTextResponse("Webhook body too large.", status_code=413)
+        if mcp.live is None:
+            return PlainTextResponse("Starting up; send it again.", status_code=503)  # providers retry non-2xx
+        if not await mcp.live.service.webhook(request.path_params["token"]):
+            return PlainTextResponse("No such webhook.", status_code=404)
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    return webhook
+
+
+class WebhookTokenFilter(logging.Filter):
+    """Replaces the token of every webhook URL in a log record: uvicorn's access log shows the
+    receiver's path, httpx's request log the submit URL that carries it."""
+
+    @staticmethod
+    def _hide(value: object) -> object:
+        if isinstance(value, (int, float)):
+            return value
+        text = str(value)
+        return _WEBHOOK_TOKEN.sub(r"\1…", text) if _WEBHOOK_TOKEN.search(text) else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._hide(arg) for arg in record.args)
+        record.msg = self._hide(record.msg)
+        return True
+
+
+_TOKEN_FILTER = WebhookTokenFilter()
+
+
+def hide_webhook_tokens() -> None:
+    """Filter webhook tokens out of the loggers that see them (idempotent: one shared filter)."""
+    for name in ("uvicorn.access", "uvicorn.error", "httpx2", "httpx"):
+        logging.getLogger(name).addFilter(_TOKEN_FILTER)
+
+
 async def _healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
@@ -251,6 +317,7 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     mcp.custom_route("/healthz", methods=["GET"])(_healthz)
     mcp.custom_route("/clips/{file}", methods=["GET"])(_media_endpoint("clips", settings.output_dir, signer))
     mcp.custom_route("/previews/{file}", methods=["GET"])(_media_endpoint("previews", settings.previews_dir, signer))
+    mcp.custom_route(WEBHOOK_PREFIX + "{token}", methods=["POST"])(webhook_endpoint(mcp))
     security = transport_security(settings, config, base_url)
     if config.transport == "sse":
         app = mcp.sse_app(transport_security=security, host=config.host)
@@ -303,6 +370,7 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
         public_base_url(settings, config), "required" if settings.http_token else "not required (loopback only)",
     )  # fmt: skip
     # log_config=None: uvicorn's own loggers go through ours (stderr), access log included;
-    # tokens in query strings (signed links, misplaced tokens) must not land in it.
+    # tokens in query strings (signed links, misplaced tokens) must not land in it, nor webhook
+    # tokens in paths (see build_server).
     logging.getLogger("uvicorn.access").addFilter(QueryRedactingFilter())
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)

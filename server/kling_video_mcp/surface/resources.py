@@ -19,8 +19,8 @@ PREVIEW_RESOURCE = "kling-video://previews/{task_id}"
 def register_resources(mcp: MCPServer[AppState]) -> None:
     """The task record, the clip itself and its preview proxy, as resource templates."""
 
-    def delivered(ctx: Context, task_id: str) -> TaskRecord:
-        record = app_state(ctx).service.journal.get(task_id)
+    async def delivered(ctx: Context, task_id: str) -> TaskRecord:
+        record = await app_state(ctx).service.journal.get(task_id)
         if record is None:
             raise ResourceNotFoundError(f"No task {task_id!r} in the journal.")
         return record
@@ -28,13 +28,13 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
     @mcp.resource(TASK_RESOURCE, name="task", title="Video task record", mime_type="application/json",
                   description="The task's record as JSON: status, parameters, cost, file paths, clip facts.")  # fmt: skip
     async def task_record(task_id: str, ctx: Context) -> str:
-        return task_report(app_state(ctx), delivered(ctx, task_id)).model_dump_json(indent=2)
+        return task_report(app_state(ctx), await delivered(ctx, task_id)).model_dump_json(indent=2)
 
     @mcp.resource(CLIP_RESOURCE, name="clip", title="Finished clip", mime_type="video/mp4",
                   description="The finished clip's bytes (video/mp4), for clips under the size cap.")  # fmt: skip
     async def clip(task_id: str, ctx: Context) -> bytes:
         state = app_state(ctx)
-        record = delivered(ctx, task_id)
+        record = await delivered(ctx, task_id)
         if not record.delivered or record.file_path is None:
             raise ResourceNotFoundError(f"Task {task_id!r} has no finished clip (status {public_status(record)}).")
         path = anyio.Path(record.file_path)
@@ -53,7 +53,7 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
                   description="A small copy of the finished clip (H.264, at most 480p, a few MB) for "
                   "playing in a view; made on first read if it is not there yet. The clip stays the original.")  # fmt: skip
     async def preview(task_id: str, ctx: Context) -> bytes:
-        record = delivered(ctx, task_id)
+        record = await delivered(ctx, task_id)
         try:
             path = await app_state(ctx).service.preview(record)
         except NotFound as exc:

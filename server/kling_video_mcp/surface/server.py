@@ -8,8 +8,8 @@ record with :mod:`kling_video_mcp.surface.results`.
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,29 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 class KlingMCPServer(MCPServer[AppState]):
-    """``MCPServer`` whose argument-validation errors carry the structured error shape too."""
+    """``MCPServer`` whose argument-validation errors carry the structured error shape too.
+
+    ``live`` is the lifespan's state while the server runs, for the HTTP routes that are no
+    MCP requests (the webhook receiver) and so get no request context. Streamable HTTP enters
+    the lifespan once; the deprecated SSE transport once per connection, hence a list.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._running: list[AppState] = []
+
+    @property
+    def live(self) -> AppState | None:
+        return self._running[-1] if self._running else None
+
+    @contextmanager
+    def running(self, state: AppState) -> Iterator[None]:
+        """Make ``state`` the live one for the life of the context (the lifespan's)."""
+        self._running.append(state)
+        try:
+            yield
+        finally:
+            self._running.remove(state)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         try:
@@ -79,14 +101,20 @@ def build_server(
     may name local images in (``[]`` for none), and the signer of the view's media links.
     """
     settings = settings or Settings()
+    if settings.webhook_base_url:
+        from kling_video_mcp.surface.http import hide_webhook_tokens  # starlette loads only when needed
+
+        hide_webhook_tokens()  # submit URLs carry them, and the receiver's path
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         async with make_client(settings) as client, TaskService.running(settings, client) as service:
-            yield AppState(
+            state = AppState(
                 settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs,
                 url_signer=url_signer,
             )  # fmt: skip
+            with mcp.running(state):
+                yield state
 
     mcp = KlingMCPServer(
         "kling-video-mcp",

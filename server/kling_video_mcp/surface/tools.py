@@ -8,10 +8,8 @@ asked through elicitation by a resolver, or given in the screening room through 
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any
 
-import anyio
 from mcp.server.apps import client_supports_apps
 from mcp.server.elicitation import AcceptedElicitation, CancelledElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
@@ -105,7 +103,9 @@ def _can_elicit(ctx: Context) -> bool:
     return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
 
 
-def _question(state: AppState, request: GenerationRequest, max_cost_usd: float | None, force_new: bool) -> str | None:
+async def _question(
+    state: AppState, request: GenerationRequest, max_cost_usd: float | None, force_new: bool
+) -> str | None:
     """What to ask the person before sending ``request``, or ``None`` when there is nothing to ask.
 
     Nothing is asked about a request that spends nothing here (a recent identical task is
@@ -118,10 +118,10 @@ def _question(state: AppState, request: GenerationRequest, max_cost_usd: float |
         return None
     try:
         service.providers.require_key(request.provider)
-        service.check_cost(request, max_cost_usd)
+        await service.check_cost(request, max_cost_usd)
     except KlingError:
         return None
-    if not force_new and service.find_duplicate(request) is not None:
+    if not force_new and await service.find_duplicate(request) is not None:
         return None
     return consent.question(request, estimate)
 
@@ -135,7 +135,7 @@ async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[co
     """
     if arguments["dry_run"] or not _can_elicit(ctx):
         return None
-    text = _question(app_state(ctx), _request(kind, arguments), arguments["max_cost_usd"], arguments["force_new"])
+    text = await _question(app_state(ctx), _request(kind, arguments), arguments["max_cost_usd"], arguments["force_new"])
     return None if text is None else Elicit(text, consent.SpendConsent)
 
 
@@ -184,17 +184,16 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     service = state.service
     request = _request(kind, parameters)
     try:
-        # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
-        images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
+        images = await service.prepare(request, image_dirs=state.image_dirs)
         if parameters["dry_run"]:
-            estimate = service.check_cost(request, parameters["max_cost_usd"])
+            estimate = await service.check_cost(request, parameters["max_cost_usd"])
             asks = consent.needs_confirmation(state.settings, estimate)
             return dry_run_result(request, estimate, asks_first=asks)
         answer = parameters["consent"]
         if (refusal := _refusal(answer, service.estimate(request))) is not None:
             return error_result(refusal)
         adapter = await service.providers.get(request.provider)
-        record, reused = service.reserve(
+        record, reused = await service.reserve(
             request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]
         )
         if reused:
@@ -204,20 +203,20 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
             record.notes.append(f"The person confirmed spending about ${estimate:.2f} when the client asked them.")
         elif consent.needs_confirmation(state.settings, estimate):
             # Not asked (the client cannot): parked for the screening room if it shows one, else refused.
-            held = service.hold_for_consent(record, can_show_view=client_supports_apps(ctx))
+            held = await service.hold_for_consent(record, can_show_view=client_supports_apps(ctx))
             return with_media(ctx, task_result(task_report(state, held)), [held])
         record = await service.send(record, images, adapter)
     except KlingError as exc:
         return error_result(exc)
     if parameters["wait_seconds"]:
         await wait_reporting(ctx, service, [record.task_id], parameters["wait_seconds"])
-        record = service.get(record.task_id)
+        record = await service.get(record.task_id)
     return with_media(ctx, task_result(task_report(state, record)), [record])
 
 
 async def _check(state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode) -> list[TaskRecord]:
     """The tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
-    if provider is not None and len(task_ids) == 1 and state.service.journal.get(task_ids[0]) is None:
+    if provider is not None and len(task_ids) == 1 and await state.service.journal.get(task_ids[0]) is None:
         return [await state.service.recover(task_ids[0], provider, mode)]
     return await state.service.check(task_ids)
 
@@ -304,13 +303,13 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         service = state.service
         try:
             options = dict(transition=transition, crossfade_seconds=crossfade_seconds, audio=audio, title=title)
-            assembly = await anyio.to_thread.run_sync(partial(service.assembler.prepare, task_ids, **options))
+            assembly = await service.assembler.prepare(task_ids, **options)
         except KlingError as exc:
             return error_result(exc)
-        record = service.start_assembly(assembly)
+        record = await service.start_assembly(assembly)
         if wait_seconds:
             await wait_reporting(ctx, service, [record.task_id], wait_seconds)
-            record = service.get(record.task_id)
+            record = await service.get(record.task_id)
         return with_media(ctx, task_result(task_report(state, record)), [record])
 
     @mcp.tool(
@@ -338,7 +337,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(exc)
         if wait_seconds:
             await wait_reporting(ctx, state.service, [record.task_id for record in records], wait_seconds)
-            records = [state.service.get(record.task_id) for record in records]
+            records = [await state.service.get(record.task_id) for record in records]
         rows = [task_report(state, record) for record in records]
         result = task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
         return with_media(ctx, result, records)
@@ -352,7 +351,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
         # Filter on the status people see: a finished render still downloading shows as running.
-        records = state.service.journal.recent(None, limit if status is None else LIST_SCAN_LIMIT)
+        records = await state.service.journal.recent(None, limit if status is None else LIST_SCAN_LIMIT)
         rows = [task_report(state, record) for record in records if status in (None, public_status(record))][:limit]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))
 
@@ -369,8 +368,8 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(Declined(NOT_FROM_A_VIEW, task_id=task_id))
         try:
             if decision == "decline":
-                state.service.consent.decline(task_id, DECLINED_IN_VIEW)
-                record = state.service.get(task_id)
+                await state.service.consent.decline(task_id, DECLINED_IN_VIEW)
+                record = await state.service.get(task_id)
             else:
                 record = await _confirm(state, task_id)
         except KlingError as exc:
@@ -386,15 +385,15 @@ async def _confirm(state: AppState, task_id: str) -> TaskRecord:
         KlingError: its images no longer pass the checks (the task fails), or the provider refused it.
     """
     service = state.service
-    record = service.claim_confirmed(task_id)
+    record = await service.claim_confirmed(task_id)
     if record is None:
-        return service.get(task_id)
+        return await service.get(task_id)
     try:
         request = record.request
-        images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
+        images = await service.prepare(request, image_dirs=state.image_dirs)
         adapter = await service.providers.get(request.provider)
     except KlingError as exc:
-        service.record_error(task_id, exc, final=True)
+        await service.record_error(task_id, exc, final=True)
         service.release_submit(task_id)
         raise
     return await service.send(record, images, adapter)

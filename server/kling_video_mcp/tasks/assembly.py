@@ -30,7 +30,7 @@ from kling_video_mcp.media.assembly import JoinError, Joined, Progress, join, pi
 from kling_video_mcp.models import Assembly, AssemblySource, AudioChoice, ClipFacts, TaskRecord, Transition, utcnow
 from kling_video_mcp.tasks.downloads import adopt
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
-from kling_video_mcp.tasks.journal import Journal
+from kling_video_mcp.journal import Journal
 from kling_video_mcp.tasks.media import frames, probe, save_last_frame
 from kling_video_mcp.tasks.watcher import Pace
 
@@ -57,7 +57,7 @@ class Assembler:
         self.journal = journal
         self._limiter = anyio.CapacityLimiter(ASSEMBLIES_AT_ONCE)
 
-    def prepare(
+    async def prepare(
         self,
         task_ids: Sequence[str],
         *,
@@ -68,7 +68,7 @@ class Assembler:
     ) -> Assembly:
         """The assembly of ``task_ids`` in playing order, checked; nothing is made or journaled.
 
-        Blocks (it may probe a clip whose facts are not journaled yet): call it from a worker thread.
+        A clip whose facts are not journaled yet is probed on a worker thread.
 
         Raises:
             InvalidRequest: fewer than 2 or more than 20 tasks; a task unknown, unfinished,
@@ -79,7 +79,8 @@ class Assembler:
             raise InvalidRequest(
                 f"task_ids: give {MIN_SHOTS} to {MAX_SHOTS} finished tasks in playing order (got {len(task_ids)})."
             )
-        sources = [self._source(position, task_id) for position, task_id in enumerate(task_ids)]
+        records = [await self.journal.get(task_id) for task_id in task_ids]
+        sources = await anyio.to_thread.run_sync(self._sources, list(task_ids), records)
         fade = crossfade_seconds if transition == "crossfade" else 0.0
         for position, source in enumerate(sources):
             joins = (position > 0) + (position < len(sources) - 1)
@@ -98,9 +99,13 @@ class Assembler:
             expected_duration_seconds=round(expected, 3),
         )
 
-    def _source(self, position: int, task_id: str) -> AssemblySource:
+    @classmethod
+    def _sources(cls, task_ids: list[str], records: list[TaskRecord | None]) -> list[AssemblySource]:
+        return [cls._source(position, task_id, record) for position, (task_id, record) in enumerate(zip(task_ids, records))]
+
+    @staticmethod
+    def _source(position: int, task_id: str, record: TaskRecord | None) -> AssemblySource:
         where = f"task_ids[{position}]"
-        record = self.journal.get(task_id)
         if record is None:
             raise InvalidRequest(f"{where}: no task {task_id!r} in this server's journal; nothing was made.")
         if not record.delivered:
@@ -121,7 +126,7 @@ class Assembler:
                 raise InvalidRequest(f"{where}: the clip of task {task_id!r} cannot be read ({exc}), so it cannot be joined.") from exc
         return AssemblySource(task_id=record.task_id, file_path=record.file_path, sha256=record.sha256, facts=facts)
 
-    def create(self, assembly: Assembly) -> TaskRecord:
+    async def create(self, assembly: Assembly) -> TaskRecord:
         """Journal a new assembly task, already running (the watcher makes it from here on)."""
         task_id = uuid.uuid4().hex
         record = TaskRecord(
@@ -134,7 +139,7 @@ class Assembler:
             estimated_cost_usd=0.0,
             watched_since=utcnow(),
         )
-        return self.journal.save(record)
+        return await self.journal.save(record)
 
     def pace(self, record: TaskRecord) -> Pace:
         """How the watcher and ``wait_seconds`` pace an assembly (it is made in one step)."""
@@ -161,7 +166,7 @@ class Assembler:
         except FileLockTimeout:
             return record
         try:
-            current = self.journal.get(record.task_id) or record
+            current = await self.journal.get(record.task_id) or record
             if current.finished:
                 return current  # another server process finished it while we waited our turn
             return await self._make(current)
@@ -202,7 +207,7 @@ class Assembler:
             made = await anyio.to_thread.run_sync(partial(self._companions, destination, joined))
         except JoinError as exc:
             raise AssemblyFailed(f"The clips could not be joined: {exc}.") from exc
-        record = self.journal.get(record.task_id) or record
+        record = await self.journal.get(record.task_id) or record
         assembly = record.assembly
         assert assembly is not None
         assembly.method = joined.method
@@ -213,9 +218,9 @@ class Assembler:
         record.last_frame_path = str(made.last_frame) if made.last_frame else None
         record.warnings.extend(made.warnings)
         record.status, record.progress_percent, record.finished_at = "succeeded", 100.0, utcnow()
-        record.sidecar_path = str(write_sidecar(record, destination))
+        record.sidecar_path = str(await anyio.to_thread.run_sync(write_sidecar, record, destination))
         log.info("assembly %s: %s (%s, %.2f s)", record.task_id, destination, joined.method, made.facts.duration_seconds)
-        return self.journal.save(record)
+        return await self.journal.save(record)
 
     @staticmethod
     def _picture_seconds(paths: list[str]) -> list[float]:
@@ -252,15 +257,15 @@ class Assembler:
             now = time.monotonic()
             if now - last_saved >= PROGRESS_SAVE_SECONDS:
                 last_saved = now
-                anyio.from_thread.run_sync(self._save_progress, task_id, fraction)
+                anyio.from_thread.run(self._save_progress, task_id, fraction)
 
         return save
 
-    def _save_progress(self, task_id: str, fraction: float) -> None:
-        record = self.journal.get(task_id)
+    async def _save_progress(self, task_id: str, fraction: float) -> None:
+        record = await self.journal.get(task_id)
         if record is not None and not record.finished:
             record.progress_percent = round(min(fraction, 0.99) * 100, 1)
-            self.journal.save(record)
+            await self.journal.save(record)
 
 
 @dataclass

@@ -13,26 +13,23 @@ identical request returns it instead of making a second one, and its estimate co
 against ``KLING_MCP_BUDGET_USD`` while it waits (the budget was checked when it was
 journaled, so a confirmed request never overdraws it). A declined one is not billed and
 does not count; it is no duplicate either, so asking again asks the person again.
-Confirming is a compare-and-set from ``awaiting_confirmation`` under a file lock, so two
-Confirm clicks (or two server processes on one state folder) send it once.
+Confirming is a compare-and-set from ``awaiting_confirmation`` inside the journal's exclusive
+section, so two Confirm clicks (or two server processes, on one machine or several) send it once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import anyio
-from filelock import FileLock
 from pydantic import BaseModel, Field
 
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import Declined
 from kling_video_mcp.models import MODE_LABELS, GenerationRequest, TaskRecord, utcnow
 from kling_video_mcp.providers import LABELS
-from kling_video_mcp.tasks.journal import Journal
+from kling_video_mcp.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +97,7 @@ class ConsentDesk:
         self.settings = settings
         self.journal = journal
 
-    def park(self, record: TaskRecord) -> TaskRecord:
+    async def park(self, record: TaskRecord) -> TaskRecord:
         """Turn a just-reserved task (nothing sent) into one awaiting the person's answer."""
         record.status = AWAITING
         record.confirm_by = utcnow() + timedelta(seconds=self.settings.confirm_timeout_seconds)
@@ -110,9 +107,9 @@ class ConsentDesk:
             "The person confirms or declines it in the screening room; without an answer it ends as declined "
             f"at {record.confirm_by:%H:%M} UTC."
         )
-        return self.journal.save(record)
+        return await self.journal.save(record)
 
-    def hold(self, record: TaskRecord, *, can_show_view: bool) -> TaskRecord:
+    async def hold(self, record: TaskRecord, *, can_show_view: bool) -> TaskRecord:
         """A just-reserved task (nothing sent) that needs a yes nobody could give yet.
 
         Parked for the screening room when the client shows it; otherwise withdrawn from the
@@ -122,17 +119,11 @@ class ConsentDesk:
             Declined: the client can neither ask the person nor show the view (see :func:`cannot_ask`).
         """
         if can_show_view:
-            return self.park(record)
-        self.journal.delete(record.task_id)
+            return await self.park(record)
+        await self.journal.delete(record.task_id)
         raise cannot_ask(self.settings, record.estimated_cost_usd or 0.0)
 
-    @contextmanager
-    def _locked(self, task_id: str) -> Iterator[None]:
-        # Guards the compare-and-set across server processes sharing the state folder.
-        with FileLock(self.settings.state_dir / "locks" / f"{task_id}.consent.lock", timeout=10):
-            yield
-
-    def claim(self, task_id: str) -> TaskRecord | None:
+    async def claim(self, task_id: str) -> TaskRecord | None:
         """Move a waiting task to ``queued`` for sending and return it; ``None`` if it is not waiting.
 
         The task's ``created_at`` becomes now: the provider task is made now, which is what
@@ -141,40 +132,40 @@ class ConsentDesk:
         Raises:
             Declined: the task already ended as declined, or its deadline passed just now.
         """
-        with self._locked(task_id):
-            record = self.journal.get(task_id)
+        async with self.journal.exclusive("consent"):
+            record = await self.journal.get(task_id)
             if record is None or record.status != AWAITING:
                 if record is not None and record.error_code == Declined.code:
                     message = record.error_message or "This request was declined; nothing was sent."
                     raise Declined(message, task_id=task_id)
                 return None
             if record.confirm_by is not None and record.confirm_by <= utcnow():
-                self._end(record, self._expired_message())
+                await self._end(record, self._expired_message())
                 raise Declined(self._expired_message(), task_id=task_id)
             record.status = "queued"
             record.created_at = utcnow()
             record.confirm_by = None
             record.notes.append("The person confirmed the spend in the screening room.")
-            return self.journal.save(record)
+            return await self.journal.save(record)
 
-    def decline(self, task_id: str, message: str) -> TaskRecord | None:
+    async def decline(self, task_id: str, message: str) -> TaskRecord | None:
         """End a waiting task as declined with ``message``; returns it as it now is (``None`` if unknown).
 
         A task no longer waiting (confirmed and sent, or already declined) is left as it is.
         """
-        with self._locked(task_id):
-            record = self.journal.get(task_id)
+        async with self.journal.exclusive("consent"):
+            record = await self.journal.get(task_id)
             if record is not None and record.status == AWAITING:
-                self._end(record, message)
+                await self._end(record, message)
             return record
 
-    def _end(self, record: TaskRecord, message: str) -> None:
+    async def _end(self, record: TaskRecord, message: str) -> None:
         record.status = "failed"
         record.error_code = Declined.code
         record.error_message = message
         record.finished_at = utcnow()
         record.confirm_by = None
-        self.journal.save(record)
+        await self.journal.save(record)
 
     def _expired_message(self) -> str:
         seconds = self.settings.confirm_timeout_seconds
@@ -184,13 +175,13 @@ class ConsentDesk:
             "Make the request again to ask again."
         )
 
-    def expire_overdue(self) -> list[TaskRecord]:
+    async def expire_overdue(self) -> list[TaskRecord]:
         """End every waiting task past its deadline as declined; returns them."""
         now = utcnow()
         ended = []
-        for waiting in self.journal.recent(AWAITING, limit=10_000):
+        for waiting in await self.journal.recent(AWAITING, limit=10_000):
             if waiting.confirm_by is None or waiting.confirm_by <= now:
-                record = self.decline(waiting.task_id, self._expired_message())
+                record = await self.decline(waiting.task_id, self._expired_message())
                 if record is not None and record.error_code == Declined.code:
                     ended.append(record)
         return ended
@@ -204,7 +195,7 @@ class ConsentDesk:
         interval = min(SWEEP_INTERVAL_MAX, self.settings.confirm_timeout_seconds / 10)
         while True:
             try:
-                for record in self.expire_overdue():
+                for record in await self.expire_overdue():
                     log.info("task %s: no answer to the spend confirmation in time; declined", record.task_id)
             except Exception:
                 log.exception("checking for unanswered spend confirmations failed; trying again")

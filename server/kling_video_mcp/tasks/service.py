@@ -10,11 +10,15 @@ here too and made by the same watcher, through :meth:`TaskService.step`.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import secrets
+import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -35,6 +39,7 @@ from kling_video_mcp.errors import (
     ProviderError,
     UnknownOutcome,
 )
+from kling_video_mcp.journal import Journal, open_journal, token_digest
 from kling_video_mcp.models import (
     Assembly,
     GenerationRequest,
@@ -43,7 +48,7 @@ from kling_video_mcp.models import (
     TaskRecord,
     utcnow,
 )
-from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
+from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers, Submitted
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.addresses import AddressPolicy, Reach, provider_reach
 from kling_video_mcp.tasks.assembly import Assembler
@@ -61,7 +66,6 @@ from kling_video_mcp.tasks.downloads import (
 from kling_video_mcp.tasks.consent import ConsentDesk
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.images import frame_image, resolve_image
-from kling_video_mcp.tasks.journal import Journal
 from kling_video_mcp.tasks.media import make_companions
 from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
 
@@ -73,6 +77,10 @@ RETRIED_DOWNLOAD_ERRORS = (IncompleteDownload, UrlExpired, NotAVideo)
 """Download failures worth another attempt (resuming, or with a fresh link); any other ends it."""
 PROVIDER_TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a provider task id given for adoption must look like: a plain token, safe in a URL path."""
+ORPHAN_AFTER = timedelta(minutes=10)
+"""On a shared journal (several machines, whose submit lock files cannot be seen), a journaled
+submit with no provider task id this old was cut off by a crash: a live submit answers within
+``request_deadline`` plus its 429 retries. One machine tells by the submit's lock file at once."""
 COMPANION_DECODERS = 2
 """Clips probed and previewed at once: each decode holds frames in memory (benchmark figure 4)."""
 FRESH_NEWS_SECONDS = 5.0
@@ -84,6 +92,8 @@ class TaskService:
 
     def __init__(self, settings: Settings, journal: Journal, providers: Providers, client: httpx2.AsyncClient) -> None:
         self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This worker's name on the leases it holds (host, process id, and a nonce for this run)."""
         self.journal = journal
         self.providers = providers
         self._client = client
@@ -98,24 +108,31 @@ class TaskService:
     @asynccontextmanager
     async def running(cls, settings: Settings, client: httpx2.AsyncClient) -> AsyncIterator[TaskService]:
         """A service whose watcher runs for the life of the context; resumes unfinished tasks."""
-        journal = Journal(settings.journal_path)
-        providers = Providers(settings, client)
-        service = cls(settings, journal, providers, client)
-        try:
-            async with anyio.create_task_group() as task_group:
-                service._watcher = Watcher(task_group, service, ceiling=settings.task_ceiling_seconds)
-                for record in journal.orphaned_submits(utcnow()):
-                    service._settle_if_orphaned(record)
-                for record in journal.unfinished():
-                    record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
-                    journal.save(record)
-                    service._watcher.watch(record.task_id)
-                task_group.start_soon(service.consent.sweep, name="expire unanswered spend confirmations")
-                yield service
-                task_group.cancel_scope.cancel()
-        finally:
-            await providers.aclose()
-            journal.close()
+        async with open_journal(settings) as journal:
+            providers = Providers(settings, client, shared_gate=journal.rate_gate)
+            service = cls(settings, journal, providers, client)
+            try:
+                async with anyio.create_task_group() as task_group:
+                    watcher = Watcher(
+                        task_group, service, journal,
+                        ceiling=settings.task_ceiling_seconds, owner=service.owner, lease_seconds=settings.lease_seconds,
+                    )  # fmt: skip
+                    service._watcher = watcher
+                    for record in await journal.orphaned_submits(utcnow()):
+                        await service._settle_if_orphaned(record)
+                    if journal.shared:
+                        # Workers share the tasks: each takes those nobody holds, now and as leases lapse.
+                        task_group.start_soon(watcher.keep_leases, name="leases")
+                    else:
+                        for record in await journal.unfinished():
+                            record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
+                            await journal.save(record)
+                            await watcher.watch(record.task_id)
+                    task_group.start_soon(service.consent.sweep, name="expire unanswered spend confirmations")
+                    yield service
+                    task_group.cancel_scope.cancel()
+            finally:
+                await providers.aclose()
 
     @property
     def watcher(self) -> Watcher:
@@ -124,10 +141,13 @@ class TaskService:
 
     # -- submitting -------------------------------------------------------------------
 
-    def prepare(self, request: GenerationRequest, *, image_dirs: Sequence[Path] | None = None) -> dict[str, ImageSource]:
+    async def prepare(
+        self, request: GenerationRequest, *, image_dirs: Sequence[Path] | None = None
+    ) -> dict[str, ImageSource]:
         """Check everything that can be checked without sending anything; returns the images.
 
         ``image_dirs`` limits local image files to those folders (see :func:`resolve_image`).
+        Images are read and decoded in a worker thread (up to 10 MB each), off the event loop.
 
         Raises:
             InvalidRequest: a rule is broken (field and rule named).
@@ -136,16 +156,16 @@ class TaskService:
         validation.check(request)
         self.providers.require_key(request.provider)
         references = {"image": request.image, "end_image": request.end_image}
-        return {field: self._image(field, ref, image_dirs) for field, ref in references.items() if ref}
+        return {field: await self._image(field, ref, image_dirs) for field, ref in references.items() if ref}
 
-    def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None) -> ImageSource:
+    async def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None) -> ImageSource:
         """Resolve an image reference; ``task:<id>`` (or ``task:<id>#last_frame``) is an earlier clip's last frame."""
         if not reference.startswith(TASK_REFERENCE):
-            return resolve_image(field, reference, allowed_dirs=image_dirs)
+            return await anyio.to_thread.run_sync(partial(resolve_image, field, reference, allowed_dirs=image_dirs))
         task_id, _, part = reference.removeprefix(TASK_REFERENCE).partition("#")
         if part not in ("", "last_frame"):
             raise InvalidRequest(f"{field}: {reference!r} names #{part}; only #last_frame is available.")
-        record = self.journal.get(task_id)
+        record = await self.journal.get(task_id)
         if record is not None and record.delivered and not record.last_frame_path:
             why = " ".join(record.warnings) or "it was not made"
             raise InvalidRequest(f"{field}: task {task_id!r} has its clip but no last frame ({why}); chain from another task.")
@@ -153,7 +173,7 @@ class TaskService:
             state = "unknown" if record is None else "not finished with a clip and its last frame yet"
             raise InvalidRequest(f"{field}: task {task_id!r} is {state}; chain from a task whose clip succeeded.")
         # The last frame is the server's own file, so it is allowed whatever image_dirs says.
-        return frame_image(field, Path(record.last_frame_path))
+        return await anyio.to_thread.run_sync(frame_image, field, Path(record.last_frame_path))
 
     def estimate(self, request: GenerationRequest) -> float:
         """Estimated cost in USD (see :mod:`kling_video_mcp.pricing`)."""
@@ -169,7 +189,7 @@ class TaskService:
             return day.replace(day=1)
         return day
 
-    def spent(self) -> float:
+    async def spent(self) -> float:
         """Estimated USD committed in the current budget period.
 
         Every task counts except those the provider itself failed (failed renders are not
@@ -180,13 +200,13 @@ class TaskService:
         return round(
             sum(
                 record.estimated_cost_usd or 0.0
-                for record in self.journal.created_since(self.period_start())
+                for record in await self.journal.created_since(self.period_start())
                 if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error", "declined"))
             ),
             2,
         )
 
-    def check_cost(self, request: GenerationRequest, max_cost_usd: float | None) -> float:
+    async def check_cost(self, request: GenerationRequest, max_cost_usd: float | None) -> float:
         """The request's estimate, if it fits the per-request cap and the budget.
 
         Raises:
@@ -201,7 +221,7 @@ class TaskService:
                 "Shorten the clip, pick a cheaper mode (std < pro < 4k), or raise max_cost_usd."
             )
         if self.settings.budget_usd is not None:
-            left = round(self.settings.budget_usd - self.spent(), 2)
+            left = round(self.settings.budget_usd - await self.spent(), 2)
             if estimate > left:
                 raise BudgetExceeded(
                     f"This request is estimated at ${estimate:.2f} but only ${max(left, 0):.2f} of the "
@@ -210,33 +230,40 @@ class TaskService:
                 )
         return estimate
 
-    def find_duplicate(self, request: GenerationRequest) -> TaskRecord | None:
+    async def find_duplicate(self, request: GenerationRequest) -> TaskRecord | None:
         """A task from an identical request within the idempotency window that may still pay off.
 
         A task the provider failed is not a duplicate; one with an unknown outcome is (it may
         be running and billed).
         """
         since = utcnow() - timedelta(seconds=self.settings.idempotency_window_seconds)
-        record = self.journal.same_request_since(request.fingerprint(), since)
+        record = await self.journal.same_request_since(request.fingerprint(), since)
         if record is None or (record.status == "failed" and record.error_code != UnknownOutcome.code):
             return None
         return record
 
-    def reserve(
+    async def reserve(
         self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool
     ) -> tuple[TaskRecord, bool]:
         """Journal a new task for ``request``, or return the identical recent one (``True``).
 
-        Deliberately synchronous: the duplicate check, the cost check and the journal write
-        happen with no await between them, so two concurrent calls can neither both pay for
-        the same request nor both fit into the last of the budget.
+        The duplicate check, the cost check and the journal write happen inside one
+        critical section of the journal, held by one submit at a time on every worker, so
+        two concurrent calls (on one worker or several) can neither both pay for the same
+        request nor both fit into the last of the budget.
 
         Raises:
             BudgetExceeded: see :meth:`check_cost`.
         """
-        if not force_new and (existing := self.find_duplicate(request)) is not None:
+        async with self.journal.exclusive("submit"):
+            return await self._reserve(request, adapter, max_cost_usd=max_cost_usd, force_new=force_new)
+
+    async def _reserve(
+        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool
+    ) -> tuple[TaskRecord, bool]:
+        if not force_new and (existing := await self.find_duplicate(request)) is not None:
             return existing, True
-        estimate = self.check_cost(request, max_cost_usd)
+        estimate = await self.check_cost(request, max_cost_usd)
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
             provider=request.provider,
@@ -252,7 +279,7 @@ class TaskService:
         lock = FileLock(self._submit_lock_path(record.task_id), timeout=0)
         lock.acquire()
         self._submitting[record.task_id] = lock
-        return self.journal.save(record), False
+        return await self.journal.save(record), False
 
     def _submit_lock_path(self, task_id: str) -> Path:
         folder = self.settings.state_dir / "locks"
@@ -277,7 +304,7 @@ class TaskService:
             lock.release()
             Path(lock.lock_file).unlink(missing_ok=True)
 
-    def hold_for_consent(self, record: TaskRecord, *, can_show_view: bool) -> TaskRecord:
+    async def hold_for_consent(self, record: TaskRecord, *, can_show_view: bool) -> TaskRecord:
         """Park a just-reserved task for a person's yes (nothing sent), or refuse it.
 
         Its submit lock is released first: a parked task is not in flight, and the orphan rule
@@ -287,9 +314,9 @@ class TaskService:
             Declined: the client can neither ask the person nor show the view.
         """
         self.release_submit(record.task_id)
-        return self.consent.hold(record, can_show_view=can_show_view)
+        return await self.consent.hold(record, can_show_view=can_show_view)
 
-    def claim_confirmed(self, task_id: str) -> TaskRecord | None:
+    async def claim_confirmed(self, task_id: str) -> TaskRecord | None:
         """Take a task the person confirmed for sending, under its submit lock (see :meth:`reserve`);
         ``None`` when it is not waiting (already sent, or being sent by another server process).
 
@@ -304,7 +331,7 @@ class TaskService:
         self._submitting[task_id] = lock
         record = None
         try:
-            record = self.consent.claim(task_id)
+            record = await self.consent.claim(task_id)
         finally:
             if record is None:  # not waiting, or declined: nothing will be sent
                 self.release_submit(task_id)
@@ -312,26 +339,60 @@ class TaskService:
 
     async def _send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
         try:
-            submitted = await adapter.submit(record.request, images)
+            submitted = await self._submit(record, images, adapter)
         except UnknownOutcome as exc:
             error = UnknownOutcome(self._unknown_outcome_advice(exc.message, record), task_id=record.task_id)
-            self.record_error(record.task_id, error, final=True)
+            await self.record_error(record.task_id, error, final=True)
             raise error from exc
         except KlingError:
-            self.journal.delete(record.task_id)
+            await self.journal.delete(record.task_id)
             raise
         except BaseException:
             # Cancelled or crashed mid-submit: it may have been sent, and the record says so.
             advice = self._unknown_outcome_advice("The submit was interrupted before an answer came.", record)
-            self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
+            with anyio.CancelScope(shield=True):
+                await self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
             raise
         record.provider_task_id = submitted.provider_task_id
         record.provider_requests += 1
         record.notes.extend(submitted.notes)
         record.watched_since = utcnow()
-        self.journal.save(record)
-        self.watcher.watch(record.task_id)
+        await self.journal.save(record)
+        await self.watcher.watch(record.task_id)
         return record
+
+    async def _submit(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> Submitted:
+        """The submit, with a webhook URL when webhooks are on.
+
+        A provider may refuse our webhook URL (WaveSpeed documents a public HTTPS one, providers.md
+        §3.8; whether it checks is unknown). A refusal creates nothing, so the request is sent
+        once more without it, and the task is polled as usual.
+        """
+        webhook_url = await self._webhook_url(record)
+        if webhook_url is None:
+            return await adapter.submit(record.request, images)
+        try:
+            return await adapter.submit(record.request, images, webhook_url=webhook_url)
+        except InvalidRequest:
+            # Not the provider's words in the log: they may quote the URL, whose token is a credential.
+            log.warning("task %s: %s refused the submit with a webhook; sending it without", record.task_id, adapter.label)
+            record.webhook_token_sha256 = None
+            record.notes.append(f"{adapter.label} refused the webhook URL, so this task is polled instead.")
+            await self.journal.save(record)
+            return await adapter.submit(record.request, images)
+
+    async def _webhook_url(self, record: TaskRecord) -> str | None:
+        """A fresh webhook URL for ``record`` when webhooks are on, its token's digest journaled first.
+
+        The token (256 random bits) is the URL's only credential: the journal keeps its sha256,
+        so the receiver can find the task, and nothing keeps or logs the token itself.
+        """
+        if (base := self.settings.webhook_base_url) is None:
+            return None
+        token = secrets.token_urlsafe(32)
+        record.webhook_token_sha256 = token_digest(token)
+        await self.journal.save(record)  # before the submit: the provider may call back at once
+        return f"{base}/{token}"
 
     @staticmethod
     def _unknown_outcome_advice(what_happened: str, record: TaskRecord) -> str:
@@ -343,17 +404,17 @@ class TaskService:
             "Repeating this request returns this record; pass force_new=true only once you know nothing was created."
         )
 
-    def start_assembly(self, assembly: Assembly) -> TaskRecord:
+    async def start_assembly(self, assembly: Assembly) -> TaskRecord:
         """Journal an assembly checked by ``assembler.prepare`` and make it in the background."""
-        record = self.assembler.create(assembly)
-        self.watcher.watch(record.task_id)
+        record = await self.assembler.create(assembly)
+        await self.watcher.watch(record.task_id)
         return record
 
     # -- checking ---------------------------------------------------------------------
 
-    def get(self, task_id: str) -> TaskRecord:
+    async def get(self, task_id: str) -> TaskRecord:
         """The journaled task (by our id or the provider's). Raises :class:`NotFound`."""
-        record = self.journal.get(task_id)
+        record = await self.journal.get(task_id)
         if record is None:
             raise NotFound(
                 f"No task {task_id!r} in this server's journal. If it was submitted elsewhere, "
@@ -364,22 +425,22 @@ class TaskService:
     async def check(self, task_ids: list[str]) -> list[TaskRecord]:
         """The tasks' current records, after one fresh poll of each unfinished one.
 
-        All are polled together, within :data:`FRESH_NEWS_SECONDS` in all. A task the server
-        gave up on (``gave_up``) is watched again; a submit cut off by a crash is settled as an
-        unknown outcome.
+        All are polled together, within :data:`FRESH_NEWS_SECONDS` in all, each by the worker
+        that holds its lease (this one, if nobody does). A task the server gave up on
+        (``gave_up``) is watched again; a submit cut off by a crash is settled as an unknown outcome.
 
         Raises:
             NotFound: an id is in neither the journal nor, as a provider task id, any record.
         """
         pending = []
         resumed: dict[str, str] = {}
-        for record in [self.get(task_id) for task_id in task_ids]:
+        for record in [await self.get(task_id) for task_id in task_ids]:
             if record.kind == "assemble":
                 if not record.finished:
-                    self.watcher.watch(record.task_id)  # made here: no provider to ask for news
+                    await self.watcher.watch(record.task_id)  # made here: no provider to ask for news
                 continue
             if record.provider_task_id is None:
-                self._settle_if_orphaned(record)
+                await self._settle_if_orphaned(record)
                 continue
             if record.gave_up:
                 stopped = (record.error_code or "an error").replace("_", " ")
@@ -391,20 +452,33 @@ class TaskService:
                 record.status = "running" if record.status == "failed" else record.status
                 record.error_code = record.error_message = None
                 record.watched_since = utcnow()
-                self.journal.save(record)
+                await self.journal.save(record)
             if not record.finished:
-                self.watcher.watch(record.task_id)
+                await self.watcher.watch(record.task_id)
                 pending.append(record.task_id)
         if pending:
             await self.watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
-        records = [self.get(task_id) for task_id in task_ids]
+        records = [await self.get(task_id) for task_id in task_ids]
         for record in records:
             if record.task_id in resumed and not record.finished:
                 # Said in this answer only (not journaled): the next check shows the task as it goes on.
                 record.warnings.insert(0, resumed[record.task_id])
         return records
 
-    def _settle_if_orphaned(self, record: TaskRecord) -> None:
+    async def webhook(self, token: str) -> bool:
+        """A provider called the webhook URL carrying ``token``: the task's watcher polls it now.
+
+        Nothing in the call is trusted (anyone may post anything to a URL): the poll that
+        follows asks the provider itself. Returns ``False`` for a token no task has.
+        """
+        record = await self.journal.find_webhook(token)
+        if record is None:
+            return False
+        if not record.finished:
+            await self.watcher.nudge(record.task_id)
+        return True
+
+    async def _settle_if_orphaned(self, record: TaskRecord) -> None:
         """Settle a journaled submit that never got an answer, if nobody is still sending it.
 
         Its outcome is unknown: the provider may have made (and billed) a task. No provider
@@ -414,15 +488,21 @@ class TaskService:
         """
         if record.status != "queued" or record.task_id in self._submitting:
             return  # settled already, or a request parked for a person's confirmation (nothing sent)
-        lock_path = self._submit_lock_path(record.task_id)
-        try:
-            with FileLock(lock_path, timeout=0):
-                pass
-        except FileLockTimeout:
-            return  # another server process on this journal is sending it right now
-        lock_path.unlink(missing_ok=True)
+        if self.journal.shared:
+            # Another worker, perhaps on another machine, may be sending it: its lock file is not
+            # here to see. A live submit is answered well within ORPHAN_AFTER.
+            if record.created_at > utcnow() - ORPHAN_AFTER:
+                return
+        else:
+            lock_path = self._submit_lock_path(record.task_id)
+            try:
+                with FileLock(lock_path, timeout=0):
+                    pass
+            except FileLockTimeout:
+                return  # another server process on this journal is sending it right now
+            lock_path.unlink(missing_ok=True)
         advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
-        self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
+        await self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
 
     async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode) -> TaskRecord:
         """Start tracking a task submitted elsewhere, from its provider task id.
@@ -440,11 +520,11 @@ class TaskService:
                 "task_id: a provider task id is a plain token of letters, digits, '_', '.' and '-' "
                 "(at most 128); nothing was sent."
             )
-        if existing := self.journal.find_provider_task(provider, provider_task_id):
+        if existing := await self.journal.find_provider_task(provider, provider_task_id):
             return (await self.check([existing.task_id]))[0]
         adapter = await self.providers.get(provider)
         update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
-        if (orphan := self._lone_unknown_submit(provider, mode)) is not None:
+        if (orphan := await self._lone_unknown_submit(provider, mode)) is not None:
             orphan.provider_task_id = provider_task_id
             orphan.provider_requests += 1
             orphan.gave_up = False
@@ -452,7 +532,7 @@ class TaskService:
             orphan.notes.append("Found at the provider after its submit's outcome was unknown, and adopted.")
             self._apply(orphan, update)
             orphan.watched_since = utcnow()
-            self.journal.save(orphan)
+            await self.journal.save(orphan)
             return (await self.check([orphan.task_id]))[0]
         request = GenerationRequest(provider=provider, mode=mode, kind="t2v")
         record = TaskRecord(
@@ -469,14 +549,14 @@ class TaskService:
         )
         self._apply(record, update)
         record.watched_since = utcnow()
-        self.journal.save(record)
+        await self.journal.save(record)
         return (await self.check([record.task_id]))[0]
 
-    def _lone_unknown_submit(self, provider: ProviderName, mode: Mode) -> TaskRecord | None:
+    async def _lone_unknown_submit(self, provider: ProviderName, mode: Mode) -> TaskRecord | None:
         """The one unknown-outcome submit without a provider task id for ``provider`` and ``mode``."""
         candidates = [
             record
-            for record in self.journal.created_since(utcnow() - timedelta(days=2))
+            for record in await self.journal.created_since(utcnow() - timedelta(days=2))
             if record.provider == provider and record.mode == mode and record.provider_task_id is None
             and record.error_code == UnknownOutcome.code
         ]  # fmt: skip
@@ -495,32 +575,34 @@ class TaskService:
             min_interval=adapter.min_poll_interval * scale,
             max_interval=MAX_POLL_INTERVAL * scale,
             time_scale=scale,
+            webhook=record.webhook_expected,
         )
 
-    def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
+    async def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
         """Save ``error`` on the task: as its failure if ``final``, else as a passing note.
 
         A final error here is always the server giving up (the provider reports its own task
         failures through polls), so checking the task again resumes watching it, if there is a
         provider task to watch.
         """
-        record = self.get(task_id)
+        record = await self.get(task_id)
         if final:
             record.status = "failed"
             record.finished_at = utcnow()
             record.gave_up = record.provider_task_id is not None
         record.error_code = error.code
         record.error_message = error.message
-        return self.journal.save(record)
+        return await self.journal.save(record)
 
     async def step(self, task_id: str) -> TaskRecord:
         """Poll the provider once and, when the render is done, download the clip.
 
-        Only the task's own watch loop in this process calls this. Another server process on
-        the same journal (``--stateless`` workers) may move the task on meanwhile, so a poll's
-        news is saved only over the record it started from.
+        Only the task's own watch loop calls this, in the worker holding the task's lease.
+        Another server process on an embedded journal (``--stateless`` workers on one machine)
+        may move the task on meanwhile, so a poll's news is saved only over the record it
+        started from.
         """
-        record = self.get(task_id)
+        record = await self.get(task_id)
         if record.kind == "assemble":
             made = await self.assembler.make(record)  # made in one step, here
             if made.delivered:
@@ -530,14 +612,14 @@ class TaskService:
         if record.status != "succeeded":
             assert record.provider_task_id is not None
             update = await adapter.fetch(record.provider_task_id, record.endpoint)
-            if self.get(task_id).updated_at != record.updated_at:
-                return self.get(task_id)  # moved on elsewhere meanwhile: its news is newer
+            if (latest := await self.get(task_id)).updated_at != record.updated_at:
+                return latest  # moved on elsewhere meanwhile: its news is newer
             record.provider_requests += 1
             self._apply(record, update)
-            self.journal.save(record)
+            await self.journal.save(record)
         if record.status == "succeeded" and not record.delivered:
             await self._deliver(record, adapter)
-        return self.get(task_id)
+        return await self.get(task_id)
 
     @staticmethod
     def _apply(record: TaskRecord, update: ProviderUpdate) -> None:
@@ -568,20 +650,39 @@ class TaskService:
                 "the provider may have deleted the clip.",
             )
         self._apply(record, update)
-        self.journal.save(record)
+        await self.journal.save(record)
+
+    @asynccontextmanager
+    async def _downloading(self, task_id: str) -> AsyncIterator[bool]:
+        """Whether this process may download the task's clip now, held for the download.
+
+        On a shared journal the task's lease is the right to download (only its holder
+        steps the task). On the embedded one, processes on one machine share the output
+        folder, and a lock file beside the journal keeps two of them off one clip.
+        """
+        if self.journal.shared:
+            yield await self.journal.take_lease(task_id, self.owner, self.settings.lease_seconds)
+            return
+        lock = FileLock(self.settings.state_dir / "locks" / f"{task_id}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except FileLockTimeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     async def _deliver(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
         """Download the clip, unless another server process on this state folder is already at it."""
         if not record.video_url:
             raise ProviderError(f"{adapter.label} reported success but gave no video URL.", retryable=True)
-        lock = FileLock(self.settings.state_dir / "locks" / f"{record.task_id}.lock", timeout=0)
-        try:
-            lock.acquire()
-        except FileLockTimeout:
-            log.info("task %s: another server process is downloading the clip", record.task_id)
-            return
-        try:
-            if self.get(record.task_id).delivered:
+        async with self._downloading(record.task_id) as mine:
+            if not mine:
+                log.info("task %s: another server process is downloading the clip", record.task_id)
+                return
+            if (await self.get(record.task_id)).delivered:
                 return  # another process finished it while we polled
             result = await self._download(record, adapter)
             # Journal the clip the moment it is in place: previews are extras, the clip is not.
@@ -589,9 +690,7 @@ class TaskService:
             record.sha256 = result.sha256
             record.size_bytes = result.size_bytes
             record.error_code = record.error_message = None  # the download's passing troubles are over
-            self.journal.save(record)
-        finally:
-            lock.release()
+            await self.journal.save(record)
         log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
         companions = await anyio.to_thread.run_sync(make_companions, result.path, result.facts, limiter=self._decoders)
         record.clip_facts = companions.facts
@@ -602,7 +701,7 @@ class TaskService:
             record.sidecar_path = str(await anyio.to_thread.run_sync(write_sidecar, record, result.path))
         except OSError as exc:
             record.warnings.append(f"The sidecar {result.path.name}.json could not be written ({exc.strerror or exc}).")
-        self.journal.save(record)
+        await self.journal.save(record)
         await self._prepare_preview(record)
 
     async def _prepare_preview(self, record: TaskRecord) -> None:
@@ -703,7 +802,7 @@ class TaskService:
                     # Shown by check_task while the task runs: the cause, not only "downloading".
                     record.error_code = exc.code
                     record.error_message = f"A download attempt failed; the server tries again by itself. {exc.message}"
-                    self.journal.save(record)
+                    await self.journal.save(record)
                     raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
