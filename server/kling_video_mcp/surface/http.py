@@ -17,14 +17,18 @@ Every route sits behind the same two guards, outermost first:
    connections" and answer 403 when it is invalid (spec 2025-11-25 and 2026-07-28,
    ``basic/transports``); the SDK turns this on by itself only for loopback binds and only on
    the MCP endpoint (mcp-sdk.md §2.3), so it is applied here to the whole app.
-2. When ``KLING_MCP_HTTP_TOKEN`` is set, ``Authorization: Bearer <token>`` (RFC 6750), else
-   401. A server that binds a non-loopback address without a token refuses to start: it would
-   read local files and spend provider credit for anyone who can reach it.
+2. When sign-in is configured (``KLING_MCP_HTTP_TOKEN``, ``KLING_MCP_HTTP_TOKENS_FILE`` or
+   ``KLING_MCP_OAUTH_ISSUER``), a verified bearer token with the needed scope
+   (:mod:`kling_video_mcp.surface.auth`), else 401 or 403; with an issuer, the protected-resource
+   metadata (RFC 9728) is served to anyone. A server that binds a non-loopback address without
+   sign-in refuses to start: it would read local files and spend provider credit for anyone
+   who can reach it.
+
+Clips are served from the caller's own folder: ``/clips/{file}`` finds only the caller's clips.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import socket
@@ -35,7 +39,6 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -43,6 +46,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
+from kling_video_mcp.surface.auth import AccessGuard, build_access, caller_owner_of
+from kling_video_mcp.tasks.owners import owner_folder
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +84,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, token: SecretStr | None) -> None:
-    """Refuse a non-loopback bind without a token.
+def check_bind(host: str, sign_in: object | None) -> None:
+    """Refuse a non-loopback bind without sign-in (``sign_in``: a token, or ``None`` for none).
 
     Raises:
-        StartRefused: ``host`` is reachable from other machines and no token is set.
+        StartRefused: ``host`` is reachable from other machines and no sign-in is configured.
     """
-    if token is None and not is_loopback(host):
+    if not sign_in and not is_loopback(host):
         raise StartRefused(
-            f"refusing to serve on {host!r} without a token: anyone who can reach it could make the "
+            f"refusing to serve on {host!r} without sign-in: anyone who can reach it could make the "
             "server spend your provider credit. Set KLING_MCP_HTTP_TOKEN to a long random secret "
-            "(clients then send 'Authorization: Bearer <token>'), or bind 127.0.0.1 (the default)."
+            "(clients then send 'Authorization: Bearer <token>'), or KLING_MCP_HTTP_TOKENS_FILE or "
+            "KLING_MCP_OAUTH_ISSUER for several users, or bind 127.0.0.1 (the default)."
         )
 
 
@@ -144,37 +150,6 @@ class HostOriginGuard:
         await self.app(scope, receive, send)
 
 
-_UNAUTHORIZED = "Send 'Authorization: Bearer <token>' with the token set in the server's KLING_MCP_HTTP_TOKEN."
-
-
-class BearerTokenGuard:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``.
-
-    The comparison takes constant time (``hmac.compare_digest``), and neither the token nor
-    what the caller sent appears in a response or a log line.
-    """
-
-    def __init__(self, app: ASGIApp, token: SecretStr) -> None:
-        self.app = app
-        self.expected = token.get_secret_value().encode()
-
-    def _authorized(self, header: str | None) -> bool:
-        scheme, _, credentials = (header or "").partition(" ")
-        # The auth scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.expected)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorized(Request(scope).headers.get("authorization")):
-            refusal = JSONResponse(
-                {"error": "unauthorized", "message": _UNAUTHORIZED},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="kling-video-mcp"'},
-            )
-            await refusal(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def clip_path(output_dir: Path, name: str) -> Path | None:
     """The clip ``name`` directly inside ``output_dir``, or ``None``.
 
@@ -190,8 +165,10 @@ def clip_path(output_dir: Path, name: str) -> Path | None:
 
 def _clip_endpoint(output_dir: Path) -> Callable[[Request], Awaitable[Response]]:
     async def clip(request: Request) -> Response:
+        # Each caller's clips are in their own folder: another user's clip is missing here.
+        folder = output_dir / owner_folder(caller_owner_of(request.scope))
         # Starlette's FileResponse answers Range requests (206, multipart, 416) and HEAD.
-        if (path := clip_path(output_dir, request.path_params["file"])) is None:
+        if (path := clip_path(folder, request.path_params["file"])) is None:
             return PlainTextResponse("No such clip in this server's output folder.", status_code=404)
         return FileResponse(path, media_type="video/mp4")
 
@@ -206,12 +183,22 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     """The whole HTTP app for ``config``; see the module docstring for what it serves.
 
     Raises:
-        StartRefused: non-loopback ``config.host`` and no ``KLING_MCP_HTTP_TOKEN``.
+        StartRefused: non-loopback ``config.host`` and no sign-in, or an unusable token file.
     """
     from kling_video_mcp.surface.server import build_server  # the tools load only when serving
 
-    check_bind(config.host, settings.http_token)
+    check_bind(config.host, settings.signs_in or None)
     base_url = public_base_url(settings, config)
+    endpoints = ["/sse", "/messages/"] if config.transport == "sse" else ["/mcp"]
+    try:
+        access = build_access(
+            shared_token=settings.http_token, tokens_file=settings.http_tokens_file,
+            issuer=settings.oauth_issuer, audience=settings.oauth_audience,
+            resource_url=base_url + endpoints[0], public_url=base_url,
+            jwks_cooldown_seconds=settings.oauth_jwks_cooldown_seconds,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise StartRefused(f"KLING_MCP_HTTP_TOKENS_FILE cannot be used: {exc}") from exc
     mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs))
     mcp.custom_route("/healthz", methods=["GET"])(_healthz)
     mcp.custom_route("/clips/{file}", methods=["GET"])(_clip_endpoint(settings.output_dir))
@@ -220,10 +207,22 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
         app = mcp.sse_app(transport_security=security, host=config.host)
     else:
         app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless)
-    if settings.http_token is not None:
-        app.add_middleware(BearerTokenGuard, token=settings.http_token)
+    if access is not None:
+        app.router.routes.extend(access.routes)
+        open_paths = [route.path for route in access.routes]
+        app.add_middleware(AccessGuard, verifier=access.verifier, mcp_paths=endpoints, open_paths=open_paths,
+                           resource_metadata_url=access.resource_metadata_url)  # fmt: skip
     app.add_middleware(HostOriginGuard, security=security)  # added last = runs first
     return app
+
+
+def _sign_in_summary(settings: Settings) -> str:
+    ways = [
+        f"OAuth tokens from {settings.oauth_issuer}" if settings.oauth_issuer else "",
+        f"the users in {settings.http_tokens_file}" if settings.http_tokens_file else "",
+        "the shared token" if settings.http_token else "",
+    ]
+    return ", ".join(way for way in ways if way) or "none (loopback only)"
 
 
 def serve_http(settings: Settings, config: HttpConfig) -> None:
@@ -242,9 +241,9 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
     if settings.public_url is None and not is_loopback(config.host):
         log.warning("KLING_MCP_PUBLIC_URL is not set: clip links name this machine; clients behind a proxy need it set")
     log.info(
-        "Serving MCP (%s%s) at http://%s:%d%s; clips at %s/clips/; bearer token %s",
+        "Serving MCP (%s%s) at http://%s:%d%s; clips at %s/clips/; sign-in: %s",
         config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
-        public_base_url(settings, config), "required" if settings.http_token else "not required (loopback only)",
+        public_base_url(settings, config), _sign_in_summary(settings),
     )  # fmt: skip
     # log_config=None: uvicorn's own loggers go through ours (stderr), access log included.
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)
