@@ -23,6 +23,9 @@ ShotType = Literal["customize", "intelligent"]
 TaskStatus = Literal["queued", "running", "succeeded", "failed"]
 TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({"succeeded", "failed"})
 
+LOCAL_OWNER = "local"
+"""The owner of every task on a server without sign-in (stdio, or HTTP with one shared token)."""
+
 MODE_LABELS: dict[Mode, str] = {"std": "Standard", "pro": "Pro", "4k": "4K"}
 KIND_LABELS: dict[Kind, str] = {"t2v": "text-to-video", "i2v": "image-to-video"}
 
@@ -107,6 +110,8 @@ class TaskRecord(BaseModel):
     """One task as the journal keeps it: everything needed to finish it after a restart."""
 
     task_id: str
+    owner: str = LOCAL_OWNER
+    """Who made it (``tasks/owners.py``); only they see it. Tasks from before owners are local."""
     provider: ProviderName
     mode: Mode
     kind: Kind

@@ -7,6 +7,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from kling_video_mcp.models import TaskRecord
+from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.results import public_status
 from kling_video_mcp.surface.state import AppState, app_state, task_report
 
@@ -15,10 +16,10 @@ CLIP_RESOURCE = "kling-video://clips/{task_id}"
 
 
 def register_resources(mcp: MCPServer[AppState]) -> None:
-    """The task record and the clip itself, as resource templates."""
+    """The task record and the clip itself, as resource templates (the caller's own tasks only)."""
 
     def delivered(ctx: Context, task_id: str) -> TaskRecord:
-        record = app_state(ctx).service.journal.get(task_id)
+        record = app_state(ctx).service.journal.get(task_id, caller_owner(ctx))
         if record is None:
             raise ResourceNotFoundError(f"No task {task_id!r} in the journal.")
         return record

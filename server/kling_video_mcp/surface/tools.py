@@ -17,6 +17,7 @@ from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import InvalidRequest, KlingError
 from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
 from kling_video_mcp.surface import params as p
+from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
@@ -52,7 +53,7 @@ CHECK_DESCRIPTION = (
     "Tasks are kept in a journal on disk, so this works after a server restart. To recover a task submitted "
     "elsewhere, pass its provider task id with provider and mode."
 )
-LIST_DESCRIPTION = "List the tasks in this server's journal, newest first, optionally only those in one status."
+LIST_DESCRIPTION = "List your tasks in this server's journal, newest first, optionally only those in one status."
 LIST_SCAN_LIMIT = 10_000
 """Newest journal rows ``list_tasks`` looks through when filtering by status."""
 
@@ -71,16 +72,17 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     """
     state = app_state(ctx)
     service = state.service
+    owner = caller_owner(ctx)
     fields = {name: value for name, value in parameters.items() if name in GenerationRequest.model_fields}
     request = GenerationRequest(kind=kind, **fields)
     try:
         # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
-        images = await anyio.to_thread.run_sync(partial(service.prepare, request, image_dirs=state.image_dirs))
+        images = await anyio.to_thread.run_sync(partial(service.prepare, request, owner=owner, image_dirs=state.image_dirs))
         if parameters["dry_run"]:
-            return dry_run_result(request, service.check_cost(request, parameters["max_cost_usd"]))
+            return dry_run_result(request, service.check_cost(request, parameters["max_cost_usd"], owner=owner))
         adapter = await service.providers.get(request.provider)
         record, reused = service.reserve(
-            request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]
+            request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"], owner=owner
         )
         if reused:
             return task_result(task_report(state, record, reused=True))
@@ -93,11 +95,13 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     return task_result(task_report(state, record))
 
 
-async def _check(state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode) -> list[TaskRecord]:
-    """The tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
-    if provider is not None and len(task_ids) == 1 and state.service.journal.get(task_ids[0]) is None:
-        return [await state.service.recover(task_ids[0], provider, mode)]
-    return await state.service.check(task_ids)
+async def _check(
+    state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode, owner: str
+) -> list[TaskRecord]:
+    """``owner``'s tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
+    if provider is not None and len(task_ids) == 1 and state.service.journal.get(task_ids[0], owner) is None:
+        return [await state.service.recover(task_ids[0], provider, mode, owner=owner)]
+    return await state.service.check(task_ids, owner=owner)
 
 
 def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
@@ -162,7 +166,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(InvalidRequest("task_id or task_ids: give exactly one of them."))
         ids = [task_id] if task_id is not None else list(dict.fromkeys(task_ids or []))
         try:
-            records = await _check(state, ids, provider, mode or default_mode)
+            records = await _check(state, ids, provider, mode or default_mode, caller_owner(ctx))
         except KlingError as exc:
             return error_result(exc)
         if wait_seconds:
@@ -175,6 +179,8 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
         # Filter on the status people see: a finished render still downloading shows as running.
-        records = state.service.journal.recent(None, limit if status is None else LIST_SCAN_LIMIT)
+        records = state.service.journal.recent(
+            None, limit if status is None else LIST_SCAN_LIMIT, owner=caller_owner(ctx)
+        )
         rows = [task_report(state, record) for record in records if status in (None, public_status(record))][:limit]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 
+from kling_video_mcp.models import LOCAL_OWNER
 from kling_video_mcp.tasks.files import slug
 
-LOCAL_OWNER = "local"
-"""The one user of a server without sign-in; tasks journaled before owners existed are theirs."""
+__all__ = ["LOCAL_OWNER", "owner_folder"]
 
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -4,6 +4,10 @@ It checks a request, journals it, submits it through the provider adapter, and h
 to the watcher, which polls until the clip is downloaded. ``check`` reads the journal
 (after nudging the watcher for fresh news), so a task survives restarts and is finished
 whether or not anyone asks.
+
+Every task has an owner (``tasks/owners.py``). The methods a caller reaches take the caller's
+``owner`` and see only that owner's tasks: another owner's task is "not found", word for word
+like one that does not exist. Duplicates and budgets are counted per owner as well.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
-from kling_video_mcp.models import GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
+from kling_video_mcp.models import LOCAL_OWNER, GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
 from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.downloads import Downloaded, IncompleteDownload, UrlExpired, adopt, download
@@ -32,6 +36,7 @@ from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.journal import Journal
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.media import make_companions
+from kling_video_mcp.tasks.owners import owner_folder
 from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
 
 log = logging.getLogger(__name__)
@@ -87,10 +92,13 @@ class TaskService:
 
     # -- submitting -------------------------------------------------------------------
 
-    def prepare(self, request: GenerationRequest, *, image_dirs: Sequence[Path] | None = None) -> dict[str, ImageSource]:
+    def prepare(
+        self, request: GenerationRequest, *, owner: str, image_dirs: Sequence[Path] | None = None
+    ) -> dict[str, ImageSource]:
         """Check everything that can be checked without sending anything; returns the images.
 
-        ``image_dirs`` limits local image files to those folders (see :func:`resolve_image`).
+        ``image_dirs`` limits local image files to those folders (see :func:`resolve_image`);
+        ``task:<id>`` references name ``owner``'s tasks only.
 
         Raises:
             InvalidRequest: a rule is broken (field and rule named).
@@ -99,16 +107,16 @@ class TaskService:
         validation.check(request)
         self.providers.require_key(request.provider)
         references = {"image": request.image, "end_image": request.end_image}
-        return {field: self._image(field, ref, image_dirs) for field, ref in references.items() if ref}
+        return {field: self._image(field, ref, image_dirs, owner) for field, ref in references.items() if ref}
 
-    def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None) -> ImageSource:
+    def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None, owner: str) -> ImageSource:
         """Resolve an image reference; ``task:<id>`` (or ``task:<id>#last_frame``) is an earlier clip's last frame."""
         if not reference.startswith(TASK_REFERENCE):
             return resolve_image(field, reference, allowed_dirs=image_dirs)
         task_id, _, part = reference.removeprefix(TASK_REFERENCE).partition("#")
         if part not in ("", "last_frame"):
             raise InvalidRequest(f"{field}: {reference!r} names #{part}; only #last_frame is available.")
-        record = self.journal.get(task_id)
+        record = self.journal.get(task_id, owner)
         if record is None or not record.delivered or not record.last_frame_path:
             state = "unknown" if record is None else "not finished with a clip and its last frame yet"
             raise InvalidRequest(f"{field}: task {task_id!r} is {state}; chain from a task whose clip succeeded.")
@@ -129,8 +137,8 @@ class TaskService:
             return day.replace(day=1)
         return day
 
-    def spent(self) -> float:
-        """Estimated USD committed in the current budget period.
+    def spent(self, owner: str | None) -> float:
+        """Estimated USD committed in the current budget period by ``owner`` (``None``: everyone).
 
         Every task counts except those the provider itself failed (failed renders are not
         billed, or are refunded); unknown outcomes count, since they may have been billed.
@@ -138,18 +146,19 @@ class TaskService:
         return round(
             sum(
                 record.estimated_cost_usd or 0.0
-                for record in self.journal.created_since(self.period_start())
+                for record in self.journal.created_since(self.period_start(), owner)
                 if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error"))
             ),
             2,
         )
 
-    def check_cost(self, request: GenerationRequest, max_cost_usd: float | None) -> float:
-        """The request's estimate, if it fits the per-request cap and the budget.
+    def check_cost(self, request: GenerationRequest, max_cost_usd: float | None, *, owner: str) -> float:
+        """The request's estimate, if it fits the per-request cap and the budgets.
 
         Raises:
-            BudgetExceeded: the estimate is above ``max_cost_usd`` (else ``KLING_MCP_MAX_COST_USD``)
-                or above what is left of ``KLING_MCP_BUDGET_USD`` this period.
+            BudgetExceeded: the estimate is above ``max_cost_usd`` (else ``KLING_MCP_MAX_COST_USD``),
+                above what is left of ``owner``'s ``KLING_MCP_BUDGET_USD`` this period, or above
+                what is left of the server's ``KLING_MCP_TOTAL_BUDGET_USD``.
         """
         estimate = self.estimate(request)
         cap = max_cost_usd if max_cost_usd is not None else self.settings.max_cost_usd
@@ -158,32 +167,40 @@ class TaskService:
                 f"This request is estimated at ${estimate:.2f}, above the limit of ${cap:.2f}; nothing was sent. "
                 "Shorten the clip, pick a cheaper mode (std < pro < 4k), or raise max_cost_usd."
             )
-        if self.settings.budget_usd is not None:
-            left = round(self.settings.budget_usd - self.spent(), 2)
+        whose = "the" if owner == LOCAL_OWNER else f"{owner}'s"
+        budgets = [
+            (self.settings.budget_usd, owner, f"{whose} {{}} budget (KLING_MCP_BUDGET_USD)"),
+            (self.settings.total_budget_usd, None, "the server's {} budget for all users (KLING_MCP_TOTAL_BUDGET_USD)"),
+        ]
+        for budget, spender, name in budgets:
+            if budget is None:
+                continue
+            left = round(budget - self.spent(spender), 2)
             if estimate > left:
+                period = f"${budget:.2f} {self.settings.budget_period}ly"
                 raise BudgetExceeded(
-                    f"This request is estimated at ${estimate:.2f} but only ${max(left, 0):.2f} of the "
-                    f"${self.settings.budget_usd:.2f} {self.settings.budget_period}ly budget (KLING_MCP_BUDGET_USD) "
-                    "is left; nothing was sent."
+                    f"This request is estimated at ${estimate:.2f} but only ${max(left, 0):.2f} of "
+                    f"{name.format(period)} is left; nothing was sent."
                 )
         return estimate
 
-    def find_duplicate(self, request: GenerationRequest) -> TaskRecord | None:
-        """A task from an identical request within the idempotency window that may still pay off.
+    def find_duplicate(self, request: GenerationRequest, owner: str) -> TaskRecord | None:
+        """``owner``'s task from an identical request within the idempotency window that may still pay off.
 
         A task the provider failed is not a duplicate; one with an unknown outcome is (it may
         be running and billed).
         """
         since = utcnow() - timedelta(seconds=self.settings.idempotency_window_seconds)
-        record = self.journal.same_request_since(request.fingerprint(), since)
+        record = self.journal.same_request_since(request.fingerprint(), since, owner)
         if record is None or (record.status == "failed" and record.error_code != UnknownOutcome.code):
             return None
         return record
 
     def reserve(
-        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool
+        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool,
+        owner: str,
     ) -> tuple[TaskRecord, bool]:
-        """Journal a new task for ``request``, or return the identical recent one (``True``).
+        """Journal a new task of ``owner``'s for ``request``, or return their identical recent one (``True``).
 
         Deliberately synchronous: the duplicate check, the cost check and the journal write
         happen with no await between them, so two concurrent calls can neither both pay for
@@ -192,11 +209,12 @@ class TaskService:
         Raises:
             BudgetExceeded: see :meth:`check_cost`.
         """
-        if not force_new and (existing := self.find_duplicate(request)) is not None:
+        if not force_new and (existing := self.find_duplicate(request, owner)) is not None:
             return existing, True
-        estimate = self.check_cost(request, max_cost_usd)
+        estimate = self.check_cost(request, max_cost_usd, owner=owner)
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
+            owner=owner,
             provider=request.provider,
             mode=request.mode,
             kind=request.kind,
@@ -234,6 +252,7 @@ class TaskService:
         record.watched_since = utcnow()
         self.journal.save(record)
         self.watcher.watch(record.task_id)
+        log.info("task %s (user %s): submitted to %s", record.task_id, record.owner, record.provider)
         return record
 
     @staticmethod
@@ -248,9 +267,14 @@ class TaskService:
 
     # -- checking ---------------------------------------------------------------------
 
-    def get(self, task_id: str) -> TaskRecord:
-        """The journaled task (by our id or the provider's). Raises :class:`NotFound`."""
-        record = self.journal.get(task_id)
+    def get(self, task_id: str, owner: str | None = None) -> TaskRecord:
+        """The journaled task (by our id or the provider's), of ``owner`` unless ``None``
+        (the server's own bookkeeping, or a task already found for its owner).
+
+        Raises:
+            NotFound: no such task of ``owner``'s: the same words whether or not another has one.
+        """
+        record = self.journal.get(task_id, owner)
         if record is None:
             raise NotFound(
                 f"No task {task_id!r} in this server's journal. If it was submitted elsewhere, "
@@ -258,8 +282,8 @@ class TaskService:
             )
         return record
 
-    async def check(self, task_ids: list[str]) -> list[TaskRecord]:
-        """The tasks' current records, after one fresh poll of each unfinished one.
+    async def check(self, task_ids: list[str], *, owner: str) -> list[TaskRecord]:
+        """``owner``'s tasks' current records, after one fresh poll of each unfinished one.
 
         All are polled together, within :data:`FRESH_NEWS_SECONDS` in all. A task the server
         gave up on (``gave_up``) is watched again; a submit cut off by a crash is settled as an
@@ -269,7 +293,7 @@ class TaskService:
             NotFound: an id is in neither the journal nor, as a provider task id, any record.
         """
         pending = []
-        for record in [self.get(task_id) for task_id in task_ids]:
+        for record in [self.get(task_id, owner) for task_id in task_ids]:
             if record.provider_task_id is None:
                 if record.status != "failed" and record.created_at < utcnow() - ORPHAN_AFTER:
                     self._settle_orphan(record)
@@ -292,19 +316,31 @@ class TaskService:
         advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
         self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
 
-    async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode) -> TaskRecord:
-        """Start tracking a task submitted elsewhere, from its provider task id.
+    async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode, *, owner: str) -> TaskRecord:
+        """Start tracking a task submitted elsewhere, from its provider task id, as ``owner``'s.
 
         Raises:
-            NotFound: the provider does not know the task.
+            NotFound: the provider does not know the task, or it is another owner's task here
+                (same words, and the provider is asked all the same, so not even the time differs).
         """
-        if existing := self.journal.find_provider_task(provider, provider_task_id):
-            return (await self.check([existing.task_id]))[0]
+        existing = self.journal.find_provider_task(provider, provider_task_id)
+        if existing is not None and existing.owner == owner:
+            return (await self.check([existing.task_id], owner=owner))[0]
         adapter = await self.providers.get(provider)
-        update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
+        not_found = NotFound(
+            f"No task {provider_task_id!r} among your tasks, and {adapter.label} does not know it under that "
+            "id for this mode. Check the task id, provider and mode."
+        )
+        try:
+            update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
+        except NotFound as exc:
+            raise not_found from exc
+        if existing is not None:
+            raise not_found
         request = GenerationRequest(provider=provider, mode=mode, kind="t2v")
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
+            owner=owner,
             provider=provider,
             mode=mode,
             kind="t2v",
@@ -318,7 +354,8 @@ class TaskService:
         self._apply(record, update)
         record.watched_since = utcnow()
         self.journal.save(record)
-        return (await self.check([record.task_id]))[0]
+        log.info("task %s (user %s): adopted %s task %s", record.task_id, owner, provider, provider_task_id)
+        return (await self.check([record.task_id], owner=owner))[0]
 
     # -- the watcher's side -----------------------------------------------------------
 
@@ -407,7 +444,7 @@ class TaskService:
         try:
             lock.acquire()
         except FileLockTimeout:
-            log.info("task %s: another server process is downloading the clip", record.task_id)
+            log.info("task %s (user %s): another server process is downloading the clip", record.task_id, record.owner)
             return
         try:
             if self.get(record.task_id).delivered:
@@ -420,7 +457,9 @@ class TaskService:
             self.journal.save(record)
         finally:
             lock.release()
-        log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
+        log.info(
+            "task %s (user %s): clip saved to %s (%d bytes)", record.task_id, record.owner, result.path, result.size_bytes
+        )
         companions = await anyio.to_thread.run_sync(make_companions, result.path, limiter=self._decoders)
         record.clip_facts = companions.facts
         record.contact_sheet_path = str(companions.contact_sheet) if companions.contact_sheet else None
@@ -430,7 +469,8 @@ class TaskService:
         self.journal.save(record)
 
     async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
-        destination = Path(self.settings.output_dir) / clip_filename(record)
+        # Each owner's clips in their own folder, so no file name there carries another's prompt.
+        destination = Path(self.settings.output_dir) / owner_folder(record.owner) / clip_filename(record)
         if destination.is_file() and not destination.with_name(destination.name + ".part").exists():
             # Renamed into place (so complete and verified) before a crash kept it off the journal.
             return await anyio.to_thread.run_sync(adopt, destination)
