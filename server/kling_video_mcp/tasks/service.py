@@ -48,6 +48,7 @@ ORPHAN_AFTER = timedelta(minutes=10)
 answers within ``request_deadline`` plus its 429 retries)."""
 COMPANION_DECODERS = 2
 """Clips probed and previewed at once: each decode holds frames in memory (benchmark figure 4)."""
+PERIOD_ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
 FRESH_NEWS_SECONDS = 5.0
 """How long ``check`` waits for the watcher's next poll when asked for fresh news."""
 
@@ -177,7 +178,7 @@ class TaskService:
                 continue
             left = round(budget - self.spent(spender), 2)
             if estimate > left:
-                period = f"${budget:.2f} {self.settings.budget_period}ly"
+                period = f"${budget:.2f} {PERIOD_ADJECTIVES[self.settings.budget_period]}"
                 raise BudgetExceeded(
                     f"This request is estimated at ${estimate:.2f} but only ${max(left, 0):.2f} of "
                     f"{name.format(period)} is left; nothing was sent."
