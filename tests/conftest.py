@@ -8,6 +8,7 @@ the 2025-11-25 initialize handshake that Claude Desktop speaks).
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mcp import Client
 from kling_video_mcp.config import Settings
 from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
 from kling_video_mcp.surface.server import build_server
+from pg_server import fresh_database, postgres_server
 
 EMULATOR_TIME_SCALE = 0.05
 """Emulator clock: a default render (1 s queue + 3 s run) takes 0.2 s."""
@@ -68,6 +70,22 @@ def make_settings(tmp_path: Path, emulator: EmulatorServer, **overrides: object)
 @pytest.fixture
 def settings(tmp_path: Path, emulator: EmulatorServer) -> Settings:
     return make_settings(tmp_path, emulator)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server of the suite's own, started on first use and stopped at the end."""
+    with postgres_server() as url:
+        yield url
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def database_url(postgres: str) -> str:
+    """``KLING_MCP_DATABASE_URL`` of a new, empty database on the suite's server."""
+    return fresh_database(postgres, f"test_{next(_databases)}")
 
 
 @pytest.fixture(params=["auto", "legacy"])

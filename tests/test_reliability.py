@@ -296,16 +296,16 @@ async def test_a_submit_cut_off_by_a_crash_is_settled_as_unknown(tmp_path, emula
     from datetime import timedelta
 
     from kling_video_mcp.models import GenerationRequest, TaskRecord, utcnow
-    from kling_video_mcp.tasks.journal import Journal
+    from kling_video_mcp.journal.sqlite import SqliteJournal
 
     settings = make_settings(tmp_path, emulator)
-    journal = Journal(settings.journal_path)
+    journal = SqliteJournal(settings.journal_path)
     request = GenerationRequest(provider="novita", mode="4k", kind="t2v", prompt="lost in flight")
-    journal.save(TaskRecord(
+    await journal.save(TaskRecord(
         task_id="f" * 32, provider="novita", mode="4k", kind="t2v", endpoint="kling-v3.0-4k-t2v", request=request,
         fingerprint=request.fingerprint(), estimated_cost_usd=2.10, created_at=utcnow() - timedelta(hours=1),
     ))  # fmt: skip
-    journal.close()
+    await journal.aclose()
     async with Client(build_server(settings)) as client:
         checked = await client.call_tool("check_task", {"task_id": "f" * 32})
     error = checked.structured_content["error"]

@@ -11,7 +11,7 @@ from conftest import EMULATOR_TIME_SCALE, POLL_TIME_SCALE
 from helpers import clip_duration, clip_size, wait_done
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.server import build_server
-from kling_video_mcp.tasks.journal import Journal
+from kling_video_mcp.journal.sqlite import SqliteJournal
 
 pytestmark = pytest.mark.anyio
 
@@ -51,12 +51,12 @@ async def test_restart_mid_download_fetches_a_fresh_link(keyless_settings):
 
     # Make the journal look as if that server stopped mid-download: the clip is not on disk and
     # its link points at that server's embedded emulator, which is gone now.
-    journal = Journal(keyless_settings.journal_path)
-    record = journal.get(task_id)
+    journal = SqliteJournal(keyless_settings.journal_path)
+    record = await journal.get(task_id)
     Path(record.file_path).unlink()
     record.file_path = None
-    journal.save(record)
-    journal.close()
+    await journal.save(record)
+    await journal.aclose()
 
     async with Client(build_server(keyless_settings)) as client:
         again = await wait_done(client, task_id)

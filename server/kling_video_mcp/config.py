@@ -10,6 +10,10 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_MODE``          default mode: ``std``, ``pro`` or ``4k`` (default ``4k``).
 ``KLING_MCP_OUTPUT_DIR``    where finished clips land (default: ``<videos>/kling-video-mcp``).
 ``KLING_MCP_STATE_DIR``     where the server keeps its own files (journal, sandbox state).
+``KLING_MCP_DATABASE_URL``  ``postgresql://…``: keep the journal in PostgreSQL (several workers);
+                            unset: an SQLite file in ``KLING_MCP_STATE_DIR``.
+``KLING_MCP_WEBHOOKS``      ``off`` stops asking providers for webhooks (default: on when
+                            ``KLING_MCP_PUBLIC_URL`` is set).
 ``KLING_MCP_MAX_COST_USD``  refuse any single request estimated above this (default: no cap).
 ``KLING_MCP_BUDGET_USD``    each user's budget: refuse their new work once their period's estimated spend would pass this.
 ``KLING_MCP_TOTAL_BUDGET_USD`` the whole server's budget per period, all users together.
@@ -73,6 +77,13 @@ class Settings(BaseSettings):
         validation_alias=_env("KLING_MCP_STATE_DIR"),
     )
 
+    database_url: SecretStr | None = Field(None, validation_alias=_env("KLING_MCP_DATABASE_URL"))
+    """``postgresql://user:password@host:port/db``: the journal lives there (it may hold a
+    password, hence secret); unset: SQLite in ``state_dir``."""
+    lease_seconds: float = Field(15.0, gt=0)
+    """How long a worker's lease on a task lasts unless renewed (renewed every third of it):
+    a worker killed with ``kill -9`` loses its tasks to another this long after, at most."""
+
     max_cost_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_MAX_COST_USD"))
     budget_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_BUDGET_USD"))
     total_budget_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_TOTAL_BUDGET_USD"))
@@ -126,6 +137,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, validation_alias=_env("KLING_MCP_PUBLIC_URL"))
     """Base URL clients reach this server at (``https://host[:port][/prefix]``); clip links
     are ``<public_url>/clips/<file>``. Unset: ``http://<host>:<port>`` of the bind."""
+    webhooks: bool = Field(True, validation_alias=_env("KLING_MCP_WEBHOOKS"))
+    """With ``public_url`` set, each submit asks the provider to call
+    ``<public_url>/webhooks/<token>`` when the task ends; ``off`` (``false``) stops that."""
     image_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, validation_alias=_env("KLING_MCP_IMAGE_DIRS")
     )
@@ -145,6 +159,16 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         # An empty KLING_MCP_HTTP_TOKEN= must not become a token that an empty header matches.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not text.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL: postgresql://user:password@host:port/database")
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -206,6 +230,11 @@ class Settings(BaseSettings):
             "highway": self.highway_base_url,
             "wavespeed": self.wavespeed_base_url,
         }[provider]
+
+    @property
+    def webhook_base_url(self) -> str | None:
+        """Where providers send webhooks (``<public_url>/webhooks``), or ``None`` when off."""
+        return f"{self.public_url}/webhooks" if self.public_url and self.webhooks else None
 
     @property
     def journal_path(self) -> Path:

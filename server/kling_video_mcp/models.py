@@ -147,6 +147,14 @@ class TaskRecord(BaseModel):
     """``True`` when *we* stopped watching (ceiling, lost key, unreachable provider) rather than
     the provider failing the task: checking it again resumes watching."""
     notes: list[str] = Field(default_factory=list)
+    webhook_token_sha256: str | None = None
+    """Digest of the token in the webhook URL the provider was given (the token itself is
+    kept nowhere); ``None`` when no webhook was asked for."""
+
+    @property
+    def webhook_expected(self) -> bool:
+        """The provider was asked to call us when the task ends."""
+        return self.webhook_token_sha256 is not None
 
     @property
     def is_terminal(self) -> bool:

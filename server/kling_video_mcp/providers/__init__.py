@@ -6,6 +6,7 @@ adapter, so requests are checked before anything is sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -14,6 +15,7 @@ import httpx2
 from kling_video_mcp.config import REAL_PROVIDERS, ProviderName, Settings
 from kling_video_mcp.errors import AuthError
 from kling_video_mcp.providers.base import KEY_ENV, LABELS, EndpointRules, ProviderAdapter, RulesTable, Submitted
+from kling_video_mcp.providers.http import Gate
 from kling_video_mcp.providers.novita_family import HIGHWAY_RULES, NOVITA_RULES, NovitaFamilyAdapter
 from kling_video_mcp.providers.sandbox import SandboxAdapter, sandbox_emulator
 from kling_video_mcp.providers.wavespeed import WAVESPEED_RULES, WaveSpeedAdapter
@@ -31,11 +33,21 @@ RULES: dict[ProviderName, RulesTable] = {
 }
 
 class Providers:
-    """Builds each adapter on first use and keeps it; starts the sandbox emulator lazily."""
+    """Builds each adapter on first use and keeps it; starts the sandbox emulator lazily.
 
-    def __init__(self, settings: Settings, client: httpx2.AsyncClient) -> None:
+    ``shared_gate(provider, rate)`` gives the gate that paces a provider's requests for every
+    worker together, or ``None`` (the default) for the adapter's own.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx2.AsyncClient,
+        shared_gate: Callable[[str, float], Gate | None] | None = None,
+    ) -> None:
         self._settings = settings
         self._client = client
+        self._shared_gate = shared_gate
         self._adapters: dict[ProviderName, ProviderAdapter] = {}
         self._emulator: EmulatorServer | None = None
         self._lock = anyio.Lock()
@@ -53,7 +65,10 @@ class Providers:
         self.require_key(name)
         async with self._lock:
             if name not in self._adapters:
-                self._adapters[name] = await self._build(name)
+                adapter = await self._build(name)
+                if self._shared_gate and (gate := self._shared_gate(name, self._settings.provider_rate_limit)):
+                    adapter.share_rate_gate(gate)
+                self._adapters[name] = adapter
         return self._adapters[name]
 
     async def _build(self, name: ProviderName) -> ProviderAdapter:

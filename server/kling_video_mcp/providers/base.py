@@ -20,7 +20,7 @@ import httpx2
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import KlingError
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate
-from kling_video_mcp.providers.http import ProviderHTTP
+from kling_video_mcp.providers.http import Gate, ProviderHTTP
 
 MultiPromptForm = Literal["shots", "prompts"]
 """``shots``: ``[{prompt, duration}]``; ``prompts``: ``[str]`` (shot durations are not sent)."""
@@ -103,6 +103,10 @@ class ProviderAdapter(ABC):
         classify = partial(self._classify, provider=self.label, key_env=KEY_ENV[self.name])
         return ProviderHTTP(client, base_url or settings.base_url(self.name), api_key, classify, settings)
 
+    def share_rate_gate(self, gate: Gate) -> None:
+        """Pace this adapter's requests with ``gate``: the provider limits the key, not the worker."""
+        self._http.gate = gate
+
     def rules(self, kind: Kind, mode: Mode) -> EndpointRules:
         """What the endpoint for ``kind`` and ``mode`` accepts (from the provider's API pages)."""
         return self.rules_table[(kind, mode)]
@@ -117,8 +121,11 @@ class ProviderAdapter(ABC):
         return per_clip * max(1.0, request.duration / 5)
 
     @abstractmethod
-    async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> Submitted:
-        """Create a task. ``images`` maps ``image``/``end_image`` to checked sources.
+    async def submit(
+        self, request: GenerationRequest, images: dict[str, ImageSource], *, webhook_url: str | None = None
+    ) -> Submitted:
+        """Create a task. ``images`` maps ``image``/``end_image`` to checked sources; with
+        ``webhook_url``, the provider is asked to POST there when the task ends.
 
         Raises:
             KlingError: a subclass saying what went wrong; :class:`UnknownOutcome` when the

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -55,6 +55,14 @@ def make_client(settings: Settings) -> httpx2.AsyncClient:
         headers={"User-Agent": f"kling-video-mcp/{__version__}"},
         limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20),
     )
+
+
+class Gate(Protocol):
+    """Anything that spaces requests: :class:`RateGate` in one process, or a journal's gate
+    shared by every worker (:meth:`kling_video_mcp.journal.Journal.rate_gate`)."""
+
+    async def wait(self) -> None:
+        """Return when the next request may go."""
 
 
 class RateGate:
@@ -140,7 +148,8 @@ class ProviderHTTP:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._classify = classify
         self._settings = settings
-        self._gate = RateGate(settings.provider_rate_limit)
+        self.gate: Gate = RateGate(settings.provider_rate_limit)
+        """Paces every request; replaced by a shared gate when several workers share the key."""
 
     async def submit(self, path: str, **kwargs: Any) -> httpx2.Response:
         """POST that creates something billable. Retried only while the answer is 429.
@@ -171,7 +180,7 @@ class ProviderHTTP:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _send(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
-        await self._gate.wait()
+        await self.gate.wait()
         with anyio.fail_after(self._settings.request_deadline):
             return await self._client.request(
                 method, self._base_url + path, headers=self._headers, **kwargs

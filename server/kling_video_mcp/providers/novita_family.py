@@ -116,9 +116,16 @@ class NovitaFamilyAdapter(ProviderAdapter):
             )
         return body
 
-    async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> Submitted:
+    async def submit(
+        self, request: GenerationRequest, images: dict[str, ImageSource], *, webhook_url: str | None = None
+    ) -> Submitted:
         endpoint = self.endpoint(request.kind, request.mode)
-        response = await self._http.submit(f"/v3/async/{endpoint}", json=self.body(request, images))
+        body = self.body(request, images)
+        if webhook_url:
+            # providers.md §1.5 (Novita's generic V3 async webhook; HighwayAPI is Novita-compatible).
+            # Whether Kling v3.0 routes honour it is unconfirmed (§10): the watcher's safety-net polls cover that.
+            body["extra"] = {"webhook": {"url": webhook_url}}
+        response = await self._http.submit(f"/v3/async/{endpoint}", json=body)
         task_id = json_body(response).get("task_id")
         if not task_id:
             raise UnknownOutcome(f"{self.label} accepted the submit but its answer carried no task_id.")

@@ -108,9 +108,15 @@ class WaveSpeedAdapter(ProviderAdapter):
             body["element_list"] = [{"element_id": element} for element in request.element_list]
         return body
 
-    async def submit(self, request: GenerationRequest, images: dict[str, ImageSource]) -> Submitted:
+    async def submit(
+        self, request: GenerationRequest, images: dict[str, ImageSource], *, webhook_url: str | None = None
+    ) -> Submitted:
         body = await self.body(request, images)
-        response = await self._http.submit(f"/api/v3/{self.endpoint(request.kind, request.mode)}", json=body)
+        # providers.md §3.8: the webhook goes in a query parameter.
+        params = {"webhook": webhook_url} if webhook_url else None
+        response = await self._http.submit(
+            f"/api/v3/{self.endpoint(request.kind, request.mode)}", json=body, params=params
+        )
         task_id = (json_body(response).get("data") or {}).get("id")
         if not task_id:
             raise UnknownOutcome(f"{self.label} accepted the submit but its answer carried no task id.")

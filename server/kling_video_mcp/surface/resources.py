@@ -18,8 +18,8 @@ CLIP_RESOURCE = "kling-video://clips/{task_id}"
 def register_resources(mcp: MCPServer[AppState]) -> None:
     """The task record and the clip itself, as resource templates (the caller's own tasks only)."""
 
-    def delivered(ctx: Context, task_id: str) -> TaskRecord:
-        record = app_state(ctx).service.journal.get(task_id, caller_owner(ctx))
+    async def delivered(ctx: Context, task_id: str) -> TaskRecord:
+        record = await app_state(ctx).service.journal.get(task_id, caller_owner(ctx))
         if record is None:
             raise ResourceNotFoundError(f"No task {task_id!r} in the journal.")
         return record
@@ -27,13 +27,13 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
     @mcp.resource(TASK_RESOURCE, name="task", title="Video task record", mime_type="application/json",
                   description="The task's record as JSON: status, parameters, cost, file paths, clip facts.")  # fmt: skip
     async def task_record(task_id: str, ctx: Context) -> str:
-        return task_report(app_state(ctx), delivered(ctx, task_id)).model_dump_json(indent=2)
+        return task_report(app_state(ctx), await delivered(ctx, task_id)).model_dump_json(indent=2)
 
     @mcp.resource(CLIP_RESOURCE, name="clip", title="Finished clip", mime_type="video/mp4",
                   description="The finished clip's bytes (video/mp4), for clips under the size cap.")  # fmt: skip
     async def clip(task_id: str, ctx: Context) -> bytes:
         state = app_state(ctx)
-        record = delivered(ctx, task_id)
+        record = await delivered(ctx, task_id)
         if not record.delivered or record.file_path is None:
             raise ResourceNotFoundError(f"Task {task_id!r} has no finished clip (status {public_status(record)}).")
         path = anyio.Path(record.file_path)

@@ -6,10 +6,8 @@ the journaled record with :mod:`kling_video_mcp.surface.results`.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any
 
-import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ToolAnnotations
 
@@ -76,12 +74,11 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     fields = {name: value for name, value in parameters.items() if name in GenerationRequest.model_fields}
     request = GenerationRequest(kind=kind, **fields)
     try:
-        # Reading and decoding a local image (up to 10 MB) blocks: keep it off the event loop.
-        images = await anyio.to_thread.run_sync(partial(service.prepare, request, owner=owner, image_dirs=state.image_dirs))
+        images = await service.prepare(request, owner=owner, image_dirs=state.image_dirs)
         if parameters["dry_run"]:
-            return dry_run_result(request, service.check_cost(request, parameters["max_cost_usd"], owner=owner))
+            return dry_run_result(request, await service.check_cost(request, parameters["max_cost_usd"], owner=owner))
         adapter = await service.providers.get(request.provider)
-        record, reused = service.reserve(
+        record, reused = await service.reserve(
             request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"], owner=owner
         )
         if reused:
@@ -91,7 +88,7 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
         return error_result(exc)
     if parameters["wait_seconds"]:
         await wait_reporting(ctx, service, [record.task_id], parameters["wait_seconds"])
-        record = service.get(record.task_id)
+        record = await service.get(record.task_id)
     return task_result(task_report(state, record))
 
 
@@ -99,7 +96,7 @@ async def _check(
     state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode, owner: str
 ) -> list[TaskRecord]:
     """``owner``'s tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
-    if provider is not None and len(task_ids) == 1 and state.service.journal.get(task_ids[0], owner) is None:
+    if provider is not None and len(task_ids) == 1 and await state.service.journal.get(task_ids[0], owner) is None:
         return [await state.service.recover(task_ids[0], provider, mode, owner=owner)]
     return await state.service.check(task_ids, owner=owner)
 
@@ -171,7 +168,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(exc)
         if wait_seconds:
             await wait_reporting(ctx, state.service, [record.task_id for record in records], wait_seconds)
-            records = [state.service.get(record.task_id) for record in records]
+            records = [await state.service.get(record.task_id) for record in records]
         rows = [task_report(state, record) for record in records]
         return task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
 
@@ -179,7 +176,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
         # Filter on the status people see: a finished render still downloading shows as running.
-        records = state.service.journal.recent(
+        records = await state.service.journal.recent(
             None, limit if status is None else LIST_SCAN_LIMIT, owner=caller_owner(ctx)
         )
         rows = [task_report(state, record) for record in records if status in (None, public_status(record))][:limit]

@@ -13,10 +13,14 @@ like one that does not exist. Duplicates and budgets are counted per owner as we
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -28,12 +32,12 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import BudgetExceeded, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
+from kling_video_mcp.journal import Journal, open_journal, token_digest
 from kling_video_mcp.models import LOCAL_OWNER, GenerationRequest, ImageSource, ProviderUpdate, TaskRecord, utcnow
 from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.downloads import Downloaded, IncompleteDownload, UrlExpired, adopt, download
 from kling_video_mcp.tasks.images import frame_image, resolve_image
-from kling_video_mcp.tasks.journal import Journal
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.media import make_companions
 from kling_video_mcp.tasks.owners import owner_folder
@@ -58,6 +62,8 @@ class TaskService:
 
     def __init__(self, settings: Settings, journal: Journal, providers: Providers, client: httpx2.AsyncClient) -> None:
         self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This worker's name on the leases it holds (host, process id, and a nonce for this run)."""
         self.journal = journal
         self.providers = providers
         self._client = client
@@ -68,23 +74,30 @@ class TaskService:
     @asynccontextmanager
     async def running(cls, settings: Settings, client: httpx2.AsyncClient) -> AsyncIterator[TaskService]:
         """A service whose watcher runs for the life of the context; resumes unfinished tasks."""
-        journal = Journal(settings.journal_path)
-        providers = Providers(settings, client)
-        service = cls(settings, journal, providers, client)
-        try:
-            async with anyio.create_task_group() as task_group:
-                service._watcher = Watcher(task_group, service, ceiling=settings.task_ceiling_seconds)
-                for record in journal.orphaned_submits(utcnow() - ORPHAN_AFTER):
-                    service._settle_orphan(record)
-                for record in journal.unfinished():
-                    record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
-                    journal.save(record)
-                    service._watcher.watch(record.task_id)
-                yield service
-                task_group.cancel_scope.cancel()
-        finally:
-            await providers.aclose()
-            journal.close()
+        async with open_journal(settings) as journal:
+            providers = Providers(settings, client, shared_gate=journal.rate_gate)
+            service = cls(settings, journal, providers, client)
+            try:
+                async with anyio.create_task_group() as task_group:
+                    watcher = Watcher(
+                        task_group, service, journal,
+                        ceiling=settings.task_ceiling_seconds, owner=service.owner, lease_seconds=settings.lease_seconds,
+                    )  # fmt: skip
+                    service._watcher = watcher
+                    for record in await journal.orphaned_submits(utcnow() - ORPHAN_AFTER):
+                        await service._settle_orphan(record)
+                    if journal.shared:
+                        # Workers share the tasks: each takes those nobody holds, now and as leases lapse.
+                        task_group.start_soon(watcher.keep_leases, name="leases")
+                    else:
+                        for record in await journal.unfinished():
+                            record.watched_since = utcnow()  # the ceiling counts from now, not from a past run
+                            await journal.save(record)
+                            await watcher.watch(record.task_id)
+                    yield service
+                    task_group.cancel_scope.cancel()
+            finally:
+                await providers.aclose()
 
     @property
     def watcher(self) -> Watcher:
@@ -93,13 +106,14 @@ class TaskService:
 
     # -- submitting -------------------------------------------------------------------
 
-    def prepare(
+    async def prepare(
         self, request: GenerationRequest, *, owner: str, image_dirs: Sequence[Path] | None = None
     ) -> dict[str, ImageSource]:
         """Check everything that can be checked without sending anything; returns the images.
 
         ``image_dirs`` limits local image files to those folders (see :func:`resolve_image`);
         ``task:<id>`` references name ``owner``'s tasks only.
+        Images are read and decoded in a worker thread (up to 10 MB each), off the event loop.
 
         Raises:
             InvalidRequest: a rule is broken (field and rule named).
@@ -108,21 +122,21 @@ class TaskService:
         validation.check(request)
         self.providers.require_key(request.provider)
         references = {"image": request.image, "end_image": request.end_image}
-        return {field: self._image(field, ref, image_dirs, owner) for field, ref in references.items() if ref}
+        return {field: await self._image(field, ref, image_dirs, owner) for field, ref in references.items() if ref}
 
-    def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None, owner: str) -> ImageSource:
+    async def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None, owner: str) -> ImageSource:
         """Resolve an image reference; ``task:<id>`` (or ``task:<id>#last_frame``) is an earlier clip's last frame."""
         if not reference.startswith(TASK_REFERENCE):
-            return resolve_image(field, reference, allowed_dirs=image_dirs)
+            return await anyio.to_thread.run_sync(partial(resolve_image, field, reference, allowed_dirs=image_dirs))
         task_id, _, part = reference.removeprefix(TASK_REFERENCE).partition("#")
         if part not in ("", "last_frame"):
             raise InvalidRequest(f"{field}: {reference!r} names #{part}; only #last_frame is available.")
-        record = self.journal.get(task_id, owner)
+        record = await self.journal.get(task_id, owner)
         if record is None or not record.delivered or not record.last_frame_path:
             state = "unknown" if record is None else "not finished with a clip and its last frame yet"
             raise InvalidRequest(f"{field}: task {task_id!r} is {state}; chain from a task whose clip succeeded.")
         # The last frame is the server's own file, so it is allowed whatever image_dirs says.
-        return frame_image(field, Path(record.last_frame_path))
+        return await anyio.to_thread.run_sync(frame_image, field, Path(record.last_frame_path))
 
     def estimate(self, request: GenerationRequest) -> float:
         """Estimated cost in USD (see :mod:`kling_video_mcp.pricing`)."""
@@ -138,7 +152,7 @@ class TaskService:
             return day.replace(day=1)
         return day
 
-    def spent(self, owner: str | None) -> float:
+    async def spent(self, owner: str | None) -> float:
         """Estimated USD committed in the current budget period by ``owner`` (``None``: everyone).
 
         Every task counts except those the provider itself failed (failed renders are not
@@ -147,13 +161,13 @@ class TaskService:
         return round(
             sum(
                 record.estimated_cost_usd or 0.0
-                for record in self.journal.created_since(self.period_start(), owner)
+                for record in await self.journal.created_since(self.period_start(), owner)
                 if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error"))
             ),
             2,
         )
 
-    def check_cost(self, request: GenerationRequest, max_cost_usd: float | None, *, owner: str) -> float:
+    async def check_cost(self, request: GenerationRequest, max_cost_usd: float | None, *, owner: str) -> float:
         """The request's estimate, if it fits the per-request cap and the budgets.
 
         Raises:
@@ -176,7 +190,7 @@ class TaskService:
         for budget, spender, name in budgets:
             if budget is None:
                 continue
-            left = round(budget - self.spent(spender), 2)
+            left = round(budget - await self.spent(spender), 2)
             if estimate > left:
                 period = f"${budget:.2f} {PERIOD_ADJECTIVES[self.settings.budget_period]}"
                 raise BudgetExceeded(
@@ -185,34 +199,42 @@ class TaskService:
                 )
         return estimate
 
-    def find_duplicate(self, request: GenerationRequest, owner: str) -> TaskRecord | None:
+    async def find_duplicate(self, request: GenerationRequest, owner: str) -> TaskRecord | None:
         """``owner``'s task from an identical request within the idempotency window that may still pay off.
 
         A task the provider failed is not a duplicate; one with an unknown outcome is (it may
         be running and billed).
         """
         since = utcnow() - timedelta(seconds=self.settings.idempotency_window_seconds)
-        record = self.journal.same_request_since(request.fingerprint(), since, owner)
+        record = await self.journal.same_request_since(request.fingerprint(), since, owner)
         if record is None or (record.status == "failed" and record.error_code != UnknownOutcome.code):
             return None
         return record
 
-    def reserve(
+    async def reserve(
         self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool,
         owner: str,
     ) -> tuple[TaskRecord, bool]:
         """Journal a new task of ``owner``'s for ``request``, or return their identical recent one (``True``).
 
-        Deliberately synchronous: the duplicate check, the cost check and the journal write
-        happen with no await between them, so two concurrent calls can neither both pay for
-        the same request nor both fit into the last of the budget.
+        The duplicate check, the cost check and the journal write happen inside one
+        critical section of the journal, held by one submit at a time on every worker, so
+        two concurrent calls (on one worker or several) can neither both pay for the same
+        request nor both fit into the last of the budget.
 
         Raises:
             BudgetExceeded: see :meth:`check_cost`.
         """
-        if not force_new and (existing := self.find_duplicate(request, owner)) is not None:
+        async with self.journal.exclusive("submit"):
+            return await self._reserve(request, adapter, max_cost_usd=max_cost_usd, force_new=force_new, owner=owner)
+
+    async def _reserve(
+        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool,
+        owner: str,
+    ) -> tuple[TaskRecord, bool]:
+        if not force_new and (existing := await self.find_duplicate(request, owner)) is not None:
             return existing, True
-        estimate = self.check_cost(request, max_cost_usd, owner=owner)
+        estimate = await self.check_cost(request, max_cost_usd, owner=owner)
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
             owner=owner,
@@ -224,7 +246,7 @@ class TaskService:
             fingerprint=request.fingerprint(),
             estimated_cost_usd=estimate,
         )
-        return self.journal.save(record), False
+        return await self.journal.save(record), False
 
     async def send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
         """Submit a reserved task to its provider and start watching it.
@@ -233,28 +255,43 @@ class TaskService:
             UnknownOutcome: the provider may have created a task; the record keeps the error.
             KlingError: the provider refused (nothing was created; the record is removed).
         """
+        webhook_url = await self._webhook_url(record)
         try:
-            submitted = await adapter.submit(record.request, images)
+            submitted = await adapter.submit(record.request, images, webhook_url=webhook_url)
         except UnknownOutcome as exc:
             error = UnknownOutcome(self._unknown_outcome_advice(exc.message, record), task_id=record.task_id)
-            self.record_error(record.task_id, error, final=True)
+            await self.record_error(record.task_id, error, final=True)
             raise error from exc
         except KlingError:
-            self.journal.delete(record.task_id)
+            await self.journal.delete(record.task_id)
             raise
         except BaseException:
             # Cancelled or crashed mid-submit: it may have been sent, and the record says so.
             advice = self._unknown_outcome_advice("The submit was interrupted before an answer came.", record)
-            self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
+            with anyio.CancelScope(shield=True):
+                await self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
             raise
         record.provider_task_id = submitted.provider_task_id
         record.provider_requests += 1
         record.notes.extend(submitted.notes)
         record.watched_since = utcnow()
-        self.journal.save(record)
-        self.watcher.watch(record.task_id)
+        await self.journal.save(record)
+        await self.watcher.watch(record.task_id)
         log.info("task %s (user %s): submitted to %s", record.task_id, record.owner, record.provider)
         return record
+
+    async def _webhook_url(self, record: TaskRecord) -> str | None:
+        """A fresh webhook URL for ``record`` when webhooks are on, its token's digest journaled first.
+
+        The token (256 random bits) is the URL's only credential: the journal keeps its sha256,
+        so the receiver can find the task, and nothing keeps or logs the token itself.
+        """
+        if (base := self.settings.webhook_base_url) is None:
+            return None
+        token = secrets.token_urlsafe(32)
+        record.webhook_token_sha256 = token_digest(token)
+        await self.journal.save(record)  # before the submit: the provider may call back at once
+        return f"{base}/{token}"
 
     @staticmethod
     def _unknown_outcome_advice(what_happened: str, record: TaskRecord) -> str:
@@ -268,14 +305,14 @@ class TaskService:
 
     # -- checking ---------------------------------------------------------------------
 
-    def get(self, task_id: str, owner: str | None = None) -> TaskRecord:
+    async def get(self, task_id: str, owner: str | None = None) -> TaskRecord:
         """The journaled task (by our id or the provider's), of ``owner`` unless ``None``
         (the server's own bookkeeping, or a task already found for its owner).
 
         Raises:
             NotFound: no such task of ``owner``'s: the same words whether or not another has one.
         """
-        record = self.journal.get(task_id, owner)
+        record = await self.journal.get(task_id, owner)
         if record is None:
             raise NotFound(
                 f"No task {task_id!r} in this server's journal. If it was submitted elsewhere, "
@@ -286,36 +323,49 @@ class TaskService:
     async def check(self, task_ids: list[str], *, owner: str) -> list[TaskRecord]:
         """``owner``'s tasks' current records, after one fresh poll of each unfinished one.
 
-        All are polled together, within :data:`FRESH_NEWS_SECONDS` in all. A task the server
-        gave up on (``gave_up``) is watched again; a submit cut off by a crash is settled as an
-        unknown outcome.
+        All are polled together, within :data:`FRESH_NEWS_SECONDS` in all, each by the worker
+        that holds its lease (this one, if nobody does). A task the server gave up on
+        (``gave_up``) is watched again; a submit cut off by a crash is settled as an unknown outcome.
 
         Raises:
             NotFound: an id is in neither the journal nor, as a provider task id, any record.
         """
         pending = []
-        for record in [self.get(task_id, owner) for task_id in task_ids]:
+        for record in [await self.get(task_id, owner) for task_id in task_ids]:
             if record.provider_task_id is None:
                 if record.status != "failed" and record.created_at < utcnow() - ORPHAN_AFTER:
-                    self._settle_orphan(record)
+                    await self._settle_orphan(record)
                 continue
             if record.gave_up:
                 record.gave_up = False
                 record.status = "running" if record.status == "failed" else record.status
                 record.error_code = record.error_message = None
                 record.watched_since = utcnow()
-                self.journal.save(record)
+                await self.journal.save(record)
             if not record.finished:
-                self.watcher.watch(record.task_id)
+                await self.watcher.watch(record.task_id)
                 pending.append(record.task_id)
         if pending:
             await self.watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
-        return [self.get(task_id) for task_id in task_ids]
+        return [await self.get(task_id) for task_id in task_ids]
 
-    def _settle_orphan(self, record: TaskRecord) -> None:
+    async def webhook(self, token: str) -> bool:
+        """A provider called the webhook URL carrying ``token``: the task's watcher polls it now.
+
+        Nothing in the call is trusted (anyone may post anything to a URL): the poll that
+        follows asks the provider itself. Returns ``False`` for a token no task has.
+        """
+        record = await self.journal.find_webhook(token)
+        if record is None:
+            return False
+        if not record.finished:
+            await self.watcher.nudge(record.task_id)
+        return True
+
+    async def _settle_orphan(self, record: TaskRecord) -> None:
         """A submit journaled but never answered (the process died): its outcome is unknown."""
         advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
-        self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
+        await self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
 
     async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode, *, owner: str) -> TaskRecord:
         """Start tracking a task submitted elsewhere, from its provider task id, as ``owner``'s.
@@ -324,7 +374,7 @@ class TaskService:
             NotFound: the provider does not know the task, or it is another owner's task here
                 (same words, and the provider is asked all the same, so not even the time differs).
         """
-        existing = self.journal.find_provider_task(provider, provider_task_id)
+        existing = await self.journal.find_provider_task(provider, provider_task_id)
         if existing is not None and existing.owner == owner:
             return (await self.check([existing.task_id], owner=owner))[0]
         adapter = await self.providers.get(provider)
@@ -354,7 +404,7 @@ class TaskService:
         )
         self._apply(record, update)
         record.watched_since = utcnow()
-        self.journal.save(record)
+        await self.journal.save(record)
         log.info("task %s (user %s): adopted %s task %s", record.task_id, owner, provider, provider_task_id)
         return (await self.check([record.task_id], owner=owner))[0]
 
@@ -369,44 +419,46 @@ class TaskService:
             min_interval=adapter.min_poll_interval * scale,
             max_interval=MAX_POLL_INTERVAL * scale,
             time_scale=scale,
+            webhook=record.webhook_expected,
         )
 
-    def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
+    async def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
         """Save ``error`` on the task: as its failure if ``final``, else as a passing note.
 
         A final error here is always the server giving up (the provider reports its own task
         failures through polls), so checking the task again resumes watching it, if there is a
         provider task to watch.
         """
-        record = self.get(task_id)
+        record = await self.get(task_id)
         if final:
             record.status = "failed"
             record.finished_at = utcnow()
             record.gave_up = record.provider_task_id is not None
         record.error_code = error.code
         record.error_message = error.message
-        return self.journal.save(record)
+        return await self.journal.save(record)
 
     async def step(self, task_id: str) -> TaskRecord:
         """Poll the provider once and, when the render is done, download the clip.
 
-        Only the task's own watch loop in this process calls this. Another server process on
-        the same journal (``--stateless`` workers) may move the task on meanwhile, so a poll's
-        news is saved only over the record it started from.
+        Only the task's own watch loop calls this, in the worker holding the task's lease.
+        Another server process on an embedded journal (``--stateless`` workers on one machine)
+        may move the task on meanwhile, so a poll's news is saved only over the record it
+        started from.
         """
-        record = self.get(task_id)
+        record = await self.get(task_id)
         adapter = await self.providers.get(record.provider)
         if record.status != "succeeded":
             assert record.provider_task_id is not None
             update = await adapter.fetch(record.provider_task_id, record.endpoint)
-            if self.get(task_id).updated_at != record.updated_at:
-                return self.get(task_id)  # moved on elsewhere meanwhile: its news is newer
+            if (latest := await self.get(task_id)).updated_at != record.updated_at:
+                return latest  # moved on elsewhere meanwhile: its news is newer
             record.provider_requests += 1
             self._apply(record, update)
-            self.journal.save(record)
+            await self.journal.save(record)
         if record.status == "succeeded" and not record.delivered:
             await self._deliver(record, adapter)
-        return self.get(task_id)
+        return await self.get(task_id)
 
     @staticmethod
     def _apply(record: TaskRecord, update: ProviderUpdate) -> None:
@@ -435,29 +487,46 @@ class TaskService:
                 "the provider may have deleted the clip.",
             )
         self._apply(record, update)
-        self.journal.save(record)
+        await self.journal.save(record)
+
+    @asynccontextmanager
+    async def _downloading(self, task_id: str) -> AsyncIterator[bool]:
+        """Whether this process may download the task's clip now, held for the download.
+
+        On a shared journal the task's lease is the right to download (only its holder
+        steps the task). On the embedded one, processes on one machine share the output
+        folder, and a lock file beside the journal keeps two of them off one clip.
+        """
+        if self.journal.shared:
+            yield await self.journal.take_lease(task_id, self.owner, self.settings.lease_seconds)
+            return
+        lock = FileLock(self.settings.state_dir / "locks" / f"{task_id}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except FileLockTimeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     async def _deliver(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
         """Download the clip, unless another server process on this state folder is already at it."""
         if not record.video_url:
             raise ProviderError(f"{adapter.label} reported success but gave no video URL.", retryable=True)
-        lock = FileLock(self.settings.state_dir / "locks" / f"{record.task_id}.lock", timeout=0)
-        try:
-            lock.acquire()
-        except FileLockTimeout:
-            log.info("task %s (user %s): another server process is downloading the clip", record.task_id, record.owner)
-            return
-        try:
-            if self.get(record.task_id).delivered:
+        async with self._downloading(record.task_id) as mine:
+            if not mine:
+                log.info("task %s (user %s): another server process is downloading the clip", record.task_id, record.owner)
+                return
+            if (await self.get(record.task_id)).delivered:
                 return  # another process finished it while we polled
             result = await self._download(record, adapter)
             # Journal the clip the moment it is in place: previews are extras, the clip is not.
             record.file_path = str(result.path)
             record.sha256 = result.sha256
             record.size_bytes = result.size_bytes
-            self.journal.save(record)
-        finally:
-            lock.release()
+            await self.journal.save(record)
         log.info(
             "task %s (user %s): clip saved to %s (%d bytes)", record.task_id, record.owner, result.path, result.size_bytes
         )
@@ -467,7 +536,7 @@ class TaskService:
         record.last_frame_path = str(companions.last_frame) if companions.last_frame else None
         record.warnings.extend(companions.warnings)
         record.sidecar_path = str(write_sidecar(record, result.path))
-        self.journal.save(record)
+        await self.journal.save(record)
 
     async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
         # Each owner's clips in their own folder, so no file name there carries another's prompt.

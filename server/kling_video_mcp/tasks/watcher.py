@@ -1,10 +1,17 @@
 """Background completion: every unfinished task is watched until its clip is on disk.
 
 One watch loop per task polls the provider through the service's ``step``, paced by
-:func:`next_poll_delay`: rarely early in a render and more often near its expected end.
-A caller that wants fresh news (``check_task``) can *nudge* a loop to poll now and wait for
-its next update. A task still unfinished ``ceiling`` seconds past its expected end is
-marked ``timed_out`` (it can be checked again).
+:func:`next_poll_delay`: rarely early in a render and more often near its expected end, and
+only as a safety net while a webhook is expected. A caller that wants fresh news
+(``check_task``), or a webhook, can *nudge* a loop to poll now and wait for its next update.
+A task still unfinished ``ceiling`` seconds past its expected end is marked ``timed_out``
+(it can be checked again).
+
+Several workers on one shared journal watch each task once: a worker runs a task's loop
+only while it holds the task's lease, renews its leases every third of their life
+(:meth:`Watcher.keep_leases`), and takes over the tasks whose leases lapsed, so a worker
+killed with ``kill -9`` loses its tasks to the others within ``lease_seconds``. Nudges and
+updates travel as journal events, so they reach the lease holder and the waiters on any worker.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from kling_video_mcp.errors import KlingError, TimedOut
+from kling_video_mcp.journal import EventKind, Journal
 from kling_video_mcp.models import TaskRecord, utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_POLL_INTERVAL = 30.0
 """Seconds: the longest pause between two polls of one unfinished task (before time scaling)."""
+CLAIM_BATCH = 50
+"""Tasks one worker takes over at a time from workers that stopped renewing their leases."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class Pace:
     max_interval: float
     time_scale: float = 1.0
     """Our seconds per provider second: the provider's ``eta`` is multiplied by it."""
+    webhook: bool = False
+    """The provider will call our webhook when the task ends: polls are only a safety net."""
 
     def remaining(self, record: TaskRecord) -> float:
         """Seconds until the render should end: the provider's ETA, else the model's usual time."""
@@ -51,10 +63,16 @@ def next_poll_delay(record: TaskRecord, pace: Pace) -> float:
     within two minimum intervals, exactly the remaining time, so the poll lands as the render
     ends. Bounded by ``pace.min_interval`` and ``pace.max_interval``. Past the expected end,
     steady polls that back off gently. A finished render waiting for its download: at once.
+
+    While a webhook is expected, the safety net: half the model's usual render time past the
+    expected end, then every half of that time, so a provider that never calls back still
+    delivers the clip, a little late, and one that does is hardly polled.
     """
     if record.status == "succeeded":
         return 0.0
     remaining = pace.remaining(record)
+    if pace.webhook:
+        return max(pace.min_interval, max(remaining, 0.0) + pace.expected_seconds / 2)
     if remaining <= 0:
         overdue = -remaining
         return min(pace.max_interval, max(pace.min_interval, overdue / 10))
@@ -65,7 +83,7 @@ def next_poll_delay(record: TaskRecord, pace: Pace) -> float:
 class _Watch:
     def __init__(self) -> None:
         self.nudge = anyio.Event()
-        self.updated = anyio.Event()
+        self.scope = anyio.CancelScope()
 
 
 class WatchedService(Protocol):
@@ -77,83 +95,150 @@ class WatchedService(Protocol):
     async def pacing(self, record: TaskRecord) -> Pace:
         """How to pace the polls of the record's provider."""
 
-    def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
+    async def record_error(self, task_id: str, error: KlingError, *, final: bool) -> TaskRecord:
         """Save ``error`` on the task: as its failure if ``final``, else as a passing note."""
 
 
 class Watcher:
-    """Runs one watch loop per unfinished task inside ``task_group``."""
+    """Runs one watch loop per task this worker holds the lease of, inside ``task_group``."""
 
-    def __init__(self, task_group: TaskGroup, service: WatchedService, *, ceiling: float) -> None:
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        service: WatchedService,
+        journal: Journal,
+        *,
+        ceiling: float,
+        owner: str,
+        lease_seconds: float,
+    ) -> None:
         self._task_group = task_group
         self._service = service
+        self._journal = journal
         self._ceiling = ceiling
+        self._owner = owner
+        self._lease_seconds = lease_seconds
         self._watches: dict[str, _Watch] = {}
+        self._updated: dict[str, anyio.Event] = {}
         self._changed = anyio.Event()
+        journal.subscribe(self._on_event)
 
-    def watch(self, task_id: str) -> None:
-        """Start watching ``task_id`` unless it is already watched."""
+    async def watch(self, task_id: str) -> bool:
+        """Watch ``task_id`` here unless it is watched already; ``False`` when another worker holds its lease."""
+        if task_id in self._watches:
+            return True
+        if not await self._journal.take_lease(task_id, self._owner, self._lease_seconds):
+            return False
+        self._start(task_id)
+        return True
+
+    def _start(self, task_id: str) -> None:
         if task_id not in self._watches:
             self._watches[task_id] = _Watch()
             self._task_group.start_soon(self._run, task_id, name=f"watch {task_id}")
 
+    async def nudge(self, task_id: str) -> None:
+        """Have the task's watch loop poll now, on whichever worker holds its lease."""
+        if (watch := self._watches.get(task_id)) is not None:
+            watch.nudge.set()
+        else:
+            await self._journal.publish("nudge", task_id)
+
+    def _on_event(self, kind: EventKind, task_id: str) -> None:
+        if kind == "nudge":
+            if (watch := self._watches.get(task_id)) is not None:
+                watch.nudge.set()
+        elif kind == "polled":
+            if (updated := self._updated.pop(task_id, None)) is not None:
+                updated.set()
+        else:
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def _announce(self, task_id: str) -> None:
+        """Tell the waiters on every worker that the task's watcher finished a poll (or stopped)."""
+        try:
+            await self._journal.publish("polled", task_id)
+        except Exception:
+            log.exception("task %s: could not announce its poll; waiters see it at their timeout", task_id)
+
     async def wait_for_updates(self, task_ids: list[str], timeout: float) -> None:
         """Nudge the tasks' loops to poll now and wait, ``timeout`` s in all, for each one's next update."""
-        updates = []
+        updates = [self._updated.setdefault(task_id, anyio.Event()) for task_id in task_ids]
         for task_id in task_ids:
-            if (watch := self._watches.get(task_id)) is not None:
-                updates.append(watch.updated)
-                watch.nudge.set()
+            await self.nudge(task_id)
         with anyio.move_on_after(timeout):
             for updated in updates:
                 await updated.wait()
 
     async def wait_for_any_update(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for any watched task's next update (no nudge)."""
+        """Wait up to ``timeout`` s for any task's next update, on any worker (no nudge)."""
         changed = self._changed
         with anyio.move_on_after(timeout):
             await changed.wait()
             return True
         return False
 
+    async def keep_leases(self) -> None:
+        """Forever: renew this worker's leases, stop watching those it lost, take over lapsed ones.
+
+        Runs every third of ``lease_seconds``, so a lease is renewed twice before it could lapse.
+        """
+        while True:
+            try:
+                held = await self._journal.renew_leases(self._owner, list(self._watches), self._lease_seconds)
+                for task_id, watch in list(self._watches.items()):
+                    if task_id not in held:
+                        log.warning("task %s: lost its lease to another worker; it watches the task now", task_id)
+                        watch.scope.cancel()
+                for task_id in await self._journal.claim(self._owner, self._lease_seconds, CLAIM_BATCH):
+                    log.info("task %s: taken over (its lease had lapsed)", task_id)
+                    self._start(task_id)
+            except Exception:
+                log.exception("could not renew or take leases; trying again")
+            await anyio.sleep(self._lease_seconds / 3)
+
     async def _run(self, task_id: str) -> None:
         watch = self._watches[task_id]
-        failures = 0
         try:
-            while True:
-                try:
-                    record, answered = await self._poll_once(task_id)
-                    pace = await self._service.pacing(record)
-                except Exception:
-                    # A local fault (disk full, output folder gone, journal locked) or a bug must
-                    # never take the server, and every other task, down with it.
-                    failures += 1
-                    log.exception("task %s: unexpected error while watching it; trying again", task_id)
-                    await anyio.sleep(min(MAX_POLL_INTERVAL, 2.0**failures))
-                    continue
-                last_poll = anyio.current_time()
-                self._announce(watch)
-                if record.finished:
-                    return
-                failures = 0 if answered else failures + 1
-                if answered and record.status in ("queued", "running") and self._overdue(record, pace):
-                    self._service.record_error(task_id, self._timed_out(pace.expected_seconds), final=True)
-                    return
-                backoff = pace.min_interval * 2 ** min(failures, 5) if failures else 0.0
-                with anyio.move_on_after(max(next_poll_delay(record, pace), backoff)):
-                    await watch.nudge.wait()
-                watch.nudge = anyio.Event()
-                # A nudge never makes us poll one task faster than its provider allows.
-                await anyio.sleep(max(0.0, last_poll + pace.min_interval - anyio.current_time()))
+            with watch.scope:
+                await self._watch_loop(task_id, watch)
         finally:
-            self._announce(watch)
             del self._watches[task_id]
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._journal.release_lease(task_id, self._owner)
+                except Exception:
+                    log.exception("task %s: could not release its lease; it lapses by itself", task_id)
+                await self._announce(task_id)
 
-    def _announce(self, watch: _Watch) -> None:
-        watch.updated.set()
-        watch.updated = anyio.Event()
-        self._changed.set()
-        self._changed = anyio.Event()
+    async def _watch_loop(self, task_id: str, watch: _Watch) -> None:
+        failures = 0
+        while True:
+            try:
+                record, answered = await self._poll_once(task_id)
+                pace = await self._service.pacing(record)
+            except Exception:
+                # A local fault (disk full, output folder gone, journal locked) or a bug must
+                # never take the server, and every other task, down with it.
+                failures += 1
+                log.exception("task %s: unexpected error while watching it; trying again", task_id)
+                await anyio.sleep(min(MAX_POLL_INTERVAL, 2.0**failures))
+                continue
+            last_poll = anyio.current_time()
+            await self._announce(task_id)
+            if record.finished:
+                return
+            failures = 0 if answered else failures + 1
+            if answered and record.status in ("queued", "running") and self._overdue(record, pace):
+                await self._service.record_error(task_id, self._timed_out(pace.expected_seconds), final=True)
+                return
+            backoff = pace.min_interval * 2 ** min(failures, 5) if failures else 0.0
+            with anyio.move_on_after(max(next_poll_delay(record, pace), backoff)):
+                await watch.nudge.wait()
+            watch.nudge = anyio.Event()
+            # A nudge never makes us poll one task faster than its provider allows.
+            await anyio.sleep(max(0.0, last_poll + pace.min_interval - anyio.current_time()))
 
     def _overdue(self, record: TaskRecord, pace: Pace) -> bool:
         """Past the ceiling, counted from when watching (re)started, not from an old submission."""
@@ -175,4 +260,4 @@ class Watcher:
             # Transient trouble (already retried by the HTTP layer) keeps the watch going; a
             # refusal (404, a key that stopped working) ends it, and check_task can resume it.
             log.warning("task %s: %s", task_id, exc.message)
-            return self._service.record_error(task_id, exc, final=not exc.retryable), False
+            return await self._service.record_error(task_id, exc, final=not exc.retryable), False
