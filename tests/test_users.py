@@ -5,7 +5,9 @@ eras, with users signed in by the test authorization server (``authserver.py``) 
 file. User B tries every path to user A's task (check_task by our id and by the provider's,
 list_tasks, both ``kling-video://`` resources, ``task:<id>`` chaining, the clip URL, adopting
 the provider task id) and gets exactly the answer a missing task gets, with only the id
-differing; user A keeps every path.
+differing; user A keeps every path. The journal's owner queries are tested on both backends
+(SQLite and PostgreSQL, with two workers), and a journal from before owners gives its tasks
+to the local user.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import httpx2
@@ -24,7 +27,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from authserver import auth_server
 from helpers import submit_count, wait_done
+from kling_video_mcp.journal.sqlite import MIGRATIONS, SqliteJournal
+from kling_video_mcp.models import LOCAL_OWNER, utcnow
 from test_http import TOKEN, http_server
+from test_journal import journal, journal_settings, record, two_workers  # noqa: F401 (fixtures)
 from test_stdio import server_env
 
 pytestmark = pytest.mark.anyio
@@ -146,7 +152,7 @@ async def test_another_users_task_is_exactly_like_a_missing_one(tmp_path, emulat
     assert not [path for path in clips.iterdir() if path.is_file()]  # nothing left in the shared folder
 
     # Logs name the user and the task, never a token.
-    assert f"task {task_id} (user alice)" in log and f"(user bob)" in log
+    assert f"task {task_id} (user alice)" in log and "(user bob)" in log
     assert alice_token not in log and bob_token not in log
 
 
@@ -180,3 +186,56 @@ async def test_budgets_are_per_user_and_the_total_caps_the_server(tmp_path, emul
     carol = outcomes["carol"][0]["error"]
     assert carol["code"] == "budget_exceeded"
     assert "$0.48 of the server's $3.00 daily budget for all users (KLING_MCP_TOTAL_BUDGET_USD)" in carol["message"]
+
+
+# -- the journal, on both backends ---------------------------------------------------------------
+
+
+async def test_the_journal_keeps_owners_apart_on_both_backends(journal):
+    """Every query made for a caller sees only their tasks; ``None`` (the server's own) sees all."""
+    alices = await journal.save(record("a" * 32, owner="alice", provider_task_id="p-alice"))
+    bobs = await journal.save(record("b" * 32, owner="bob", provider_task_id="p-bob"))
+    since = utcnow() - timedelta(hours=1)
+    assert (await journal.get(alices.task_id, "alice")) == alices
+    assert await journal.get(alices.task_id, "bob") is None
+    assert await journal.get("p-alice", "bob") is None and (await journal.get("p-alice", "alice")) == alices
+    assert (await journal.get(bobs.task_id)) == bobs
+    # The same request by both: each finds only their own as a duplicate.
+    assert (await journal.same_request_since(alices.fingerprint, since, "alice")).task_id == alices.task_id
+    assert (await journal.same_request_since(alices.fingerprint, since, "bob")).task_id == bobs.task_id
+    assert await journal.same_request_since(alices.fingerprint, since, "carol") is None
+    assert [r.task_id for r in await journal.created_since(since, "bob")] == [bobs.task_id]
+    assert {r.task_id for r in await journal.created_since(since)} == {alices.task_id, bobs.task_id}
+    assert [r.task_id for r in await journal.recent(owner="alice")] == [alices.task_id]
+    assert [r.task_id for r in await journal.recent("queued", owner="bob")] == [bobs.task_id]
+    assert [r.task_id for r in await journal.recent(owner=None)] == [bobs.task_id, alices.task_id]
+    # The provider's id finds the task whoever owns it: adoption decides what the caller hears.
+    assert (await journal.find_provider_task("novita", "p-bob")).owner == "bob"
+
+
+async def test_tasks_from_before_owners_are_the_local_users(tmp_path):
+    """An embedded journal written before owners existed: its tasks belong to stdio's user."""
+    path = tmp_path / "tasks.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
+        old = record("c" * 32)
+        db.execute(
+            "INSERT INTO tasks (task_id, provider, provider_task_id, status, fingerprint, created_at, record) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (old.task_id, old.provider, old.provider_task_id, old.status, old.fingerprint, old.created_at.isoformat(),
+             old.model_dump_json(exclude={"owner"})),
+        )  # fmt: skip
+    journal = SqliteJournal(path)
+    try:
+        assert (await journal.get(old.task_id, LOCAL_OWNER)).owner == LOCAL_OWNER
+        assert await journal.get(old.task_id, "alice") is None
+    finally:
+        await journal.aclose()
+
+
+async def test_two_workers_on_postgresql_keep_owners_apart(two_workers):
+    first, second = two_workers
+    await first.save(record("d" * 32, owner="alice"))
+    assert (await second.get("d" * 32, "alice")).owner == "alice"
+    assert await second.get("d" * 32, "bob") is None
+    assert await second.recent(owner="bob") == []
