@@ -52,6 +52,8 @@ class AuthServer:
     port: int
     keys: list[SigningKey] = field(default_factory=lambda: [SigningKey.rsa(), SigningKey.ec()])
     path: str = "/realms/studio"
+    discovery: str = "oauth"
+    """``oauth``: RFC 8414 metadata only; ``oidc``: only OpenID Connect discovery (as some issuers)."""
     key_set_fetches: int = 0
 
     @property
@@ -92,8 +94,12 @@ class AuthServer:
 def _handler(server: AuthServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            metadata_path = {
+                "oauth": f"/.well-known/oauth-authorization-server{server.path}",
+                "oidc": f"{server.path}/.well-known/openid-configuration",
+            }[server.discovery]
             documents = {
-                f"/.well-known/oauth-authorization-server{server.path}": server.metadata,
+                metadata_path: server.metadata,
                 f"{server.path}/keys": lambda: {"keys": [key.jwk() for key in server.keys]},
             }
             if self.path not in documents:
@@ -115,9 +121,9 @@ def _handler(server: AuthServer) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def auth_server() -> Iterator[AuthServer]:
+def auth_server(discovery: str = "oauth") -> Iterator[AuthServer]:
     """An :class:`AuthServer` on a free loopback port, for the length of the block."""
-    state = AuthServer(port=0)
+    state = AuthServer(port=0, discovery=discovery)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

@@ -199,6 +199,12 @@ def test_a_rotated_key_is_picked_up_and_the_withdrawn_one_refused(tmp_path):
         assert post(server.mcp_url, before, INITIALIZE).status_code == 401  # its key is gone from the set
 
 
+def test_an_issuer_with_openid_connect_discovery_only_is_found(tmp_path):
+    with auth_server(discovery="oidc") as issuer, http_server(oauth_env(tmp_path, issuer), log_dir=tmp_path) as server:
+        assert post(server.mcp_url, issuer.token("alice", server.base), INITIALIZE).status_code == 200
+        assert post(server.mcp_url, issuer.token("alice", server.base, lifetime=-120), INITIALIZE).status_code == 401
+
+
 async def test_an_unreachable_issuer_gets_503_not_401(tmp_path):
     """The caller's token may be fine: an outage must not send clients into a new sign-in."""
     settings = Settings(
@@ -239,6 +245,19 @@ async def test_token_file_users_sign_in_and_it_is_read_again_when_it_changes(tmp
         assert await status("carol-token") == 200  # no restart needed
         users.write_text(f"alice {digest('alice-token')}\nbroken line here too\n")
         assert await status("alice-token") == 401  # a broken file admits nobody until fixed
+
+
+async def test_scopes_hold_on_the_sse_transport_too(tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text(f"viewer {digest('viewer-token')} {READ}\n")
+    settings = Settings(output_dir=tmp_path / "clips", state_dir=tmp_path / "state", http_tokens_file=users)
+    app = build_app(settings, HttpConfig(transport="sse"))
+    headers = {"Authorization": "Bearer viewer-token"}
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8000") as http:
+        spend = await http.post("/messages/?session_id=0", json=call("generate_video"), headers=headers)
+        anonymous = await http.post("/messages/?session_id=0", json=call("check_task"))
+    assert spend.status_code == 403 and 'scope="video:generate"' in spend.headers["www-authenticate"]
+    assert anonymous.status_code == 401
 
 
 def test_token_file_rules():

@@ -76,6 +76,9 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "
 """The JWS algorithms accepted: public-key signatures only (never ``none``, never ``HS*``)."""
 DISCOVERY_TIMEOUT = 10.0
 """Seconds for one request to the issuer (metadata or keys)."""
+DISCOVERY_RETRY_SECONDS = 5.0
+"""After a failed discovery, requests are answered at once for this long instead of each
+waiting on the issuer again."""
 
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -183,6 +186,7 @@ class JwtVerifier:
         self.jwks_cooldown_seconds = jwks_cooldown_seconds
         self._keys: jwt.PyJWKClient | None = None
         self._discovery = anyio.Lock()
+        self._failure: tuple[float, IssuerUnavailable] | None = None
 
     async def _key_client(self) -> jwt.PyJWKClient:
         """The issuer's key set client, found through its metadata on first use.
@@ -192,7 +196,13 @@ class JwtVerifier:
         """
         async with self._discovery:
             if self._keys is None:
-                jwks_uri = await self._discover_jwks_uri()
+                if self._failure and anyio.current_time() - self._failure[0] < DISCOVERY_RETRY_SECONDS:
+                    raise self._failure[1]
+                try:
+                    jwks_uri = await self._discover_jwks_uri()
+                except IssuerUnavailable as exc:
+                    self._failure = (anyio.current_time(), exc)
+                    raise
                 self._keys = jwt.PyJWKClient(
                     jwks_uri, cooldown_duration=self.jwks_cooldown_seconds, timeout=DISCOVERY_TIMEOUT
                 )
