@@ -95,32 +95,48 @@ def http_server(env: dict[str, str], *args: str, log_dir: Path, port: int | None
     """Start ``kling-video-mcp --transport streamable-http`` (unless ``args`` name another) on
     ``port`` (default: a free one) of 127.0.0.1, wait until ``/healthz`` answers, and stop it
     afterwards. The server's output goes to a log file in ``log_dir``."""
+    server = start_server(env, *args, log_dir=log_dir, port=port)
+    try:
+        wait_healthy(server, token=env.get("KLING_MCP_HTTP_TOKEN"))
+        yield server
+    finally:
+        stop_server(server)
+
+
+def start_server(env: dict[str, str], *args: str, log_dir: Path, port: int | None = None) -> HttpServer:
+    """Launch the server process (see :func:`http_server`) without waiting for it."""
     port = port or free_port()
     argv = [console_script(), "--transport", "streamable-http", *args, "--port", str(port)]
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = HttpServer(port, process, log_path)
-    headers = {"Authorization": f"Bearer {env['KLING_MCP_HTTP_TOKEN']}"} if env.get("KLING_MCP_HTTP_TOKEN") else {}
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert process.poll() is None, f"the server exited with {process.returncode}:\n{server.log()}"
-            try:
-                if httpx2.get(f"{server.base}/healthz", headers=headers, timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no /healthz within {STARTUP_SECONDS} s:\n{server.log()}"
-            time.sleep(0.1)
-        yield server
-    finally:
-        process.terminate()
+    return HttpServer(port, process, log_path)
+
+
+def wait_healthy(server: HttpServer, token: str | None = None) -> None:
+    """Return once the server's ``/healthz`` answers 200; fail with its log if it exits or takes too long."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        assert server.process.poll() is None, f"the server exited with {server.process.returncode}:\n{server.log()}"
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            if httpx2.get(f"{server.base}/healthz", headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"no /healthz within {STARTUP_SECONDS} s:\n{server.log()}"
+        time.sleep(0.1)
+
+
+def stop_server(server: HttpServer) -> None:
+    """SIGTERM, and SIGKILL if it has not stopped 10 s later (nothing to do if it is gone already)."""
+    if server.process.poll() is None:
+        server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
 
 
 def authed(token: str = TOKEN) -> httpx2.AsyncClient:

@@ -55,6 +55,10 @@ class EmulatorConfig:
     """HighwayAPI insufficient-balance body: 400 BILLING_BALANCE_NOT_ENOUGH, 403 NOT_ENOUGH_BALANCE, or bare (§6.2)."""
     wavespeed_balance_status: int = 400
     """HTTP status of WaveSpeed's insufficient-balance answer (§6.3 step 3: 400, or 402/403)."""
+    drop_webhooks: bool = False
+    """Never deliver the webhooks submits ask for, as a provider that ignores them would."""
+    webhook_retry_seconds: float = 2.0
+    """Pause before re-sending a webhook that got no 2xx (scaled by ``time_scale``); §1.5 gives no interval."""
 
     def __post_init__(self) -> None:
         if self.state_dir is not None:

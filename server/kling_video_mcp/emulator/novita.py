@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .errors import ApiError, invalid
-from .flavor import ErrorCatalogue, Flavor
+from .flavor import ErrorCatalogue, Flavor, parse_object
 from .rules import HIGHWAY_RULES, NOVITA_MODELS, NOVITA_RULES, Model
 from .tasks import Outcome, Phase, Task
 
@@ -88,6 +88,13 @@ class NovitaFamily(Flavor):
         """§6.1 steps 1-7."""
         caller, submission, directives = self.accept(request, body, model)
         task = await self.emulator.create_task(self.name, str(uuid.uuid4()), caller.key, submission, directives)
+        if url := _webhook_url(parse_object(body) or {}):
+
+            def event(task: Task, now: float) -> dict[str, Any]:
+                # §1.5: the event wraps exactly the Task Result response.
+                return {"event_type": "ASYNC_TASK_RESULT", "payload": self.task_result(request, task, now)}
+
+            self.emulator.send_webhook(task, url, event)
         return JSONResponse({"task_id": task.id})
 
     async def _poll(self, request: Request, _body: bytes) -> Response:
@@ -149,6 +156,14 @@ class Highway(NovitaFamily):
         if kind == "balance" and style == "bare":
             return ApiError(400, "", "insufficient balance", body={"message": "insufficient balance"})
         return super().error(kind)
+
+
+def _webhook_url(payload: dict[str, Any]) -> str | None:
+    """``extra.webhook.url`` of a submit body (§1.5), if it names one."""
+    extra = payload.get("extra")
+    webhook = extra.get("webhook") if isinstance(extra, dict) else None
+    url = webhook.get("url") if isinstance(webhook, dict) else None
+    return url if isinstance(url, str) and url else None
 
 
 def _millis(instant: float) -> str:

@@ -7,14 +7,17 @@ and the HTTP control endpoints both end up here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
+import httpx2
 
 from .access import RateLimiter
 from .config import FLAVORS, EmulatorConfig
@@ -31,6 +34,12 @@ log = logging.getLogger(__name__)
 UNREACHABLE_HOST = "unreachable.invalid"
 EXPIRE_TOKEN_TTL = 1
 """Seconds a result URL lives when the prompt carries ``[[expire]]`` (§6.0)."""
+WEBHOOK_RETRIES = 5
+"""Novita: "up to 5 retries" after a timeout or a non-2xx answer (providers.md §1.5)."""
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+"""Novita: a webhook not answered within 5 s counts as failed (§1.5)."""
+WEBHOOK_WATCH_SECONDS = 0.02
+"""How often a pending webhook looks whether its task has ended."""
 
 
 class Emulator:
@@ -43,6 +52,9 @@ class Emulator:
         self.journal = RequestLog()
         self.limiter = RateLimiter()
         self._render_locks: dict[str, threading.Lock] = {}
+        self.webhooks: list[dict[str, Any]] = []
+        """Every webhook delivery attempt: ``{task_id, url, status}`` (``status`` 0: no answer)."""
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def now() -> float:
@@ -57,6 +69,7 @@ class Emulator:
         self.journal.clear()
         self.faults.clear()
         self.limiter.clear()
+        self.webhooks.clear()
 
     def inject_fault(self, flavor: str, target: str, kind: str, times: int = 1, **params: Any) -> Fault:
         """Arm a fault (see ``faults``); raises ``ValueError`` for an impossible combination."""
@@ -147,6 +160,43 @@ class Emulator:
             render_clip(spec, path)
             elapsed = time.perf_counter() - started
             log.info("rendered %s (%ss, %dx%d) in %.2fs", task.id, task.duration, task.width, task.height, elapsed)
+
+    # -- webhooks ----------------------------------------------------------
+
+    def send_webhook(self, task: Task, url: str, body: Callable[[Task, float], dict[str, Any]]) -> None:
+        """When ``task`` ends, POST ``body(task, now)`` to ``url`` as the providers do (§1.5, §3.8).
+
+        A delivery that gets no 2xx within :data:`WEBHOOK_TIMEOUT_SECONDS` is retried up to
+        :data:`WEBHOOK_RETRIES` times. ``drop_webhooks`` (read when the task ends) sends nothing.
+        Call from the emulator's event loop (a request handler).
+        """
+        delivery = asyncio.get_running_loop().create_task(self._deliver_webhook(task.id, url, body))
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(self._deliveries.discard)
+
+    async def _deliver_webhook(self, task_id: str, url: str, body: Callable[[Task, float], dict[str, Any]]) -> None:
+        while True:
+            task = self.store.get(task_id)  # read again: a forced completion changes its end
+            if task is None:
+                return  # reset meanwhile
+            if task.phase(self.now()).value in ("succeeded", "failed"):
+                break
+            await anyio.sleep(WEBHOOK_WATCH_SECONDS)
+        if self.config.drop_webhooks:
+            log.info("task %s: webhook dropped (drop_webhooks)", task_id)
+            return
+        async with httpx2.AsyncClient(timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
+            for attempt in range(1 + WEBHOOK_RETRIES):
+                if attempt:
+                    await anyio.sleep(self.config.scaled(self.config.webhook_retry_seconds))
+                try:
+                    status = (await client.post(url, json=body(task, self.now()))).status_code
+                except httpx2.TransportError:
+                    status = 0
+                self.webhooks.append({"task_id": task_id, "url": url, "status": status})
+                if 200 <= status < 300:
+                    return
+        log.info("task %s: webhook never answered 2xx; gave up after %d retries", task_id, WEBHOOK_RETRIES)
 
     # -- media -------------------------------------------------------------
 

@@ -107,6 +107,10 @@ class WaveSpeed(Flavor):
         """§6.3 steps 1-5 and 7 (``enable_sync_mode``)."""
         caller, submission, directives = self.accept(request, body, model)
         task = await self.emulator.create_task(self.name, uuid.uuid4().hex, caller.key, submission, directives)
+        # §3.8: a `webhook` query parameter; the submit page also lists a body `webhook_url` (accept both).
+        payload = parse_object(body) or {}
+        if url := request.query_params.get("webhook") or payload.get("webhook_url"):
+            self.emulator.send_webhook(task, str(url), lambda task, now: self.prediction(request, task, now))
         if not submission.sync:
             # The reply describes the task as created, however fast the clock is running (§6.3 step 5).
             return _success(self.prediction(request, task, task.created_at))

@@ -339,7 +339,7 @@ def required_scopes(body: bytes) -> set[str]:
 
 
 class AccessGuard:
-    """ASGI middleware: every HTTP request but ``open_paths`` needs a verified bearer token, and
+    """ASGI middleware: every HTTP request but those under ``open_prefixes`` needs a verified bearer token, and
     the scopes of what it asks for (:func:`required_scopes` on ``mcp_paths``, ``video:read``
     on :data:`FILE_PATHS`).
 
@@ -353,17 +353,17 @@ class AccessGuard:
         verifier: TokenVerifier,
         *,
         mcp_paths: Iterable[str],
-        open_paths: Iterable[str] = (),
+        open_prefixes: Iterable[str] = (),
         resource_metadata_url: str | None = None,
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.mcp_paths = frozenset(mcp_paths)
-        self.open_paths = frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
         self.resource_metadata_url = resource_metadata_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"].startswith(self.open_prefixes):
             await self.app(scope, receive, send)
             return
         token = _bearer_token(scope)

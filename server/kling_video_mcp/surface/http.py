@@ -8,9 +8,11 @@ port, stateless). Out: one Starlette app that serves
 - the MCP endpoint (``/mcp``, or ``/sse`` + ``/messages/``), both protocol eras;
 - ``GET /clips/{file}``: finished clips from the output folder, with HTTP ``Range``
   (RFC 9110 §14: seeking and resumed downloads);
-- ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up.
+- ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up;
+- ``POST /webhooks/{token}``: a provider saying a task ended (see :func:`webhook_endpoint`).
 
-Every route sits behind the same two guards, outermost first:
+Every route sits behind the same two guards, outermost first (the webhook route behind
+the first only: providers cannot send a bearer token, and the URL's token is the credential):
 
 1. ``Host``/``Origin`` validation (DNS-rebinding protection), on for every bind address.
    The MCP transports spec says servers "MUST validate the ``Origin`` header on all incoming
@@ -31,11 +33,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
@@ -49,6 +52,9 @@ from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.auth import AccessGuard, build_access, caller_owner_of
 from kling_video_mcp.tasks.owners import owner_folder
 
+if TYPE_CHECKING:
+    from kling_video_mcp.surface.server import KlingMCPServer
+
 log = logging.getLogger(__name__)
 
 HttpTransport = Literal["streamable-http", "sse"]
@@ -56,6 +62,11 @@ HttpTransport = Literal["streamable-http", "sse"]
 #: Loopback names a local client may put in ``Host``/``Origin`` (any port), as the SDK allows.
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
+WEBHOOK_PREFIX = "/webhooks/"
+WEBHOOK_MAX_BYTES = 256 * 1024
+"""Largest webhook body read (a task result is a few kB); a longer one gets 413 and changes nothing."""
+_WEBHOOK_TOKEN = re.compile(r"((?:/|%2F)webhooks(?:/|%2F))[^/?&#\s\"%]+", re.IGNORECASE)
+"""A webhook token in a path, or in a URL-encoded query (WaveSpeed's ``?webhook=``)."""
 
 
 class StartRefused(Exception):
@@ -175,6 +186,56 @@ def _clip_endpoint(output_dir: Path) -> Callable[[Request], Awaitable[Response]]
     return clip
 
 
+def webhook_endpoint(mcp: KlingMCPServer) -> Callable[[Request], Awaitable[Response]]:
+    """``POST /webhooks/{token}``: a provider says a task ended; its watcher polls it now.
+
+    The body is read (up to :data:`WEBHOOK_MAX_BYTES`, else 413) and never trusted: the poll
+    asks the provider itself, so a forged call can at most cause one early poll. An unknown
+    token gets 404 and changes nothing; a known one 202 at once. The token never reaches a log.
+    """
+
+    async def webhook(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > WEBHOOK_MAX_BYTES:
+            return PlainTextResponse("Webhook body too large.", status_code=413)
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > WEBHOOK_MAX_BYTES:
+                return PlainTextResponse("Webhook body too large.", status_code=413)
+        if mcp.live is None:
+            return PlainTextResponse("Starting up; send it again.", status_code=503)  # providers retry non-2xx
+        if not await mcp.live.service.webhook(request.path_params["token"]):
+            return PlainTextResponse("No such webhook.", status_code=404)
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    return webhook
+
+
+class WebhookTokenFilter(logging.Filter):
+    """Replaces the token of every webhook URL in a log record: uvicorn's access log shows the
+    receiver's path, httpx's request log the submit URL that carries it."""
+
+    @staticmethod
+    def _hide(value: object) -> object:
+        if isinstance(value, (int, float)):
+            return value
+        text = str(value)
+        return _WEBHOOK_TOKEN.sub(r"\1…", text) if _WEBHOOK_TOKEN.search(text) else value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._hide(arg) for arg in record.args)
+        record.msg = self._hide(record.msg)
+        return True
+
+
+def hide_webhook_tokens() -> None:
+    """Filter webhook tokens out of the loggers that see them (call once, before serving)."""
+    for name in ("uvicorn.access", "uvicorn.error", "httpx2", "httpx"):
+        logging.getLogger(name).addFilter(WebhookTokenFilter())
+
+
 async def _healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
@@ -202,6 +263,7 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs))
     mcp.custom_route("/healthz", methods=["GET"])(_healthz)
     mcp.custom_route("/clips/{file}", methods=["GET"])(_clip_endpoint(settings.output_dir))
+    mcp.custom_route(WEBHOOK_PREFIX + "{token}", methods=["POST"])(webhook_endpoint(mcp))
     security = transport_security(settings, config, base_url)
     if config.transport == "sse":
         app = mcp.sse_app(transport_security=security, host=config.host)
@@ -209,8 +271,9 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
         app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless)
     if access is not None:
         app.router.routes.extend(access.routes)
-        open_paths = [route.path for route in access.routes]
-        app.add_middleware(AccessGuard, verifier=access.verifier, mcp_paths=endpoints, open_paths=open_paths,
+        # Open: the protected-resource metadata, and webhooks (the token in their URL is the credential).
+        open_prefixes = [route.path for route in access.routes] + [WEBHOOK_PREFIX]
+        app.add_middleware(AccessGuard, verifier=access.verifier, mcp_paths=endpoints, open_prefixes=open_prefixes,
                            resource_metadata_url=access.resource_metadata_url)  # fmt: skip
     app.add_middleware(HostOriginGuard, security=security)  # added last = runs first
     return app
@@ -245,5 +308,7 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
         config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
         public_base_url(settings, config), _sign_in_summary(settings),
     )  # fmt: skip
-    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included.
+    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included,
+    # with webhook tokens blotted out.
+    hide_webhook_tokens()
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)

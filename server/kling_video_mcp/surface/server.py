@@ -47,7 +47,13 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 class KlingMCPServer(MCPServer[AppState]):
-    """``MCPServer`` whose argument-validation errors carry the structured error shape too."""
+    """``MCPServer`` whose argument-validation errors carry the structured error shape too.
+
+    ``live`` is the lifespan's state while the server runs, for the HTTP routes that are no
+    MCP requests (the webhook receiver) and so get no request context.
+    """
+
+    live: AppState | None = None
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         try:
@@ -72,7 +78,11 @@ def build_server(
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         async with make_client(settings) as client, TaskService.running(settings, client) as service:
-            yield AppState(settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs)
+            mcp.live = AppState(settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs)
+            try:
+                yield mcp.live
+            finally:
+                mcp.live = None
 
     mcp = KlingMCPServer("kling-video-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
     register_tools(mcp, settings)

@@ -1,0 +1,106 @@
+"""Webhooks instead of polling (issue 12), end to end: the emulator calls back like the providers,
+workers on one PostgreSQL journal receive it, and the task's lease holder polls once.
+
+Every worker's ``KLING_MCP_PUBLIC_URL`` names the first worker, as a load balancer would: tasks
+are submitted on the second, so the webhook reaches a worker that does not hold the lease and
+must pass the word on. Nothing here calls ``check_task``, which asks for polls of its own:
+delivery is watched in the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import anyio
+import httpx2
+import pytest
+
+from workers import connect, delivered, query, wait_delivered, workers
+
+pytestmark = pytest.mark.anyio
+
+PUBLIC = {"KLING_MCP_PUBLIC_URL": "http://127.0.0.1:{port0}"}
+
+
+def polls(emulator, flavor: str) -> list[dict]:
+    return [
+        r for r in emulator.requests(flavor)
+        if r["method"] == "GET" and ("task-result" in r["path"] or "/predictions/" in r["path"])
+    ]  # fmt: skip
+
+
+def webhook_url(emulator, flavor: str) -> str:
+    """The webhook URL the (only) submit carried, read from what the emulator received."""
+    (submit,) = [r for r in emulator.requests(flavor) if r["method"] == "POST" and "upload" not in r["path"]]
+    return submit["query"]["webhook"] if flavor == "wavespeed" else submit["json"]["extra"]["webhook"]["url"]
+
+
+@pytest.fixture
+def emulator_settings(emulator) -> Iterator[None]:
+    """Puts the shared emulator's webhook settings back after a test that changed them."""
+    yield
+    emulator.config.update({"drop_webhooks": False})
+
+
+async def submit(server, flavor: str, prompt: str) -> str:
+    async with connect(server) as client:
+        result = await client.call_tool("generate_video", {"prompt": prompt, "duration": 3, "provider": flavor})
+    assert not result.is_error, result.structured_content
+    return result.structured_content["task_id"]
+
+
+@pytest.mark.parametrize("flavor", ["novita", "wavespeed"])
+async def test_a_webhook_finishes_the_task_with_at_most_two_polls(emulator, tmp_path, database_url, flavor):
+    with workers(emulator, tmp_path, database_url, count=2, **PUBLIC) as (first, second):
+        task_id = await submit(second, flavor, "a hummingbird")
+        wait_delivered(database_url, [task_id])
+        logs = first.log() + second.log()
+    url = webhook_url(emulator, flavor)
+    assert url.startswith(f"{first.base}/webhooks/") and len(urlsplit(url).path.rsplit("/", 1)[1]) >= 40
+    assert [hook["status"] for hook in emulator.emulator.webhooks] == [202]
+    assert len(polls(emulator, flavor)) <= 2
+    token = urlsplit(url).path.rsplit("/", 1)[1]
+    assert "POST /webhooks/…" in logs and token not in logs
+
+
+async def test_a_dropped_webhook_is_covered_by_the_safety_net(emulator, emulator_settings, tmp_path, database_url):
+    emulator.config.update({"drop_webhooks": True})
+    with workers(emulator, tmp_path, database_url, count=2, **PUBLIC) as (_first, second):
+        task_id = await submit(second, "novita", "a heron, unannounced [[render:40]]")  # 2 s
+        wait_delivered(database_url, [task_id], timeout=60)
+    assert emulator.emulator.webhooks == []
+    assert 2 <= len(polls(emulator, "novita")) <= 4  # the first poll and the safety net's, not a steady stream
+
+
+async def test_forged_webhooks_change_nothing(emulator, tmp_path, database_url):
+    with workers(emulator, tmp_path, database_url, count=2, **PUBLIC) as (first, second):
+        task_id = await submit(second, "novita", "a lighthouse that never finishes [[slow]]")
+        url = webhook_url(emulator, "novita")
+        with anyio.fail_after(10):
+            while not polls(emulator, "novita"):
+                await anyio.sleep(0.02)
+        before = query(database_url, "SELECT record FROM tasks")
+        forged_body = {"event_type": "ASYNC_TASK_RESULT", "payload": {"task": {"status": "TASK_STATUS_SUCCEED"}}}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            unknown = await http.post(f"{first.base}/webhooks/{'x' * 43}", json=forged_body)
+            assert unknown.status_code == 404
+            assert query(database_url, "SELECT record FROM tasks") == before
+            oversized = await http.post(url, content=b"{" + b" " * 300_000 + b"}")
+            assert oversized.status_code == 413
+            polled = len(polls(emulator, "novita"))
+            started = time.monotonic()
+            known = await http.post(url, json=forged_body)
+        # Answered at once, and the only effect is one early poll, which finds the task still running.
+        assert known.status_code == 202 and time.monotonic() - started < 1.0
+        with anyio.fail_after(10):
+            while len(polls(emulator, "novita")) == polled:
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.5)
+        async with connect(first) as client:
+            listed = await client.call_tool("list_tasks", {})
+    (row,) = listed.structured_content["tasks"]
+    assert row["status"] in ("queued", "running") and not delivered(database_url, task_id)
+    assert len(polls(emulator, "novita")) == polled + 1
+    assert not list((tmp_path / "clips").glob("*.mp4"))
