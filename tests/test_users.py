@@ -32,6 +32,7 @@ from kling_video_mcp.models import LOCAL_OWNER, utcnow
 from test_http import TOKEN, http_server
 from test_journal import journal, journal_settings, record, two_workers  # noqa: F401 (fixtures)
 from test_stdio import server_env
+from workers import workers
 
 pytestmark = pytest.mark.anyio
 
@@ -239,3 +240,25 @@ async def test_two_workers_on_postgresql_keep_owners_apart(two_workers):
     assert (await second.get("d" * 32, "alice")).owner == "alice"
     assert await second.get("d" * 32, "bob") is None
     assert await second.recent(owner="bob") == []
+
+
+async def test_several_workers_keep_users_apart_and_count_their_budgets_together(emulator, tmp_path, database_url):
+    """Two --stateless workers on one PostgreSQL journal, users from one token file."""
+    users, tokens = token_file(tmp_path, "alice", "bob")
+    env = {"KLING_MCP_HTTP_TOKENS_FILE": str(users), "KLING_MCP_HTTP_TOKEN": TOKEN, "KLING_MCP_BUDGET_USD": "2"}
+    with workers(emulator, tmp_path, database_url, count=2, **env) as (first, second):
+        async with signed_in(first.mcp_url, tokens["alice"]) as (alice, _):
+            task_id = (await alice.call_tool("generate_video", {"prompt": PROMPT, "duration": 3})).structured_content["task_id"]
+        async with signed_in(second.mcp_url, tokens["bob"]) as (bob, _):
+            missing = uuid.uuid4().hex
+            foreign = await error_of(bob, "check_task", {"task_id": task_id}, task_id)
+            absent = await error_of(bob, "check_task", {"task_id": missing}, missing)
+            bobs_list = (await bob.call_tool("list_tasks", {})).structured_content["tasks"]
+            bobs = (await bob.call_tool("generate_video", {"prompt": PROMPT, "duration": 3})).structured_content
+        async with signed_in(second.mcp_url, tokens["alice"]) as (alice, _):
+            done = (await wait_done(alice, task_id, timeout=60)).structured_content
+            over = (await alice.call_tool("generate_video", {"prompt": "one more", "duration": 3})).structured_content
+    assert foreign == absent and bobs_list == []
+    assert bobs["task_id"] != task_id and not bobs["reused_existing"]
+    assert done["status"] == "succeeded" and Path(done["file_path"]).parent == tmp_path / "clips" / "alice"
+    assert over["error"]["code"] == "budget_exceeded" and "of alice's $2.00 daily budget" in over["error"]["message"]
