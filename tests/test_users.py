@@ -226,12 +226,12 @@ async def test_tasks_from_before_owners_are_the_local_users(tmp_path):
             (old.task_id, old.provider, old.provider_task_id, old.status, old.fingerprint, old.created_at.isoformat(),
              old.model_dump_json(exclude={"owner"})),
         )  # fmt: skip
-    journal = SqliteJournal(path)
+    migrated = SqliteJournal(path)
     try:
-        assert (await journal.get(old.task_id, LOCAL_OWNER)).owner == LOCAL_OWNER
-        assert await journal.get(old.task_id, "alice") is None
+        assert (await migrated.get(old.task_id, LOCAL_OWNER)).owner == LOCAL_OWNER
+        assert await migrated.get(old.task_id, "alice") is None
     finally:
-        await journal.aclose()
+        await migrated.aclose()
 
 
 async def test_two_workers_on_postgresql_keep_owners_apart(two_workers):
