@@ -103,6 +103,7 @@ def bad_tokens(issuer: AuthServer, audience: str) -> dict[str, str]:
         "wrong audience": issuer.token("alice", "https://another-server.example/mcp"),
         "no audience": issuer.token("alice", audience, aud=None),
         "no subject": issuer.token("alice", audience, sub=None),
+        "the local user's name as subject": issuer.token("local", audience),
         "alg none": _unsigned({"alg": "none", "typ": "JWT", "kid": published.kid}, _claims(good)),
         "HMAC with the public key as secret": _unsigned(
             {"alg": "HS256", "typ": "JWT", "kid": published.kid}, _claims(good),

@@ -296,6 +296,9 @@ class CallerVerifier(TokenVerifier):
                 token="", client_id="token-file", scopes=list(user.scopes), subject=user.name, claims={"iss": "token-file"}
             )
         if self.oauth is not None and token.count(".") == 2 and (claims := await self.oauth.verify(token)):
+            if claims["sub"] == LOCAL_OWNER:
+                log.warning("refused a token whose sub is %r: that name is the server's own user", LOCAL_OWNER)
+                return None
             client = claims.get("client_id") or claims.get("azp") or claims.get("appid") or "unknown-client"
             return AccessToken(
                 token="", client_id=str(client), scopes=_token_scopes(claims), subject=str(claims["sub"]),
