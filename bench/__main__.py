@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import call_overhead, cold_start, concurrency, download, polling
+from bench import call_overhead, cold_start, concurrency, download, polling, scale_out
 from bench.report import Row, document, table, write
 from bench.sizes import SIZES, Size
 
@@ -23,6 +23,7 @@ FIGURES: dict[str, Callable[[Size], list[Row]]] = {
     "3": polling.run,
     "4": concurrency.run,
     "5": download.run,
+    "6": scale_out.run,
 }
 
 SETUP = [
@@ -44,6 +45,11 @@ SETUP = [
     "a warm-up task; rates are counted at the emulator over sliding one-second windows.",
     "5: every download runs in a fresh process (`bench/download_probe.py`), ours and the bare stream "
     "alternated; the emulator serves the file through a task's normal result URL.",
+    "6: `--stateless` HTTP workers on one PostgreSQL server started for the run (fresh database per setup), "
+    "emulator clock at 0.1; nobody calls `check_task` while tasks render, so only the watchers poll; requests "
+    "are counted at the emulator (submits and polls); with webhooks every worker's `KLING_MCP_PUBLIC_URL` "
+    "names the first worker. Wake-ups: a `check_task(wait_seconds=50)` on a worker not holding the lease, "
+    "from the `NOTIFY` of the save that journaled the clip, as this process received it.",
 ]
 
 

@@ -23,6 +23,12 @@ class Size:
     """Size of the clip the download benchmark moves, in MB (10^6 bytes)."""
     download_rounds: int
     """Downloads of each kind (ours, bare), alternated."""
+    scale_tasks: int
+    """Tasks each worker setup of figure 6 runs."""
+    scale_render: tuple[float, float]
+    """Render seconds (emulated) of figure 6's tasks."""
+    wake_ups: int
+    """Cross-worker wake-ups measured."""
 
 
 FULL = Size(
@@ -37,6 +43,9 @@ FULL = Size(
     concurrent_time_scale=0.1,
     download_mb=500,
     download_rounds=5,
+    scale_tasks=12,
+    scale_render=(30.0, 120.0),
+    wake_ups=10,
 )
 
 SMOKE = replace(
@@ -50,6 +59,9 @@ SMOKE = replace(
     concurrent_render=(3.0, 6.0),
     download_mb=4,
     download_rounds=1,
+    scale_tasks=3,
+    scale_render=(3.0, 6.0),
+    wake_ups=2,
 )
 """Every figure at a size that runs in seconds: proves the suite works, measures nothing."""
 

@@ -18,7 +18,7 @@ from mcp import Client
 from kling_video_mcp.config import Settings
 from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
 from kling_video_mcp.surface.server import build_server
-from pg_server import fresh_database, postgres_server
+from pg_server import PostgresUnavailable, fresh_database, postgres_server
 
 EMULATOR_TIME_SCALE = 0.05
 """Emulator clock: a default render (1 s queue + 3 s run) takes 0.2 s."""
@@ -74,9 +74,19 @@ def settings(tmp_path: Path, emulator: EmulatorServer) -> Settings:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
-    """A PostgreSQL server of the suite's own, started on first use and stopped at the end."""
-    with postgres_server() as url:
+    """A PostgreSQL server of the suite's own, started on first use and stopped at the end.
+
+    Tests that need it fail (never skip) with the reason when it cannot start.
+    """
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
         yield url
+    finally:
+        server.__exit__(None, None, None)
 
 
 _databases = itertools.count()

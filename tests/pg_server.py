@@ -1,4 +1,5 @@
-"""A real PostgreSQL server for the tests: Debian's ``postgresql`` binaries, a temporary folder, a free port.
+"""A real PostgreSQL server for the tests (and ``python -m bench``): Debian's ``postgresql``
+binaries, a temporary folder, a free port.
 
 ``initdb`` refuses to run as root, and CI runs as root: then every server command runs as the
 unprivileged ``postgres`` user the package creates (``runuser``), in a folder it owns. As
@@ -16,7 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+
+class PostgresUnavailable(RuntimeError):
+    """The server binaries are missing or the server would not start; the message says why."""
 
 SERVER_USER = "postgres"
 DB_USER = "kling"
@@ -33,7 +36,7 @@ def server_binaries() -> Path:
             return folder
     if found := shutil.which("pg_ctl"):
         return Path(found).parent
-    pytest.fail(MISSING, pytrace=False)
+    raise PostgresUnavailable(MISSING)
 
 
 def _free_port() -> int:
@@ -59,7 +62,7 @@ def postgres_server() -> Iterator[str]:
     def run(*argv: str) -> None:
         done = subprocess.run(_as_server_user([str(binaries / argv[0]), *argv[1:]]), capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.fail(f"{argv[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
+            raise PostgresUnavailable(f"{argv[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
     run("initdb", "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8", "--no-sync")
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"

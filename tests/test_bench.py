@@ -17,6 +17,7 @@ FIGURES = {
     "3": ["requests per task", "clip on disk", "clips delivered"],
     "4": ["clips delivered", "busiest second", "RSS growth", "event loop"],
     "5": ["throughput", "peak RSS", "read back"],
+    "6": ["3 workers", "with webhooks", "success", "clips delivered", "wake-up"],
 }
 
 

@@ -104,3 +104,50 @@ async def test_forged_webhooks_change_nothing(emulator, tmp_path, database_url):
     assert row["status"] in ("queued", "running") and not delivered(database_url, task_id)
     assert len(polls(emulator, "novita")) == polled + 1
     assert not list((tmp_path / "clips").glob("*.mp4"))
+
+
+class _FlakyReceiver:
+    """A webhook receiver on loopback that answers 500 to the first ``failures`` calls, then 204."""
+
+    def __init__(self, failures: int) -> None:
+        import http.server
+        import json
+        import threading
+
+        received: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+                received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                self.send_response(500 if len(received) <= failures else 204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+async def test_the_emulator_retries_a_webhook_until_it_gets_a_2xx(emulator):
+    receiver = _FlakyReceiver(failures=2)
+    try:
+        async with httpx2.AsyncClient(headers={"Authorization": "Bearer test-key"}, timeout=10) as http:
+            body = {"prompt": "a kite", "duration": 3, "extra": {"webhook": {"url": receiver.url}}}
+            submitted = await http.post(emulator.url("novita") + "/v3/async/kling-v3.0-std-t2v", json=body)
+            assert submitted.status_code == 200, submitted.text
+            with anyio.fail_after(20):
+                while len(emulator.emulator.webhooks) < 3:
+                    await anyio.sleep(0.02)
+    finally:
+        receiver.close()
+    assert [hook["status"] for hook in emulator.emulator.webhooks] == [500, 500, 204]
+    event = receiver.received[-1]
+    assert event["event_type"] == "ASYNC_TASK_RESULT"  # providers.md §1.5: the Task Result, wrapped
+    assert event["payload"]["task"]["status"] == "TASK_STATUS_SUCCEED" and event["payload"]["videos"][0]["video_url"]

@@ -49,10 +49,11 @@ async def wait_reporting(ctx: Context, service: TaskService, task_ids: list[str]
     deadline = anyio.current_time() + min(seconds, MAX_WAIT_SECONDS)
     reported = 0.0
     while (left := deadline - anyio.current_time()) > 0:
+        change = service.watcher.next_change()
         records = [await service.get(task_id) for task_id in task_ids]
         if all(record.finished for record in records):
             return
-        await service.watcher.wait_for_any_update(min(PROGRESS_INTERVAL, left))
+        await service.watcher.wait_for_change(change, min(PROGRESS_INTERVAL, left))
         records = [await service.get(task_id) for task_id in task_ids]
         estimates = [await _percent_and_left(service, record) for record in records]
         percent = sum(share for share, _ in estimates) / len(estimates)

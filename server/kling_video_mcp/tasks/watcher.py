@@ -171,11 +171,19 @@ class Watcher:
             for updated in updates:
                 await updated.wait()
 
-    async def wait_for_any_update(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for any task's next update, on any worker (no nudge)."""
-        changed = self._changed
+    def next_change(self) -> anyio.Event:
+        """The event set by the next save of any task, on any worker.
+
+        Take it *before* reading the records it should tell news of, then wait on it with
+        :meth:`wait_for_change`: a save in between is then never missed.
+        """
+        return self._changed
+
+    @staticmethod
+    async def wait_for_change(change: anyio.Event, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``change`` (from :meth:`next_change`); ``True`` if it came."""
         with anyio.move_on_after(timeout):
-            await changed.wait()
+            await change.wait()
             return True
         return False
 
