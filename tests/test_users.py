@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from authserver import auth_server
@@ -262,3 +263,18 @@ async def test_several_workers_keep_users_apart_and_count_their_budgets_together
     assert bobs["task_id"] != task_id and not bobs["reused_existing"]
     assert done["status"] == "succeeded" and Path(done["file_path"]).parent == tmp_path / "clips" / "alice"
     assert over["error"]["code"] == "budget_exceeded" and "of alice's $2.00 daily budget" in over["error"]["message"]
+
+
+async def test_over_sse_too_each_user_sees_only_their_tasks(tmp_path, emulator):
+    users, tokens = token_file(tmp_path, "alice", "bob")
+    env = server_env(emulator, tmp_path, KLING_MCP_HTTP_TOKENS_FILE=str(users), KLING_MCP_HTTP_TOKEN=TOKEN)
+    listed: dict[str, list[str]] = {}
+    with http_server(env, "--transport", "sse", log_dir=tmp_path) as server:
+        for name in ("alice", "bob"):
+            headers = {"Authorization": f"Bearer {tokens[name]}"}
+            async with Client(sse_client(f"{server.base}/sse", headers=headers), mode="legacy") as client:
+                if name == "alice":
+                    made = await client.call_tool("generate_video", {"prompt": PROMPT, "duration": 3})
+                rows = (await client.call_tool("list_tasks", {})).structured_content["tasks"]
+                listed[name] = [row["task_id"] for row in rows]
+    assert listed == {"alice": [made.structured_content["task_id"]], "bob": []}
