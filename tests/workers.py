@@ -43,7 +43,7 @@ def workers(emulator, tmp_path: Path, database_url: str, count: int = 3, **extra
             )  # fmt: skip
             servers.append(start_server(env, "--stateless", log_dir=tmp_path, port=port))
         for server in servers:
-            wait_healthy(server)
+            wait_healthy(server, extra.get("KLING_MCP_HTTP_TOKEN"))  # a worker with sign-in needs it
         yield servers
     finally:
         for server in servers:

@@ -15,10 +15,14 @@ Public environment variables (a contract: keep the names):
 ``KLING_MCP_WEBHOOKS``      ``off`` stops asking providers for webhooks (default: on when
                             ``KLING_MCP_PUBLIC_URL`` is set).
 ``KLING_MCP_MAX_COST_USD``  refuse any single request estimated above this (default: no cap).
-``KLING_MCP_BUDGET_USD``    refuse new work once the period's estimated spend would pass this.
+``KLING_MCP_BUDGET_USD``    each user's budget: refuse their new work once their period's estimated spend would pass this.
+``KLING_MCP_TOTAL_BUDGET_USD`` the whole server's budget per period, all users together.
 ``KLING_MCP_BUDGET_PERIOD`` ``day`` (default), ``week`` or ``month``: calendar periods in UTC.
 ``KLING_MCP_CONFIRM_ABOVE_USD`` ask a person before sending any request estimated above this (default: never ask).
-``KLING_MCP_HTTP_TOKEN``    HTTP only: every request must carry ``Authorization: Bearer <it>``.
+``KLING_MCP_HTTP_TOKEN``    HTTP only: every request must carry ``Authorization: Bearer <it>`` (one user).
+``KLING_MCP_HTTP_TOKENS_FILE`` HTTP only: a file of users, one per line: a name and the SHA-256 of their token.
+``KLING_MCP_OAUTH_ISSUER``  HTTP only: accept JWT access tokens from this OAuth issuer (its URL).
+``KLING_MCP_OAUTH_AUDIENCE`` HTTP only: the audience those tokens must name (default: the public URL).
 ``KLING_MCP_PUBLIC_URL``    HTTP only: the base URL clients reach the server at (clip links).
 ``KLING_MCP_IMAGE_DIRS``    HTTP only: folders (``os.pathsep``-separated) local images may come from.
 ``KLING_MCP_ALLOWED_HOSTS`` HTTP only: extra ``Host`` values to accept (comma-separated).
@@ -89,6 +93,7 @@ class Settings(BaseSettings):
 
     max_cost_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_MAX_COST_USD"))
     budget_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_BUDGET_USD"))
+    total_budget_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_TOTAL_BUDGET_USD"))
     budget_period: Literal["day", "week", "month"] = Field("day", validation_alias=_env("KLING_MCP_BUDGET_PERIOD"))
     confirm_above_usd: float | None = Field(None, ge=0, validation_alias=_env("KLING_MCP_CONFIRM_ABOVE_USD"))
     """A request estimated above this waits for a person's yes before anything is sent (see ``tasks/consent.py``)."""
@@ -135,7 +140,17 @@ class Settings(BaseSettings):
     # binds only, and no image folders means remote callers can name no local file.
 
     http_token: SecretStr | None = Field(None, validation_alias=_env("KLING_MCP_HTTP_TOKEN"))
-    """Bearer token every HTTP request must carry; required to bind a non-loopback address."""
+    """A bearer token for one user (the same user as stdio's). Some sign-in (this, a token file
+    or an OAuth issuer) is required to bind a non-loopback address."""
+    http_tokens_file: Path | None = Field(None, validation_alias=_env("KLING_MCP_HTTP_TOKENS_FILE"))
+    """Users, one per line: a name and the SHA-256 hex of their token (``surface/auth.py``)."""
+    oauth_issuer: str | None = Field(None, validation_alias=_env("KLING_MCP_OAUTH_ISSUER"))
+    """The OAuth authorization server whose JWT access tokens are accepted, exactly as its
+    tokens' ``iss`` spells it (e.g. ``https://sso.example.com/realms/studio``)."""
+    oauth_audience: str | None = Field(None, validation_alias=_env("KLING_MCP_OAUTH_AUDIENCE"))
+    """The ``aud`` those tokens must carry; unset: the public URL (or its ``/mcp`` endpoint)."""
+    oauth_jwks_cooldown_seconds: float = Field(30.0, ge=0)
+    """Least seconds between two fetches of the issuer's keys forced by unknown ``kid`` values."""
     public_url: str | None = Field(None, validation_alias=_env("KLING_MCP_PUBLIC_URL"))
     """Base URL clients reach this server at (``https://host[:port][/prefix]``); clip links
     are ``<public_url>/clips/<file>``. Unset: ``http://<host>:<port>`` of the bind."""
@@ -175,9 +190,9 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL (e.g. https://api.novita.ai)")
         return value
 
-    @field_validator("http_token", "url_secret", mode="before")
+    @field_validator("http_token", "url_secret", "http_tokens_file", "oauth_audience", mode="before")
     @classmethod
-    def _blank_token_is_none(cls, value: object) -> object:
+    def _blank_is_none(cls, value: object) -> object:
         # An empty KLING_MCP_HTTP_TOKEN= must not become a token that an empty header matches.
         return None if isinstance(value, str) and not value.strip() else value
 
@@ -200,6 +215,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https:// (e.g. https://videos.example.com)")
         return value.rstrip("/")
 
+    @field_validator("oauth_issuer")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        # Kept as written: token ``iss`` claims are compared as exact strings (RFC 8414 §3.3).
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be the issuer's URL, e.g. https://sso.example.com/realms/studio")
+        return value.strip()
+
     @field_validator("image_dirs", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
@@ -210,6 +235,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_commas(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @property
+    def signs_in(self) -> bool:
+        """Whether HTTP callers must sign in (a token, a token file or an OAuth issuer)."""
+        return self.http_token is not None or self.http_tokens_file is not None or self.oauth_issuer is not None
 
     @property
     def default_provider(self) -> ProviderName:

@@ -28,6 +28,9 @@ TaskStatus = Literal["awaiting_confirmation", "queued", "running", "succeeded", 
 """``awaiting_confirmation``: journaled, nothing sent, until a person confirms it (``tasks/consent.py``)."""
 TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({"succeeded", "failed"})
 
+LOCAL_OWNER = "local"
+"""The owner of every task on a server without sign-in (stdio, or HTTP with one shared token)."""
+
 MODE_LABELS: dict[Mode, str] = {"std": "Standard", "pro": "Pro", "4k": "4K"}
 KIND_LABELS: dict[Kind, str] = {"t2v": "text-to-video", "i2v": "image-to-video"}
 
@@ -142,6 +145,8 @@ class TaskRecord(BaseModel):
     """
 
     task_id: str
+    owner: str = LOCAL_OWNER
+    """Who made it (``tasks/owners.py``); only they see it. Tasks from before owners are local."""
     provider: ProviderName | None = None
     mode: Mode | None = None
     kind: TaskKind

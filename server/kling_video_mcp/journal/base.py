@@ -1,7 +1,9 @@
 """The journal's one interface, shared by the embedded SQLite backend and PostgreSQL.
 
 Every task is a row holding its full :class:`~kling_video_mcp.models.TaskRecord` as JSON,
-with the columns we search by beside it. A write is committed before the call returns, so
+with the columns we search by beside it. A task's ``owner`` (the user who made it) is one of
+them: the queries made on a caller's behalf take an ``owner`` and see only that user's tasks,
+while ``owner=None`` (the server's own bookkeeping) sees every task. A write is committed before the call returns, so
 a task the server has told anyone about survives ``kill -9``.
 
 Beyond storage, the journal is where several server processes ("workers") meet:
@@ -77,8 +79,9 @@ class Journal(ABC):
         """Forget the task (a submit the provider refused: nothing was created)."""
 
     @abstractmethod
-    async def get(self, task_id: str) -> TaskRecord | None:
-        """The task with our ``task_id``, or the one whose provider task id is ``task_id``."""
+    async def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
+        """The task with our ``task_id``, or the one whose provider task id is ``task_id``,
+        if it is ``owner``'s (any owner's for ``None``)."""
 
     @abstractmethod
     async def find_provider_task(self, provider: str, provider_task_id: str) -> TaskRecord | None:
@@ -97,16 +100,21 @@ class Journal(ABC):
         """Tasks journaled before ``before`` whose submit never got an answer recorded."""
 
     @abstractmethod
-    async def same_request_since(self, fingerprint: str, since: datetime) -> TaskRecord | None:
-        """The newest task made from an identical request at or after ``since``, if any."""
+    async def same_request_since(
+        self, fingerprint: str, since: datetime, owner: str | None = None
+    ) -> TaskRecord | None:
+        """``owner``'s newest task made from an identical request at or after ``since``, if any."""
 
     @abstractmethod
-    async def created_since(self, since: datetime) -> list[TaskRecord]:
-        """Every task created at or after ``since`` (budget totals: every worker's tasks)."""
+    async def created_since(self, since: datetime, owner: str | None = None) -> list[TaskRecord]:
+        """Every task of ``owner``'s (everyone's for ``None``) created at or after ``since``
+        (budget totals: every worker's tasks)."""
 
     @abstractmethod
-    async def recent(self, status: TaskStatus | None = None, limit: int = 20) -> list[TaskRecord]:
-        """Newest first, optionally only those with ``status``."""
+    async def recent(
+        self, status: TaskStatus | None = None, limit: int = 20, *, owner: str | None = None
+    ) -> list[TaskRecord]:
+        """``owner``'s tasks (everyone's for ``None``), newest first, optionally only those with ``status``."""
 
     # -- working together -------------------------------------------------------------
 

@@ -61,11 +61,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_open ON tasks (created_at) WHERE open;
     CREATE TABLE rate_gates (provider text PRIMARY KEY, next_at timestamptz NOT NULL);
     """,
+    # 2: owners; tasks from before belong to the local user (models.LOCAL_OWNER).
+    """
+    ALTER TABLE tasks ADD COLUMN owner text NOT NULL DEFAULT 'local';
+    CREATE INDEX tasks_owner_created ON tasks (owner, created_at);
+    """,
 )
 """Schema versions, oldest first; version ``n`` is ``MIGRATIONS[n - 1]`` (table ``schema_migrations``)."""
 
 _LIVE = "(lease_owner IS NULL OR lease_expires < clock_timestamp())"
 """SQL: nobody holds a live lease on the row."""
+_OWNED = "(%s::text IS NULL OR owner = %s)"
+"""SQL: the row is the task owner's given twice (``None``: any owner's)."""
 
 
 async def migrate(url: str) -> int:
@@ -202,11 +209,11 @@ class PostgresJournal(Journal):
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO tasks (task_id, provider, provider_task_id, status, fingerprint, created_at, record, "
-                "open, webhook_token) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "open, webhook_token, owner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (task_id) DO UPDATE SET provider = excluded.provider, "
                 "provider_task_id = excluded.provider_task_id, status = excluded.status, "
                 "fingerprint = excluded.fingerprint, created_at = excluded.created_at, record = excluded.record, "
-                "open = excluded.open, webhook_token = excluded.webhook_token",
+                "open = excluded.open, webhook_token = excluded.webhook_token, owner = excluded.owner",
                 (
                     record.task_id,
                     record.provider or "local",  # an assembly is made here, at no provider
@@ -217,6 +224,7 @@ class PostgresJournal(Journal):
                     record.model_dump_json(),
                     is_open(record),
                     record.webhook_token_sha256,
+                    record.owner,
                 ),
             )
             await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"changed:{record.task_id}"))
@@ -225,10 +233,11 @@ class PostgresJournal(Journal):
     async def delete(self, task_id: str) -> None:
         await self._rows("DELETE FROM tasks WHERE task_id = %s RETURNING task_id", (task_id,))
 
-    async def get(self, task_id: str) -> TaskRecord | None:
+    async def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         return await self._one(
-            "SELECT record FROM tasks WHERE task_id = %s OR provider_task_id = %s ORDER BY task_id = %s DESC LIMIT 1",
-            task_id, task_id, task_id,
+            f"SELECT record FROM tasks WHERE (task_id = %s OR provider_task_id = %s) AND {_OWNED} "
+            "ORDER BY task_id = %s DESC LIMIT 1",
+            task_id, task_id, owner, owner, task_id,
         )  # fmt: skip
 
     async def find_provider_task(self, provider: str, provider_task_id: str) -> TaskRecord | None:
@@ -247,21 +256,26 @@ class PostgresJournal(Journal):
             "SELECT record FROM tasks WHERE provider_task_id IS NULL AND status = 'queued' AND created_at < %s", before
         )
 
-    async def same_request_since(self, fingerprint: str, since: datetime) -> TaskRecord | None:
+    async def same_request_since(
+        self, fingerprint: str, since: datetime, owner: str | None = None
+    ) -> TaskRecord | None:
         return await self._one(
-            "SELECT record FROM tasks WHERE fingerprint = %s AND created_at >= %s ORDER BY created_at DESC LIMIT 1",
-            fingerprint, since,
+            f"SELECT record FROM tasks WHERE fingerprint = %s AND created_at >= %s AND {_OWNED} "
+            "ORDER BY created_at DESC LIMIT 1",
+            fingerprint, since, owner, owner,
         )  # fmt: skip
 
-    async def created_since(self, since: datetime) -> list[TaskRecord]:
-        return await self._all("SELECT record FROM tasks WHERE created_at >= %s", since)
+    async def created_since(self, since: datetime, owner: str | None = None) -> list[TaskRecord]:
+        return await self._all(f"SELECT record FROM tasks WHERE created_at >= %s AND {_OWNED}", since, owner, owner)
 
-    async def recent(self, status: TaskStatus | None = None, limit: int = 20) -> list[TaskRecord]:
-        if status is None:
-            return await self._all("SELECT record FROM tasks ORDER BY created_at DESC LIMIT %s", limit)
+    async def recent(
+        self, status: TaskStatus | None = None, limit: int = 20, *, owner: str | None = None
+    ) -> list[TaskRecord]:
         return await self._all(
-            "SELECT record FROM tasks WHERE status = %s ORDER BY created_at DESC LIMIT %s", status, limit
-        )
+            f"SELECT record FROM tasks WHERE (%s::text IS NULL OR status = %s) AND {_OWNED} "
+            "ORDER BY created_at DESC LIMIT %s",
+            status, status, owner, owner, limit,
+        )  # fmt: skip
 
     # -- working together -------------------------------------------------------------
 

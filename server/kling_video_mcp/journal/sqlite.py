@@ -48,13 +48,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN webhook_token TEXT;
     CREATE UNIQUE INDEX tasks_webhook_token ON tasks (webhook_token) WHERE webhook_token IS NOT NULL;
     """,
+    # 3: owners; tasks from before belong to the local user (models.LOCAL_OWNER).
+    """
+    ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT 'local';
+    CREATE INDEX tasks_owner_created ON tasks (owner, created_at);
+    """,
 )
 """Schema versions, oldest first; version ``n`` is ``MIGRATIONS[n - 1]`` (``PRAGMA user_version``)."""
 
 BUSY_SECONDS = 5.0
 """How long a statement waits for another process's write lock on the file."""
 
-_COLUMNS = "task_id, provider, provider_task_id, status, fingerprint, created_at, record, webhook_token"
+_COLUMNS = "task_id, provider, provider_task_id, status, fingerprint, created_at, record, webhook_token, owner"
+_OWNED = "(? IS NULL OR owner = ?)"
+"""SQL: the row is the owner's given twice (``None``: any owner's)."""
 
 
 def migrate(db: sqlite3.Connection) -> int:
@@ -104,7 +111,7 @@ class SqliteJournal(Journal):
     async def save(self, record: TaskRecord) -> TaskRecord:
         record.updated_at = utcnow()
         self._db.execute(
-            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.task_id,
                 record.provider or "local",  # an assembly is made here, at no provider
@@ -114,6 +121,7 @@ class SqliteJournal(Journal):
                 record.created_at.isoformat(),
                 record.model_dump_json(),
                 record.webhook_token_sha256,
+                record.owner,
             ),
         )
         self._listeners.deliver("changed", record.task_id)
@@ -122,10 +130,11 @@ class SqliteJournal(Journal):
     async def delete(self, task_id: str) -> None:
         self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
 
-    async def get(self, task_id: str) -> TaskRecord | None:
+    async def get(self, task_id: str, owner: str | None = None) -> TaskRecord | None:
         return self._one(
-            "SELECT record FROM tasks WHERE task_id = ? OR provider_task_id = ? ORDER BY task_id = ? DESC LIMIT 1",
-            task_id, task_id, task_id,
+            f"SELECT record FROM tasks WHERE (task_id = ? OR provider_task_id = ?) AND {_OWNED} "
+            "ORDER BY task_id = ? DESC LIMIT 1",
+            task_id, task_id, owner, owner, task_id,
         )  # fmt: skip
 
     async def find_provider_task(self, provider: str, provider_task_id: str) -> TaskRecord | None:
@@ -144,19 +153,25 @@ class SqliteJournal(Journal):
             before.isoformat(),
         )
 
-    async def same_request_since(self, fingerprint: str, since: datetime) -> TaskRecord | None:
+    async def same_request_since(
+        self, fingerprint: str, since: datetime, owner: str | None = None
+    ) -> TaskRecord | None:
         return self._one(
-            "SELECT record FROM tasks WHERE fingerprint = ? AND created_at >= ? ORDER BY created_at DESC LIMIT 1",
-            fingerprint, since.isoformat(),
+            f"SELECT record FROM tasks WHERE fingerprint = ? AND created_at >= ? AND {_OWNED} "
+            "ORDER BY created_at DESC LIMIT 1",
+            fingerprint, since.isoformat(), owner, owner,
         )  # fmt: skip
 
-    async def created_since(self, since: datetime) -> list[TaskRecord]:
-        return self._all("SELECT record FROM tasks WHERE created_at >= ?", since.isoformat())
+    async def created_since(self, since: datetime, owner: str | None = None) -> list[TaskRecord]:
+        return self._all(f"SELECT record FROM tasks WHERE created_at >= ? AND {_OWNED}", since.isoformat(), owner, owner)
 
-    async def recent(self, status: TaskStatus | None = None, limit: int = 20) -> list[TaskRecord]:
-        if status is None:
-            return self._all("SELECT record FROM tasks ORDER BY created_at DESC LIMIT ?", limit)
-        return self._all("SELECT record FROM tasks WHERE status = ? ORDER BY created_at DESC LIMIT ?", status, limit)
+    async def recent(
+        self, status: TaskStatus | None = None, limit: int = 20, *, owner: str | None = None
+    ) -> list[TaskRecord]:
+        return self._all(
+            f"SELECT record FROM tasks WHERE (? IS NULL OR status = ?) AND {_OWNED} ORDER BY created_at DESC LIMIT ?",
+            status, status, owner, owner, limit,
+        )  # fmt: skip
 
     # -- working together (one machine) -----------------------------------------------
 

@@ -20,18 +20,22 @@ the first only: providers cannot send a bearer token, and the URL's token is the
    connections" and answer 403 when it is invalid (spec 2025-11-25 and 2026-07-28,
    ``basic/transports``); the SDK turns this on by itself only for loopback binds and only on
    the MCP endpoint (mcp-sdk.md §2.3), so it is applied here to the whole app.
-2. When ``KLING_MCP_HTTP_TOKEN`` is set, ``Authorization: Bearer <token>`` (RFC 6750), else
-   401. A server that binds a non-loopback address without a token refuses to start: it would
-   read local files and spend provider credit for anyone who can reach it.
+2. When sign-in is configured (``KLING_MCP_HTTP_TOKEN``, ``KLING_MCP_HTTP_TOKENS_FILE`` or
+   ``KLING_MCP_OAUTH_ISSUER``), a verified bearer token with the needed scope
+   (:mod:`kling_video_mcp.surface.auth`), else 401 or 403; with an issuer, the protected-resource
+   metadata (RFC 9728) is served to anyone. A server that binds a non-loopback address without
+   sign-in refuses to start: it would read local files and spend provider credit for anyone
+   who can reach it.
 
-``/clips/`` and ``/previews/`` also open with a signed, expiring link instead of the token
-(:mod:`kling_video_mcp.surface.signed_urls`), because a ``<video>`` element cannot send one.
-A link whose signature is expired or does not match gets 403, token or not.
+Clips are served from the caller's own folder: ``/clips/{file}`` finds only the caller's clips.
+``/clips/`` and ``/previews/`` also open with a signed, expiring link instead of a token
+(:mod:`kling_video_mcp.surface.signed_urls`), because a ``<video>`` element cannot send one;
+the link names the owner's folder under its signature. A link whose signature is expired or
+does not match gets 403, token or not.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import re
@@ -43,7 +47,6 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -51,7 +54,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
+from kling_video_mcp.surface.auth import AccessGuard, build_access, caller_owner_of
 from kling_video_mcp.surface.signed_urls import SIGNED_ROUTES, UrlSigner, Verdict
+from kling_video_mcp.tasks.owners import owner_folder
 
 if TYPE_CHECKING:
     from kling_video_mcp.surface.server import KlingMCPServer
@@ -96,17 +101,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, token: SecretStr | None) -> None:
-    """Refuse a non-loopback bind without a token.
+def check_bind(host: str, sign_in: object | None) -> None:
+    """Refuse a non-loopback bind without sign-in (``sign_in``: a token, or ``None`` for none).
 
     Raises:
-        StartRefused: ``host`` is reachable from other machines and no token is set.
+        StartRefused: ``host`` is reachable from other machines and no sign-in is configured.
     """
-    if token is None and not is_loopback(host):
+    if not sign_in and not is_loopback(host):
         raise StartRefused(
-            f"refusing to serve on {host!r} without a token: anyone who can reach it could make the "
+            f"refusing to serve on {host!r} without sign-in: anyone who can reach it could make the "
             "server spend your provider credit. Set KLING_MCP_HTTP_TOKEN to a long random secret "
-            "(clients then send 'Authorization: Bearer <token>'), or bind 127.0.0.1 (the default)."
+            "(clients then send 'Authorization: Bearer <token>'), or KLING_MCP_HTTP_TOKENS_FILE or "
+            "KLING_MCP_OAUTH_ISSUER for several users, or bind 127.0.0.1 (the default)."
         )
 
 
@@ -161,48 +167,11 @@ class HostOriginGuard:
         await self.app(scope, receive, send)
 
 
-_UNAUTHORIZED = "Send 'Authorization: Bearer <token>' with the token set in the server's KLING_MCP_HTTP_TOKEN."
-
-
-class BearerTokenGuard:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``.
-
-    The comparison takes constant time (``hmac.compare_digest``), and neither the token nor
-    what the caller sent appears in a response or a log line.
-    """
-
-    def __init__(self, app: ASGIApp, token: SecretStr) -> None:
-        self.app = app
-        self.expected = token.get_secret_value().encode()
-
-    def _authorized(self, header: str | None) -> bool:
-        scheme, _, credentials = (header or "").partition(" ")
-        # The auth scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.expected)
-
-    def _admitted(self, request: Request) -> bool:
-        return _signed_media(request) or self._authorized(request.headers.get("authorization"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(WEBHOOK_PREFIX):
-            await self.app(scope, receive, send)  # the token in the URL is the credential
-            return
-        if scope["type"] == "http" and not self._admitted(Request(scope)):
-            refusal = JSONResponse(
-                {"error": "unauthorized", "message": _UNAUTHORIZED},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer realm="kling-video-mcp"'},
-            )
-            await refusal(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _signed_media(request: Request) -> bool:
+def signed_media(scope: Scope) -> bool:
     """A request for one file under a media route, carrying a signature: that route's endpoint
     checks the signature (:func:`_media_endpoint`); no other endpoint can be reached this way."""
-    route, _, name = request.url.path.lstrip("/").partition("/")
-    return route in SIGNED_ROUTES and bool(name) and "/" not in name and "sig" in request.query_params
+    route, _, name = scope["path"].lstrip("/").partition("/")
+    return route in SIGNED_ROUTES and bool(name) and "/" not in name and b"sig=" in scope.get("query_string", b"")
 
 
 def clip_path(output_dir: Path, name: str) -> Path | None:
@@ -229,14 +198,20 @@ _REFUSED_LINK = {
 }
 
 
-def _media_endpoint(route: str, folder: Path, signer: UrlSigner) -> Callable[[Request], Awaitable[Response]]:
-    """Serve ``<folder>/<file>`` under ``/<route>/``; a signed request must carry a valid signature."""
+def _media_endpoint(route: str, root: Path, signer: UrlSigner) -> Callable[[Request], Awaitable[Response]]:
+    """Serve ``<root>/<owner folder>/<file>`` under ``/<route>/``: the folder the signed link names,
+    else the caller's own (another user's file is missing here); a signed request must carry a
+    valid signature."""
 
     async def media(request: Request) -> Response:
         name = request.path_params["file"]
         verdict = signer.verify(route, name, request.query_params)
         if verdict in _REFUSED_LINK:
             return PlainTextResponse(_REFUSED_LINK[verdict], status_code=403)
+        if verdict is Verdict.VALID:
+            folder = root / request.query_params.get("folder", "")  # as signed by this server
+        else:
+            folder = root / owner_folder(caller_owner_of(request.scope))
         # Starlette's FileResponse answers Range requests (206, multipart, 416) and HEAD.
         if (path := clip_path(folder, name)) is None:
             return PlainTextResponse(f"No such file in this server's {route} folder.", status_code=404)
@@ -306,12 +281,22 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     """The whole HTTP app for ``config``; see the module docstring for what it serves.
 
     Raises:
-        StartRefused: non-loopback ``config.host`` and no ``KLING_MCP_HTTP_TOKEN``.
+        StartRefused: non-loopback ``config.host`` and no sign-in, or an unusable token file.
     """
     from kling_video_mcp.surface.server import build_server  # the tools load only when serving
 
-    check_bind(config.host, settings.http_token)
+    check_bind(config.host, settings.signs_in or None)
     base_url = public_base_url(settings, config)
+    endpoints = ["/sse", "/messages/"] if config.transport == "sse" else ["/mcp"]
+    try:
+        access = build_access(
+            shared_token=settings.http_token, tokens_file=settings.http_tokens_file,
+            issuer=settings.oauth_issuer, audience=settings.oauth_audience,
+            resource_url=base_url + endpoints[0], public_url=base_url,
+            jwks_cooldown_seconds=settings.oauth_jwks_cooldown_seconds,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise StartRefused(f"KLING_MCP_HTTP_TOKENS_FILE cannot be used: {exc}") from exc
     signer = UrlSigner.for_settings(settings, base_url)
     mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs), url_signer=signer)
     mcp.custom_route("/healthz", methods=["GET"])(_healthz)
@@ -323,8 +308,13 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
         app = mcp.sse_app(transport_security=security, host=config.host)
     else:
         app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless)
-    if settings.http_token is not None:
-        app.add_middleware(BearerTokenGuard, token=settings.http_token)
+    if access is not None:
+        app.router.routes.extend(access.routes)
+        # Open: the protected-resource metadata, and webhooks (the token in their URL is the credential).
+        open_prefixes = [route.path for route in access.routes] + [WEBHOOK_PREFIX]
+        # Signed media links pass too: their endpoint checks the signature (a <video> sends no token).
+        app.add_middleware(AccessGuard, verifier=access.verifier, mcp_paths=endpoints, open_prefixes=open_prefixes,
+                           resource_metadata_url=access.resource_metadata_url, admit=signed_media)  # fmt: skip
     app.add_middleware(HostOriginGuard, security=security)  # added last = runs first
     return app
 
@@ -349,6 +339,15 @@ class QueryRedactingFilter(logging.Filter):
         return True
 
 
+def _sign_in_summary(settings: Settings) -> str:
+    ways = [
+        f"OAuth tokens from {settings.oauth_issuer}" if settings.oauth_issuer else "",
+        f"the users in {settings.http_tokens_file}" if settings.http_tokens_file else "",
+        "the shared token" if settings.http_token else "",
+    ]
+    return ", ".join(way for way in ways if way) or "none (loopback only)"
+
+
 def serve_http(settings: Settings, config: HttpConfig) -> None:
     """Serve until stopped (Ctrl-C / SIGTERM). Logs go to the root logger (stderr).
 
@@ -365,9 +364,9 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
     if settings.public_url is None and not is_loopback(config.host):
         log.warning("KLING_MCP_PUBLIC_URL is not set: clip links name this machine; clients behind a proxy need it set")
     log.info(
-        "Serving MCP (%s%s) at http://%s:%d%s; clips at %s/clips/; bearer token %s",
+        "Serving MCP (%s%s) at http://%s:%d%s; clips at %s/clips/; sign-in: %s",
         config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
-        public_base_url(settings, config), "required" if settings.http_token else "not required (loopback only)",
+        public_base_url(settings, config), _sign_in_summary(settings),
     )  # fmt: skip
     # log_config=None: uvicorn's own loggers go through ours (stderr), access log included;
     # tokens in query strings (signed links, misplaced tokens) must not land in it, nor webhook

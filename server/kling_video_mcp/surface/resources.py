@@ -8,6 +8,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from kling_video_mcp.errors import NotFound
 from kling_video_mcp.models import TaskRecord
+from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.results import public_status
 from kling_video_mcp.surface.state import AppState, app_state, task_report
 
@@ -17,10 +18,10 @@ PREVIEW_RESOURCE = "kling-video://previews/{task_id}"
 
 
 def register_resources(mcp: MCPServer[AppState]) -> None:
-    """The task record, the clip itself and its preview proxy, as resource templates."""
+    """The task record, the clip itself and its preview proxy, as resource templates (the caller's own tasks only)."""
 
     async def delivered(ctx: Context, task_id: str) -> TaskRecord:
-        record = await app_state(ctx).service.journal.get(task_id)
+        record = await app_state(ctx).service.journal.get(task_id, caller_owner(ctx))
         if record is None:
             raise ResourceNotFoundError(f"No task {task_id!r} in the journal.")
         return record

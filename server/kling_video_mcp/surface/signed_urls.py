@@ -1,8 +1,8 @@
 """Signed, expiring links to clips and previews, for a ``<video>`` element that cannot send a token.
 
-A link is ``<base>/clips/<file>?exp=<unix seconds>&sig=<HMAC-SHA256>`` (or ``/previews/``):
-the signature covers the route, the file name and the expiry, so a link opens exactly one file
-until it expires. The key is ``KLING_MCP_URL_SECRET``, else 32 random bytes generated once into
+A link is ``<base>/clips/<file>?exp=<unix seconds>&sig=<HMAC-SHA256>`` (or ``/previews/``),
+with ``&folder=<owner folder>`` for a signed-in user's file: the signature covers the route,
+the folder, the file name and the expiry, so a link opens exactly one file until it expires. The key is ``KLING_MCP_URL_SECRET``, else 32 random bytes generated once into
 ``<state_dir>/url-secret`` (readable by the owner only), so links survive a restart and every
 worker on one state folder signs alike. Workers on several machines need the variable set.
 """
@@ -67,15 +67,17 @@ class UrlSigner:
         secret = settings.url_secret.get_secret_value().encode() if settings.url_secret else None
         return cls(key=secret or _state_secret(settings.state_dir), base_url=base_url.rstrip("/"))
 
-    def _signature(self, route: str, name: str, expires: int) -> str:
-        message = f"{route}\n{name}\n{expires}".encode()
+    def _signature(self, route: str, folder: str, name: str, expires: int) -> str:
+        message = f"{route}\n{folder}\n{name}\n{expires}".encode()
         digest = hmac.new(self.key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
-    def url(self, route: str, name: str, *, now: float | None = None) -> str:
-        """``<base>/<route>/<name>?exp=...&sig=...``, valid for :attr:`lifetime` seconds from ``now``."""
+    def url(self, route: str, name: str, *, folder: str = "", now: float | None = None) -> str:
+        """``<base>/<route>/<name>?exp=...&sig=...``, valid for :attr:`lifetime` seconds from ``now``;
+        with ``folder`` (an owner's subfolder of the route's folder) also ``&folder=<folder>``, signed too."""
         expires = int((time.time() if now is None else now) + self.lifetime)
-        query = urlencode({"exp": expires, "sig": self._signature(route, name, expires)})
+        fields: dict[str, str | int] = {"folder": folder} if folder else {}
+        query = urlencode({**fields, "exp": expires, "sig": self._signature(route, folder, name, expires)})
         return f"{self.base_url}/{route}/{quote(name)}?{query}"
 
     def verify(self, route: str, name: str, query: Mapping[str, str], *, now: float | None = None) -> Verdict:
@@ -85,7 +87,8 @@ class UrlSigner:
         expires, signature = query.get("exp", ""), query.get("sig", "")
         if not expires.isdigit():
             return Verdict.INVALID
-        if not hmac.compare_digest(signature.encode(), self._signature(route, name, int(expires)).encode()):
+        expected = self._signature(route, query.get("folder", ""), name, int(expires))
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
             return Verdict.INVALID
         if int(expires) <= (time.time() if now is None else now):
             return Verdict.EXPIRED

@@ -21,6 +21,7 @@ from kling_video_mcp.errors import Declined, InvalidRequest, KlingError
 from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
 from kling_video_mcp.surface import params as p
 from kling_video_mcp.surface.icons import icons
+from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
@@ -71,7 +72,7 @@ ASSEMBLE_DESCRIPTION = (
     "check_task then gives the film's path, a resource link, its duration checked against the shots', a contact "
     "sheet with one frame per shot, and its last frame (continue with animate_image(image='task:<task_id>'))."
 )
-LIST_DESCRIPTION = "List the tasks in this server's journal, newest first, optionally only those in one status."
+LIST_DESCRIPTION = "List your tasks in this server's journal, newest first, optionally only those in one status."
 CONFIRM_DESCRIPTION = (
     "For the screening room view only: the person's answer to a request awaiting confirmation (its estimate is "
     "above the spend they set in KLING_MCP_CONFIRM_ABOVE_USD). confirm sends it and returns the task; decline "
@@ -104,7 +105,7 @@ def _can_elicit(ctx: Context) -> bool:
 
 
 async def _question(
-    state: AppState, request: GenerationRequest, max_cost_usd: float | None, force_new: bool
+    state: AppState, request: GenerationRequest, max_cost_usd: float | None, force_new: bool, owner: str
 ) -> str | None:
     """What to ask the person before sending ``request``, or ``None`` when there is nothing to ask.
 
@@ -118,10 +119,10 @@ async def _question(
         return None
     try:
         service.providers.require_key(request.provider)
-        await service.check_cost(request, max_cost_usd)
+        await service.check_cost(request, max_cost_usd, owner=owner)
     except KlingError:
         return None
-    if not force_new and await service.find_duplicate(request) is not None:
+    if not force_new and await service.find_duplicate(request, owner) is not None:
         return None
     return consent.question(request, estimate)
 
@@ -135,7 +136,8 @@ async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[co
     """
     if arguments["dry_run"] or not _can_elicit(ctx):
         return None
-    text = await _question(app_state(ctx), _request(kind, arguments), arguments["max_cost_usd"], arguments["force_new"])
+    request = _request(kind, arguments)
+    text = await _question(app_state(ctx), request, arguments["max_cost_usd"], arguments["force_new"], caller_owner(ctx))
     return None if text is None else Elicit(text, consent.SpendConsent)
 
 
@@ -182,11 +184,12 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     """
     state = app_state(ctx)
     service = state.service
+    owner = caller_owner(ctx)
     request = _request(kind, parameters)
     try:
-        images = await service.prepare(request, image_dirs=state.image_dirs)
+        images = await service.prepare(request, owner=owner, image_dirs=state.image_dirs)
         if parameters["dry_run"]:
-            estimate = await service.check_cost(request, parameters["max_cost_usd"])
+            estimate = await service.check_cost(request, parameters["max_cost_usd"], owner=owner)
             asks = consent.needs_confirmation(state.settings, estimate)
             return dry_run_result(request, estimate, asks_first=asks)
         answer = parameters["consent"]
@@ -194,7 +197,7 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
             return error_result(refusal)
         adapter = await service.providers.get(request.provider)
         record, reused = await service.reserve(
-            request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]
+            request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"], owner=owner
         )
         if reused:
             return with_media(ctx, task_result(task_report(state, record, reused=True)), [record])
@@ -214,11 +217,13 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
     return with_media(ctx, task_result(task_report(state, record)), [record])
 
 
-async def _check(state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode) -> list[TaskRecord]:
-    """The tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
-    if provider is not None and len(task_ids) == 1 and await state.service.journal.get(task_ids[0]) is None:
-        return [await state.service.recover(task_ids[0], provider, mode)]
-    return await state.service.check(task_ids)
+async def _check(
+    state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode, owner: str
+) -> list[TaskRecord]:
+    """``owner``'s tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
+    if provider is not None and len(task_ids) == 1 and await state.service.journal.get(task_ids[0], owner) is None:
+        return [await state.service.recover(task_ids[0], provider, mode, owner=owner)]
+    return await state.service.check(task_ids, owner=owner)
 
 
 def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
@@ -301,12 +306,13 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     ) -> ToolResult:
         state = app_state(ctx)
         service = state.service
+        owner = caller_owner(ctx)
         try:
             options = dict(transition=transition, crossfade_seconds=crossfade_seconds, audio=audio, title=title)
-            assembly = await service.assembler.prepare(task_ids, **options)
+            assembly = await service.assembler.prepare(task_ids, owner=owner, **options)
         except KlingError as exc:
             return error_result(exc)
-        record = await service.start_assembly(assembly)
+        record = await service.start_assembly(assembly, owner=owner)
         if wait_seconds:
             await wait_reporting(ctx, service, [record.task_id], wait_seconds)
             record = await service.get(record.task_id)
@@ -332,7 +338,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(InvalidRequest("task_id or task_ids: give exactly one of them."))
         ids = [task_id] if task_id is not None else list(dict.fromkeys(task_ids or []))
         try:
-            records = await _check(state, ids, provider, mode or default_mode)
+            records = await _check(state, ids, provider, mode or default_mode, caller_owner(ctx))
         except KlingError as exc:
             return error_result(exc)
         if wait_seconds:
@@ -351,7 +357,9 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
         # Filter on the status people see: a finished render still downloading shows as running.
-        records = await state.service.journal.recent(None, limit if status is None else LIST_SCAN_LIMIT)
+        records = await state.service.journal.recent(
+            None, limit if status is None else LIST_SCAN_LIMIT, owner=caller_owner(ctx)
+        )
         rows = [task_report(state, record) for record in records if status in (None, public_status(record))][:limit]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))
 
@@ -367,6 +375,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         if not called_from_a_view(ctx):
             return error_result(Declined(NOT_FROM_A_VIEW, task_id=task_id))
         try:
+            await state.service.get(task_id, caller_owner(ctx))  # another user's task is "not found"
             if decision == "decline":
                 await state.service.consent.decline(task_id, DECLINED_IN_VIEW)
                 record = await state.service.get(task_id)
@@ -390,7 +399,7 @@ async def _confirm(state: AppState, task_id: str) -> TaskRecord:
         return await service.get(task_id)
     try:
         request = record.request
-        images = await service.prepare(request, image_dirs=state.image_dirs)
+        images = await service.prepare(request, owner=record.owner, image_dirs=state.image_dirs)
         adapter = await service.providers.get(request.provider)
     except KlingError as exc:
         await service.record_error(task_id, exc, final=True)

@@ -32,6 +32,7 @@ from kling_video_mcp.tasks.downloads import adopt
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.journal import Journal
 from kling_video_mcp.tasks.media import frames, probe, save_last_frame
+from kling_video_mcp.tasks.owners import owner_folder
 from kling_video_mcp.tasks.watcher import Pace
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ class Assembler:
         crossfade_seconds: float = 0.5,
         audio: AudioChoice = "keep",
         title: str | None = None,
+        owner: str,
     ) -> Assembly:
-        """The assembly of ``task_ids`` in playing order, checked; nothing is made or journaled.
+        """The assembly of ``owner``'s ``task_ids`` in playing order, checked; nothing is made or journaled.
+        Another owner's task is unknown here, word for word like a missing one.
 
         A clip whose facts are not journaled yet is probed on a worker thread.
 
@@ -79,7 +82,7 @@ class Assembler:
             raise InvalidRequest(
                 f"task_ids: give {MIN_SHOTS} to {MAX_SHOTS} finished tasks in playing order (got {len(task_ids)})."
             )
-        records = [await self.journal.get(task_id) for task_id in task_ids]
+        records = [await self.journal.get(task_id, owner) for task_id in task_ids]
         sources = await anyio.to_thread.run_sync(self._sources, list(task_ids), records)
         fade = crossfade_seconds if transition == "crossfade" else 0.0
         for position, source in enumerate(sources):
@@ -126,11 +129,12 @@ class Assembler:
                 raise InvalidRequest(f"{where}: the clip of task {task_id!r} cannot be read ({exc}), so it cannot be joined.") from exc
         return AssemblySource(task_id=record.task_id, file_path=record.file_path, sha256=record.sha256, facts=facts)
 
-    async def create(self, assembly: Assembly) -> TaskRecord:
-        """Journal a new assembly task, already running (the watcher makes it from here on)."""
+    async def create(self, assembly: Assembly, owner: str) -> TaskRecord:
+        """Journal ``owner``'s new assembly task, already running (the watcher makes it from here on)."""
         task_id = uuid.uuid4().hex
         record = TaskRecord(
             task_id=task_id,
+            owner=owner,
             kind="assemble",
             assembly=assembly,
             fingerprint=f"assemble:{task_id}",
@@ -179,7 +183,7 @@ class Assembler:
         for source in assembly.sources:
             if not Path(source.file_path).is_file():
                 raise AssemblyFailed(f"The clip of task {source.task_id!r} is gone from disk ({source.file_path}).")
-        destination = Path(self.settings.output_dir) / clip_filename(record)
+        destination = Path(self.settings.output_dir) / owner_folder(record.owner) / clip_filename(record)
         destination.parent.mkdir(parents=True, exist_ok=True)
         fade = assembly.crossfade_seconds or 0.0
         work = partial(

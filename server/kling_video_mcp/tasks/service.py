@@ -5,6 +5,10 @@ to the watcher, which polls until the clip is downloaded. ``check`` reads the jo
 (after nudging the watcher for fresh news), so a task survives restarts and is finished
 whether or not anyone asks. Assemblies (:mod:`kling_video_mcp.tasks.assembly`) are journaled
 here too and made by the same watcher, through :meth:`TaskService.step`.
+
+Every task has an owner (``tasks/owners.py``). The methods a caller reaches take the caller's
+``owner`` and see only that owner's tasks: another owner's task is "not found", word for word
+like one that does not exist. Duplicates and budgets are counted per owner as well.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from kling_video_mcp.errors import (
 )
 from kling_video_mcp.journal import Journal, open_journal, token_digest
 from kling_video_mcp.models import (
+    LOCAL_OWNER,
     Assembly,
     GenerationRequest,
     ImageSource,
@@ -67,6 +72,7 @@ from kling_video_mcp.tasks.consent import ConsentDesk
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.images import frame_image, resolve_image
 from kling_video_mcp.tasks.media import make_companions
+from kling_video_mcp.tasks.owners import owner_folder
 from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,7 @@ submit with no provider task id this old was cut off by a crash: a live submit a
 ``request_deadline`` plus its 429 retries. One machine tells by the submit's lock file at once."""
 COMPANION_DECODERS = 2
 """Clips probed and previewed at once: each decode holds frames in memory (benchmark figure 4)."""
+PERIOD_ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
 FRESH_NEWS_SECONDS = 5.0
 """How long ``check`` waits for the watcher's next poll when asked for fresh news."""
 
@@ -142,11 +149,12 @@ class TaskService:
     # -- submitting -------------------------------------------------------------------
 
     async def prepare(
-        self, request: GenerationRequest, *, image_dirs: Sequence[Path] | None = None
+        self, request: GenerationRequest, *, owner: str, image_dirs: Sequence[Path] | None = None
     ) -> dict[str, ImageSource]:
         """Check everything that can be checked without sending anything; returns the images.
 
-        ``image_dirs`` limits local image files to those folders (see :func:`resolve_image`).
+        ``image_dirs`` limits local image files to those folders (see :func:`resolve_image`);
+        ``task:<id>`` references name ``owner``'s tasks only.
         Images are read and decoded in a worker thread (up to 10 MB each), off the event loop.
 
         Raises:
@@ -156,16 +164,16 @@ class TaskService:
         validation.check(request)
         self.providers.require_key(request.provider)
         references = {"image": request.image, "end_image": request.end_image}
-        return {field: await self._image(field, ref, image_dirs) for field, ref in references.items() if ref}
+        return {field: await self._image(field, ref, image_dirs, owner) for field, ref in references.items() if ref}
 
-    async def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None) -> ImageSource:
+    async def _image(self, field: str, reference: str, image_dirs: Sequence[Path] | None, owner: str) -> ImageSource:
         """Resolve an image reference; ``task:<id>`` (or ``task:<id>#last_frame``) is an earlier clip's last frame."""
         if not reference.startswith(TASK_REFERENCE):
             return await anyio.to_thread.run_sync(partial(resolve_image, field, reference, allowed_dirs=image_dirs))
         task_id, _, part = reference.removeprefix(TASK_REFERENCE).partition("#")
         if part not in ("", "last_frame"):
             raise InvalidRequest(f"{field}: {reference!r} names #{part}; only #last_frame is available.")
-        record = await self.journal.get(task_id)
+        record = await self.journal.get(task_id, owner)
         if record is not None and record.delivered and not record.last_frame_path:
             why = " ".join(record.warnings) or "it was not made"
             raise InvalidRequest(f"{field}: task {task_id!r} has its clip but no last frame ({why}); chain from another task.")
@@ -189,8 +197,8 @@ class TaskService:
             return day.replace(day=1)
         return day
 
-    async def spent(self) -> float:
-        """Estimated USD committed in the current budget period.
+    async def spent(self, owner: str | None) -> float:
+        """Estimated USD committed in the current budget period by ``owner`` (``None``: everyone).
 
         Every task counts except those the provider itself failed (failed renders are not
         billed, or are refunded) and those a person declined (never sent); unknown outcomes
@@ -200,18 +208,19 @@ class TaskService:
         return round(
             sum(
                 record.estimated_cost_usd or 0.0
-                for record in await self.journal.created_since(self.period_start())
+                for record in await self.journal.created_since(self.period_start(), owner)
                 if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error", "declined"))
             ),
             2,
         )
 
-    async def check_cost(self, request: GenerationRequest, max_cost_usd: float | None) -> float:
-        """The request's estimate, if it fits the per-request cap and the budget.
+    async def check_cost(self, request: GenerationRequest, max_cost_usd: float | None, *, owner: str) -> float:
+        """The request's estimate, if it fits the per-request cap and the budgets.
 
         Raises:
-            BudgetExceeded: the estimate is above ``max_cost_usd`` (else ``KLING_MCP_MAX_COST_USD``)
-                or above what is left of ``KLING_MCP_BUDGET_USD`` this period.
+            BudgetExceeded: the estimate is above ``max_cost_usd`` (else ``KLING_MCP_MAX_COST_USD``),
+                above what is left of ``owner``'s ``KLING_MCP_BUDGET_USD`` this period, or above
+                what is left of the server's ``KLING_MCP_TOTAL_BUDGET_USD``.
         """
         estimate = self.estimate(request)
         cap = max_cost_usd if max_cost_usd is not None else self.settings.max_cost_usd
@@ -220,32 +229,40 @@ class TaskService:
                 f"This request is estimated at ${estimate:.2f}, above the limit of ${cap:.2f}; nothing was sent. "
                 "Shorten the clip, pick a cheaper mode (std < pro < 4k), or raise max_cost_usd."
             )
-        if self.settings.budget_usd is not None:
-            left = round(self.settings.budget_usd - await self.spent(), 2)
+        whose = "the" if owner == LOCAL_OWNER else f"{owner}'s"
+        budgets = [
+            (self.settings.budget_usd, owner, f"{whose} {{}} budget (KLING_MCP_BUDGET_USD)"),
+            (self.settings.total_budget_usd, None, "the server's {} budget for all users (KLING_MCP_TOTAL_BUDGET_USD)"),
+        ]
+        for budget, spender, name in budgets:
+            if budget is None:
+                continue
+            left = round(budget - await self.spent(spender), 2)
             if estimate > left:
+                period = f"${budget:.2f} {PERIOD_ADJECTIVES[self.settings.budget_period]}"
                 raise BudgetExceeded(
-                    f"This request is estimated at ${estimate:.2f} but only ${max(left, 0):.2f} of the "
-                    f"${self.settings.budget_usd:.2f} {self.settings.budget_period}ly budget (KLING_MCP_BUDGET_USD) "
-                    "is left; nothing was sent."
+                    f"This request is estimated at ${estimate:.2f} but only ${max(left, 0):.2f} of "
+                    f"{name.format(period)} is left; nothing was sent."
                 )
         return estimate
 
-    async def find_duplicate(self, request: GenerationRequest) -> TaskRecord | None:
-        """A task from an identical request within the idempotency window that may still pay off.
+    async def find_duplicate(self, request: GenerationRequest, owner: str) -> TaskRecord | None:
+        """``owner``'s task from an identical request within the idempotency window that may still pay off.
 
         A task the provider failed is not a duplicate; one with an unknown outcome is (it may
         be running and billed).
         """
         since = utcnow() - timedelta(seconds=self.settings.idempotency_window_seconds)
-        record = await self.journal.same_request_since(request.fingerprint(), since)
+        record = await self.journal.same_request_since(request.fingerprint(), since, owner)
         if record is None or (record.status == "failed" and record.error_code != UnknownOutcome.code):
             return None
         return record
 
     async def reserve(
-        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool
+        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool,
+        owner: str,
     ) -> tuple[TaskRecord, bool]:
-        """Journal a new task for ``request``, or return the identical recent one (``True``).
+        """Journal a new task of ``owner``'s for ``request``, or return their identical recent one (``True``).
 
         The duplicate check, the cost check and the journal write happen inside one
         critical section of the journal, held by one submit at a time on every worker, so
@@ -256,16 +273,18 @@ class TaskService:
             BudgetExceeded: see :meth:`check_cost`.
         """
         async with self.journal.exclusive("submit"):
-            return await self._reserve(request, adapter, max_cost_usd=max_cost_usd, force_new=force_new)
+            return await self._reserve(request, adapter, max_cost_usd=max_cost_usd, force_new=force_new, owner=owner)
 
     async def _reserve(
-        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool
+        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool,
+        owner: str,
     ) -> tuple[TaskRecord, bool]:
-        if not force_new and (existing := await self.find_duplicate(request)) is not None:
+        if not force_new and (existing := await self.find_duplicate(request, owner)) is not None:
             return existing, True
-        estimate = await self.check_cost(request, max_cost_usd)
+        estimate = await self.check_cost(request, max_cost_usd, owner=owner)
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
+            owner=owner,
             provider=request.provider,
             mode=request.mode,
             kind=request.kind,
@@ -359,6 +378,7 @@ class TaskService:
         record.watched_since = utcnow()
         await self.journal.save(record)
         await self.watcher.watch(record.task_id)
+        log.info("task %s (user %s): submitted to %s", record.task_id, record.owner, record.provider)
         return record
 
     async def _submit(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> Submitted:
@@ -404,17 +424,22 @@ class TaskService:
             "Repeating this request returns this record; pass force_new=true only once you know nothing was created."
         )
 
-    async def start_assembly(self, assembly: Assembly) -> TaskRecord:
-        """Journal an assembly checked by ``assembler.prepare`` and make it in the background."""
-        record = await self.assembler.create(assembly)
+    async def start_assembly(self, assembly: Assembly, *, owner: str) -> TaskRecord:
+        """Journal ``owner``'s assembly checked by ``assembler.prepare`` and make it in the background."""
+        record = await self.assembler.create(assembly, owner)
         await self.watcher.watch(record.task_id)
         return record
 
     # -- checking ---------------------------------------------------------------------
 
-    async def get(self, task_id: str) -> TaskRecord:
-        """The journaled task (by our id or the provider's). Raises :class:`NotFound`."""
-        record = await self.journal.get(task_id)
+    async def get(self, task_id: str, owner: str | None = None) -> TaskRecord:
+        """The journaled task (by our id or the provider's), of ``owner`` unless ``None``
+        (the server's own bookkeeping, or a task already found for its owner).
+
+        Raises:
+            NotFound: no such task of ``owner``'s: the same words whether or not another has one.
+        """
+        record = await self.journal.get(task_id, owner)
         if record is None:
             raise NotFound(
                 f"No task {task_id!r} in this server's journal. If it was submitted elsewhere, "
@@ -422,8 +447,8 @@ class TaskService:
             )
         return record
 
-    async def check(self, task_ids: list[str]) -> list[TaskRecord]:
-        """The tasks' current records, after one fresh poll of each unfinished one.
+    async def check(self, task_ids: list[str], *, owner: str) -> list[TaskRecord]:
+        """``owner``'s tasks' current records, after one fresh poll of each unfinished one.
 
         All are polled together, within :data:`FRESH_NEWS_SECONDS` in all, each by the worker
         that holds its lease (this one, if nobody does). A task the server gave up on
@@ -434,7 +459,7 @@ class TaskService:
         """
         pending = []
         resumed: dict[str, str] = {}
-        for record in [await self.get(task_id) for task_id in task_ids]:
+        for record in [await self.get(task_id, owner) for task_id in task_ids]:
             if record.kind == "assemble":
                 if not record.finished:
                     await self.watcher.watch(record.task_id)  # made here: no provider to ask for news
@@ -504,8 +529,8 @@ class TaskService:
         advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
         await self.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
 
-    async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode) -> TaskRecord:
-        """Start tracking a task submitted elsewhere, from its provider task id.
+    async def recover(self, provider_task_id: str, provider: ProviderName, mode: Mode, *, owner: str) -> TaskRecord:
+        """Start tracking a task submitted elsewhere, from its provider task id, as ``owner``'s.
 
         A submit of this server whose outcome is unknown (cut off by a crash or a timeout) on
         the same provider and mode, and the only such one, is taken to be that task: the found
@@ -513,18 +538,29 @@ class TaskService:
 
         Raises:
             InvalidRequest: ``provider_task_id`` is not a plain token (``[A-Za-z0-9_.-]{1,128}``).
-            NotFound: the provider does not know the task.
+            NotFound: the provider does not know the task, or it is another owner's task here
+                (same words, and the provider is asked all the same, so not even the time differs).
         """
         if not PROVIDER_TASK_ID.fullmatch(provider_task_id):
             raise InvalidRequest(
                 "task_id: a provider task id is a plain token of letters, digits, '_', '.' and '-' "
                 "(at most 128); nothing was sent."
             )
-        if existing := await self.journal.find_provider_task(provider, provider_task_id):
-            return (await self.check([existing.task_id]))[0]
+        existing = await self.journal.find_provider_task(provider, provider_task_id)
+        if existing is not None and existing.owner == owner:
+            return (await self.check([existing.task_id], owner=owner))[0]
         adapter = await self.providers.get(provider)
-        update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
-        if (orphan := await self._lone_unknown_submit(provider, mode)) is not None:
+        not_found = NotFound(
+            f"No task {provider_task_id!r} among your tasks, and {adapter.label} does not know it under that "
+            "id for this mode. Check the task id, provider and mode."
+        )
+        try:
+            update = await adapter.fetch(provider_task_id, adapter.endpoint("t2v", mode))
+        except NotFound as exc:
+            raise not_found from exc
+        if existing is not None:
+            raise not_found
+        if (orphan := await self._lone_unknown_submit(provider, mode, owner)) is not None:
             orphan.provider_task_id = provider_task_id
             orphan.provider_requests += 1
             orphan.gave_up = False
@@ -533,10 +569,11 @@ class TaskService:
             self._apply(orphan, update)
             orphan.watched_since = utcnow()
             await self.journal.save(orphan)
-            return (await self.check([orphan.task_id]))[0]
+            return (await self.check([orphan.task_id], owner=owner))[0]
         request = GenerationRequest(provider=provider, mode=mode, kind="t2v")
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
+            owner=owner,
             provider=provider,
             mode=mode,
             kind="t2v",
@@ -550,13 +587,14 @@ class TaskService:
         self._apply(record, update)
         record.watched_since = utcnow()
         await self.journal.save(record)
-        return (await self.check([record.task_id]))[0]
+        log.info("task %s (user %s): adopted %s task %s", record.task_id, owner, provider, provider_task_id)
+        return (await self.check([record.task_id], owner=owner))[0]
 
-    async def _lone_unknown_submit(self, provider: ProviderName, mode: Mode) -> TaskRecord | None:
-        """The one unknown-outcome submit without a provider task id for ``provider`` and ``mode``."""
+    async def _lone_unknown_submit(self, provider: ProviderName, mode: Mode, owner: str) -> TaskRecord | None:
+        """``owner``'s one unknown-outcome submit without a provider task id for ``provider`` and ``mode``."""
         candidates = [
             record
-            for record in await self.journal.created_since(utcnow() - timedelta(days=2))
+            for record in await self.journal.created_since(utcnow() - timedelta(days=2), owner)
             if record.provider == provider and record.mode == mode and record.provider_task_id is None
             and record.error_code == UnknownOutcome.code
         ]  # fmt: skip
@@ -680,7 +718,7 @@ class TaskService:
             raise ProviderError(f"{adapter.label} reported success but gave no video URL.", retryable=True)
         async with self._downloading(record.task_id) as mine:
             if not mine:
-                log.info("task %s: another server process is downloading the clip", record.task_id)
+                log.info("task %s (user %s): another server process is downloading the clip", record.task_id, record.owner)
                 return
             if (await self.get(record.task_id)).delivered:
                 return  # another process finished it while we polled
@@ -691,7 +729,9 @@ class TaskService:
             record.size_bytes = result.size_bytes
             record.error_code = record.error_message = None  # the download's passing troubles are over
             await self.journal.save(record)
-        log.info("task %s: clip saved to %s (%d bytes)", record.task_id, result.path, result.size_bytes)
+        log.info(
+            "task %s (user %s): clip saved to %s (%d bytes)", record.task_id, record.owner, result.path, result.size_bytes
+        )
         companions = await anyio.to_thread.run_sync(make_companions, result.path, result.facts, limiter=self._decoders)
         record.clip_facts = companions.facts
         record.contact_sheet_path = str(companions.contact_sheet) if companions.contact_sheet else None
@@ -711,6 +751,10 @@ class TaskService:
         except Exception as exc:  # PyAV raises many types; the view makes it again on demand
             log.warning("task %s: no preview proxy (%s: %s)", record.task_id, type(exc).__name__, exc)
 
+    def previews_folder(self, record: TaskRecord) -> Path:
+        """Where the task's preview proxy lives: its owner's subfolder of ``previews_dir``."""
+        return self.settings.previews_dir / owner_folder(record.owner)
+
     async def preview(self, record: TaskRecord) -> Path:
         """The preview proxy of a delivered clip (at most 480p; :mod:`kling_video_mcp.media.previews`),
         made first if it is missing. Blocks a worker thread, at most :data:`COMPANION_DECODERS` at once.
@@ -722,7 +766,7 @@ class TaskService:
             raise NotFound(f"Task {record.task_id!r} has no finished clip on disk to preview.", task_id=record.task_id)
         clip = Path(record.file_path)
         return await anyio.to_thread.run_sync(
-            ensure_preview, clip, self.settings.previews_dir, record.task_id, limiter=self._decoders
+            ensure_preview, clip, self.previews_folder(record), record.task_id, limiter=self._decoders
         )
 
     async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
@@ -736,7 +780,8 @@ class TaskService:
             StorageError: the clip could not be written here (disk, folder).
             KlingError: the provider could not give a fresh link.
         """
-        destination = Path(self.settings.output_dir) / clip_filename(record)
+        # Each owner's clips in their own folder, so no file name there carries another's prompt.
+        destination = Path(self.settings.output_dir) / owner_folder(record.owner) / clip_filename(record)
         try:
             if destination.is_file() and not destination.with_name(destination.name + ".part").exists():
                 # Renamed into place (so complete and verified) before a crash kept it off the journal.

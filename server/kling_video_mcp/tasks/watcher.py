@@ -316,5 +316,6 @@ class Watcher:
         except KlingError as exc:
             # Transient trouble (already retried by the HTTP layer) keeps the watch going; a
             # refusal (404, a key that stopped working) ends it, and check_task can resume it.
-            log.warning("task %s: %s", task_id, exc.message)
-            return await self._service.record_error(task_id, exc, final=not exc.retryable), False
+            record = await self._service.record_error(task_id, exc, final=not exc.retryable)
+            log.warning("task %s (user %s): %s", task_id, record.owner, exc.message)
+            return record, False

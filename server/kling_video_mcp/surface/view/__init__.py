@@ -26,6 +26,7 @@ from mcp.types import CallToolResult
 from kling_video_mcp.media.previews import preview_path
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.state import AppState, app_state
+from kling_video_mcp.tasks.owners import owner_folder
 
 VIEW_URI = "ui://kling-video/screening-room.html"
 VIEW_FILE = "screening-room.html"
@@ -87,10 +88,11 @@ def view_facts(state: AppState, record: TaskRecord) -> dict[str, str]:
         found["prompt"] = prompt
     signer = state.url_signer
     if signer is not None and record.delivered and record.file_path is not None:
-        found["clip_url"] = signer.url("clips", Path(record.file_path).name)
-        preview = preview_path(state.settings.previews_dir, record.task_id)
+        folder = owner_folder(record.owner)  # the owner's subfolder, named in the signed link
+        found["clip_url"] = signer.url("clips", Path(record.file_path).name, folder=folder)
+        preview = preview_path(state.service.previews_folder(record), record.task_id)
         if preview.is_file():
-            found["preview_url"] = signer.url("previews", preview.name)
+            found["preview_url"] = signer.url("previews", preview.name, folder=folder)
     return found
 
 
