@@ -26,12 +26,12 @@ from filelock import Timeout as FileLockTimeout
 
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import AssemblyFailed, InvalidRequest
+from kling_video_mcp.journal import Journal
 from kling_video_mcp.media.assembly import JoinError, Joined, Progress, join, picture_seconds, shot_sheet
+from kling_video_mcp.media.clips import frames, probe, save_last_frame
 from kling_video_mcp.models import Assembly, AssemblySource, AudioChoice, ClipFacts, TaskRecord, Transition, utcnow
 from kling_video_mcp.tasks.downloads import adopt
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
-from kling_video_mcp.journal import Journal
-from kling_video_mcp.tasks.media import frames, probe, save_last_frame
 from kling_video_mcp.tasks.owners import owner_folder
 from kling_video_mcp.tasks.watcher import Pace
 

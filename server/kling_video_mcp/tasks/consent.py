@@ -27,9 +27,9 @@ from pydantic import BaseModel, Field
 
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import Declined
+from kling_video_mcp.journal import Journal
 from kling_video_mcp.models import MODE_LABELS, GenerationRequest, TaskRecord, utcnow
 from kling_video_mcp.providers import LABELS
-from kling_video_mcp.journal import Journal
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ import httpx2
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from kling_video_mcp.errors import DownloadFailed, KlingError, ProviderError, ProviderUnreachable, StorageError
+from kling_video_mcp.media.clips import check_whole, probe
 from kling_video_mcp.models import ClipFacts
 from kling_video_mcp.tasks.addresses import AddressPolicy
-from kling_video_mcp.tasks.media import check_whole, probe
 
 log = logging.getLogger(__name__)
 

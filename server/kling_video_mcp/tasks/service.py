@@ -33,7 +33,6 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from kling_video_mcp import pricing
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.media.previews import ensure_preview
 from kling_video_mcp.errors import (
     BudgetExceeded,
     DownloadFailed,
@@ -44,6 +43,8 @@ from kling_video_mcp.errors import (
     UnknownOutcome,
 )
 from kling_video_mcp.journal import Journal, open_journal, token_digest
+from kling_video_mcp.media.clips import make_companions
+from kling_video_mcp.media.previews import ensure_preview
 from kling_video_mcp.models import (
     LOCAL_OWNER,
     Assembly,
@@ -57,6 +58,7 @@ from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers, Submit
 from kling_video_mcp.tasks import validation
 from kling_video_mcp.tasks.addresses import AddressPolicy, Reach, provider_reach
 from kling_video_mcp.tasks.assembly import Assembler
+from kling_video_mcp.tasks.consent import ConsentDesk
 from kling_video_mcp.tasks.downloads import (
     Downloaded,
     IncompleteDownload,
@@ -68,10 +70,8 @@ from kling_video_mcp.tasks.downloads import (
     part_size,
     storage_error,
 )
-from kling_video_mcp.tasks.consent import ConsentDesk
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.images import frame_image, resolve_image
-from kling_video_mcp.tasks.media import make_companions
 from kling_video_mcp.tasks.owners import owner_folder
 from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
 
