@@ -403,7 +403,7 @@ async def test_signed_links_open_media_without_the_token_and_nothing_else(tmp_pa
         done = await finished_with_preview(client, "a lantern in fog")
         task_id = done.structured_content["task_id"]
         links = done.meta[MEDIA_META_KEY][task_id]
-        preview = (tmp_path / "state" / "previews" / f"{task_id}.mp4").read_bytes()
+        preview = (tmp_path / "clips" / ".previews" / f"{task_id}.mp4").read_bytes()
         clip_name = Path(done.structured_content["file_path"]).name
         key = (tmp_path / "state" / "url-secret").read_bytes().strip()
         expired = UrlSigner(key, server.base).url("previews", f"{task_id}.mp4", now=time.time() - 7200)
@@ -418,6 +418,12 @@ async def test_signed_links_open_media_without_the_token_and_nothing_else(tmp_pa
             late = await anonymous.get(expired)
             unsigned = await anonymous.get(f"{server.base}/previews/{task_id}.mp4")
             sig_only = await anonymous.get(f"{server.base}/previews/{task_id}.mp4?sig=abc")
+            # Look-alikes of a signature are no signature: the token is needed (no way around the sign-in).
+            look_alikes = [
+                await anonymous.get(f"{server.base}/{route}?{query}")
+                for route in (f"previews/{task_id}.mp4", f"clips/{clip_name}")
+                for query in ("xsig=1", "exp=1&xsig=1", "a=sig=1")
+            ]
             elsewhere = [await anonymous.get(f"{server.base}{path}?{url.query}") for path in ("/healthz", "/mcp")]
         with_token = await http.get(f"{server.base}/previews/{task_id}.mp4")
     assert signed.status_code == 200 and signed.content == preview and signed.headers["content-type"] == "video/mp4"
@@ -428,4 +434,5 @@ async def test_signed_links_open_media_without_the_token_and_nothing_else(tmp_pa
     # No signature and no token: the bearer challenge, as on every other route (RFC 6750 §3).
     assert unsigned.status_code == 401 and "Bearer" in unsigned.headers["www-authenticate"]
     assert [r.status_code for r in elsewhere] == [401, 401]  # a signature opens media routes only
+    assert [r.status_code for r in look_alikes] == [401] * 6
     assert with_token.status_code == 200 and with_token.content == preview

@@ -290,8 +290,9 @@ class Settings(BaseSettings):
 
     @property
     def previews_dir(self) -> Path:
-        """Preview proxies of finished clips (a cache: rebuilt from the clip when missing)."""
-        return self.state_dir / "previews"
+        """Preview proxies of finished clips (a cache: rebuilt from the clip when missing), in the
+        output folder, which workers on several machines share (their state folders are their own)."""
+        return self.output_dir / ".previews"
 
     @property
     def sandbox_dir(self) -> Path:

@@ -281,15 +281,14 @@ class PostgresJournal(Journal):
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
-        """A session advisory lock on ``hashtext(name)``; one waiter per worker (a local lock
-        first), so waiting submits never hold more than one pooled connection."""
+        """A transaction advisory lock on ``hashtext(name)``, held by an open transaction on one
+        pooled connection for the section's life; one waiter per worker (a local lock first), so
+        waiting submits never hold more than one connection. The lock ends with the transaction,
+        so no cancellation can leave it on a connection returned to the pool."""
         async with self._sections.setdefault(name, anyio.Lock()), self._pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
-            try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
                 yield
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
 
     def _lease_args(self, owner: str, seconds: float, **more: Any) -> dict[str, Any]:
         return {"owner": owner, "seconds": seconds, **more}

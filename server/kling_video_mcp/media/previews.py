@@ -4,8 +4,9 @@ A Kling clip can be a 4K file of hundreds of MB; the screening room plays a prox
 :data:`MAX_HEIGHT` lines (a few MB at most), fetched whole through ``resources/read`` over
 stdio or streamed from ``/previews/`` over HTTP. The full-resolution file stays the clip.
 
-Previews live in ``<state_dir>/previews/<task_id>.mp4``: they are the server's cache, not the
-user's output, and can be rebuilt from the clip at any time. Everything here blocks (PyAV):
+Previews live in ``<output_dir>/.previews/[<owner folder>/]<task_id>.mp4``, beside the clips that
+every worker shares: they are the server's cache, not the user's output, and can be rebuilt from
+the clip at any time. Everything here blocks (PyAV):
 call it from a worker thread.
 """
 

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
@@ -168,10 +168,11 @@ class HostOriginGuard:
 
 
 def signed_media(scope: Scope) -> bool:
-    """A request for one file under a media route, carrying a signature: that route's endpoint
-    checks the signature (:func:`_media_endpoint`); no other endpoint can be reached this way."""
+    """A request for one file under a media route, carrying a ``sig`` parameter: that route's
+    endpoint checks the signature (:func:`_media_endpoint`); no other endpoint can be reached this way."""
     route, _, name = scope["path"].lstrip("/").partition("/")
-    return route in SIGNED_ROUTES and bool(name) and "/" not in name and b"sig=" in scope.get("query_string", b"")
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return route in SIGNED_ROUTES and bool(name) and "/" not in name and "sig" in query
 
 
 def clip_path(output_dir: Path, name: str) -> Path | None:
@@ -198,16 +199,21 @@ _REFUSED_LINK = {
 }
 
 
-def _media_endpoint(route: str, root: Path, signer: UrlSigner) -> Callable[[Request], Awaitable[Response]]:
+def _media_endpoint(
+    route: str, root: Path, signer: UrlSigner, *, signs_in: bool
+) -> Callable[[Request], Awaitable[Response]]:
     """Serve ``<root>/<owner folder>/<file>`` under ``/<route>/``: the folder the signed link names,
     else the caller's own (another user's file is missing here); a signed request must carry a
-    valid signature."""
+    valid signature. With sign-in configured, an unsigned request must come from a verified caller
+    (a second check behind :class:`~kling_video_mcp.surface.auth.AccessGuard`)."""
 
     async def media(request: Request) -> Response:
         name = request.path_params["file"]
         verdict = signer.verify(route, name, request.query_params)
         if verdict in _REFUSED_LINK:
             return PlainTextResponse(_REFUSED_LINK[verdict], status_code=403)
+        if verdict is Verdict.UNSIGNED and signs_in and "user" not in request.scope:
+            return PlainTextResponse("Sign in: send a valid bearer token, or use a signed link.", status_code=401)
         if verdict is Verdict.VALID:
             folder = root / request.query_params.get("folder", "")  # as signed by this server
         else:
@@ -300,8 +306,9 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     signer = UrlSigner.for_settings(settings, base_url)
     mcp = build_server(settings, clip_base_url=base_url, image_dirs=list(settings.image_dirs), url_signer=signer)
     mcp.custom_route("/healthz", methods=["GET"])(_healthz)
-    mcp.custom_route("/clips/{file}", methods=["GET"])(_media_endpoint("clips", settings.output_dir, signer))
-    mcp.custom_route("/previews/{file}", methods=["GET"])(_media_endpoint("previews", settings.previews_dir, signer))
+    for route, root in (("clips", settings.output_dir), ("previews", settings.previews_dir)):
+        endpoint = _media_endpoint(route, root, signer, signs_in=settings.signs_in)
+        mcp.custom_route(f"/{route}/{{file}}", methods=["GET"])(endpoint)
     mcp.custom_route(WEBHOOK_PREFIX + "{token}", methods=["POST"])(webhook_endpoint(mcp))
     security = transport_security(settings, config, base_url)
     if config.transport == "sse":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
 from mcp.server.apps import client_supports_apps
 from mcp.server.elicitation import AcceptedElicitation, CancelledElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
@@ -20,8 +21,8 @@ from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import Declined, InvalidRequest, KlingError
 from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
 from kling_video_mcp.surface import params as p
-from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.auth import caller_owner
+from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
@@ -403,6 +404,13 @@ async def _confirm(state: AppState, task_id: str) -> TaskRecord:
         adapter = await service.providers.get(request.provider)
     except KlingError as exc:
         await service.record_error(task_id, exc, final=True)
+        service.release_submit(task_id)
+        raise
+    except BaseException:
+        # Cut off before sending (the call was cancelled): nothing went out, so it waits for the
+        # person's answer again instead of looking like a submit lost in flight.
+        with anyio.CancelScope(shield=True):
+            await service.consent.park(record)
         service.release_submit(task_id)
         raise
     return await service.send(record, images, adapter)

@@ -25,12 +25,12 @@ from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
 from kling_video_mcp.config import Settings
-from kling_video_mcp.errors import AssemblyFailed, InvalidRequest
+from kling_video_mcp.errors import AssemblyFailed, InvalidRequest, KlingError
 from kling_video_mcp.journal import Journal
 from kling_video_mcp.media.assembly import JoinError, Joined, Progress, join, picture_seconds, shot_sheet
 from kling_video_mcp.media.clips import frames, probe, save_last_frame
 from kling_video_mcp.models import Assembly, AssemblySource, AudioChoice, ClipFacts, TaskRecord, Transition, utcnow
-from kling_video_mcp.tasks.downloads import adopt
+from kling_video_mcp.tasks.downloads import adopt, storage_error
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.owners import owner_folder
 from kling_video_mcp.tasks.watcher import Pace
@@ -173,7 +173,14 @@ class Assembler:
             current = await self.journal.get(record.task_id) or record
             if current.finished:
                 return current  # another server process finished it while we waited our turn
-            return await self._make(current)
+            try:
+                return await self._make(current)
+            except KlingError:
+                raise
+            except OSError as exc:  # the output folder: full, read-only or gone
+                raise storage_error(exc, Path(self.settings.output_dir)) from exc
+            except Exception as exc:  # PyAV raises many types; any of them ends this attempt
+                raise AssemblyFailed(f"The film could not be made ({type(exc).__name__}: {exc}).") from exc
         finally:
             lock.release()
 

@@ -94,6 +94,15 @@ FRESH_NEWS_SECONDS = 5.0
 """How long ``check`` waits for the watcher's next poll when asked for fresh news."""
 
 
+def _cost_nothing(record: TaskRecord) -> bool:
+    """A failed task no provider bills: refused by it as content or a provider error, or never
+    sent to it (no provider task id, and not an unknown outcome, which may have reached it)."""
+    if record.status != "failed":
+        return False
+    never_sent = record.provider_task_id is None and record.error_code != UnknownOutcome.code
+    return never_sent or record.error_code in ("content_policy", "provider_error")
+
+
 class TaskService:
     """Submit, watch and check tasks. Use :meth:`running` to get one with its watcher."""
 
@@ -200,19 +209,14 @@ class TaskService:
     async def spent(self, owner: str | None) -> float:
         """Estimated USD committed in the current budget period by ``owner`` (``None``: everyone).
 
-        Every task counts except those the provider itself failed (failed renders are not
-        billed, or are refunded) and those a person declined (never sent); unknown outcomes
+        Every task counts except failed ones that cost nothing: those the provider itself failed
+        (failed renders are not billed, or are refunded) and those it never got (a person
+        declined, or a confirmed request failed its checks before sending). Unknown outcomes
         count, since they may have been billed, and so do requests awaiting confirmation (the
         budget is held for them until they are confirmed or declined).
         """
-        return round(
-            sum(
-                record.estimated_cost_usd or 0.0
-                for record in await self.journal.created_since(self.period_start(), owner)
-                if not (record.status == "failed" and record.error_code in ("content_policy", "provider_error", "declined"))
-            ),
-            2,
-        )
+        records = await self.journal.created_since(self.period_start(), owner)
+        return round(sum(record.estimated_cost_usd or 0.0 for record in records if not _cost_nothing(record)), 2)
 
     async def check_cost(self, request: GenerationRequest, max_cost_usd: float | None, *, owner: str) -> float:
         """The request's estimate, if it fits the per-request cap and the budgets.
@@ -298,7 +302,11 @@ class TaskService:
         lock = FileLock(self._submit_lock_path(record.task_id), timeout=0)
         lock.acquire()
         self._submitting[record.task_id] = lock
-        return await self.journal.save(record), False
+        try:
+            return await self.journal.save(record), False
+        except BaseException:
+            self.release_submit(record.task_id)  # not journaled: nothing to settle
+            raise
 
     def _submit_lock_path(self, task_id: str) -> Path:
         folder = self.settings.state_dir / "locks"
@@ -459,7 +467,8 @@ class TaskService:
         """
         pending = []
         resumed: dict[str, str] = {}
-        for record in [await self.get(task_id, owner) for task_id in task_ids]:
+        found = [await self.get(task_id, owner) for task_id in task_ids]
+        for record in found:
             if record.kind == "assemble":
                 if not record.finished:
                     await self.watcher.watch(record.task_id)  # made here: no provider to ask for news
@@ -483,7 +492,7 @@ class TaskService:
                 pending.append(record.task_id)
         if pending:
             await self.watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
-        records = [await self.get(task_id) for task_id in task_ids]
+        records = [await self.get(record.task_id) for record in found]  # by our ids: the ones found for owner
         for record in records:
             if record.task_id in resumed and not record.finished:
                 # Said in this answer only (not journaled): the next check shows the task as it goes on.
@@ -799,8 +808,9 @@ class TaskService:
         except (UrlExpired, NotAVideo) as exc:
             error = DownloadFailed(
                 f"The render finished, but {adapter.label}'s download links kept failing ({exc.message}) even after "
-                f"asking for fresh ones {DOWNLOAD_ATTEMPTS - 1} times. The clip may be gone; its last link was "
-                f"{record.video_url}. Call check_task again to retry."
+                f"asking for fresh ones {DOWNLOAD_ATTEMPTS - 1} times. The clip may be gone; its last link is the "
+                "task's provider_video_url (kept out of this message: such links carry signatures that logs must "
+                "not). Call check_task again to retry."
             )
         except KlingError as exc:
             error = exc
