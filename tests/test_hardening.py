@@ -356,6 +356,34 @@ async def test_a_nul_in_an_image_path_over_http_is_a_validation_error(tmp_path, 
     assert total_requests(emulator) == 0
 
 
+async def test_an_image_dir_file_is_read_where_it_was_checked(tmp_path, emulator, monkeypatch):
+    """A symlink swapped between the folder check and the read must not lead outside the folder."""
+    from kling_video_mcp.tasks import images
+
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    allowed.mkdir()
+    elsewhere.mkdir()
+    (allowed / "in.png").write_bytes(png_bytes(color="teal"))
+    (elsewhere / "secret.png").write_bytes(png_bytes(color="red"))
+    link = allowed / "link.png"
+    link.symlink_to(allowed / "in.png")
+    checked = images._inside
+
+    def check_then_swap(path, folders):
+        inside = checked(path, folders)
+        link.unlink()
+        link.symlink_to(elsewhere / "secret.png")  # the race, made certain
+        return inside
+
+    monkeypatch.setattr(images, "_inside", check_then_swap)
+    settings = make_settings(tmp_path, emulator)
+    async with Client(build_server(settings, clip_base_url="http://127.0.0.1:8000", image_dirs=[allowed])) as client:
+        result = await client.call_tool("animate_image", {"image": str(link), "prompt": "on", "provider": "wavespeed"})
+    assert not result.is_error, result.structured_content
+    [sent] = (emulator.emulator.store.root / "uploads").iterdir()  # what WaveSpeed received
+    assert sent.read_bytes() == png_bytes(color="teal")
+
+
 async def test_a_nul_in_a_clip_name_is_not_found(tmp_path):
     from kling_video_mcp.config import Settings
     from kling_video_mcp.surface.http import HttpConfig, build_app

@@ -81,6 +81,9 @@ TASK_REFERENCE = "task:"
 DOWNLOAD_ATTEMPTS = 5
 RETRIED_DOWNLOAD_ERRORS = (IncompleteDownload, UrlExpired, NotAVideo)
 """Download failures worth another attempt (resuming, or with a fresh link); any other ends it."""
+ADOPTION_LOOKBACK = timedelta(days=2)
+"""How old an unknown-outcome submit adoption may still link to (our bound: an orphan is looked
+for within hours of the restart that reported it; the bound keeps the scan small)."""
 PROVIDER_TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a provider task id given for adoption must look like: a plain token, safe in a URL path."""
 ORPHAN_AFTER = timedelta(minutes=10)
@@ -603,7 +606,7 @@ class TaskService:
         """``owner``'s one unknown-outcome submit without a provider task id for ``provider`` and ``mode``."""
         candidates = [
             record
-            for record in await self.journal.created_since(utcnow() - timedelta(days=2), owner)
+            for record in await self.journal.created_since(utcnow() - ADOPTION_LOOKBACK, owner)
             if record.provider == provider and record.mode == mode and record.provider_task_id is None
             and record.error_code == UnknownOutcome.code
         ]  # fmt: skip
