@@ -32,6 +32,7 @@ from kling_video_mcp.journal.sqlite import MIGRATIONS, SqliteJournal
 from kling_video_mcp.models import LOCAL_OWNER, utcnow
 from test_http import TOKEN, http_server
 from test_journal import journal, journal_settings, record, two_workers  # noqa: F401 (fixtures)
+from test_consent import EXPENSIVE, apps_host
 from test_stdio import server_env
 from workers import workers
 
@@ -41,9 +42,11 @@ PROMPT = "alice's secret storyboard: a red kite over the harbour"
 
 
 @asynccontextmanager
-async def signed_in(url: str, token: str, era: str = "auto") -> AsyncIterator[tuple[Client, httpx2.AsyncClient]]:
+async def signed_in(
+    url: str, token: str, era: str = "auto", **options: object
+) -> AsyncIterator[tuple[Client, httpx2.AsyncClient]]:
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=era) as client:
+        async with Client(streamable_http_client(url, http_client=http), mode=era, **options) as client:
             yield client, http
 
 
@@ -173,6 +176,34 @@ def token_file(folder: Path, *names: str) -> tuple[Path, dict[str, str]]:
     path = folder / "users.txt"
     path.write_text("".join(f"{name} {hashlib.sha256(token.encode()).hexdigest()}\n" for name, token in tokens.items()))
     return path, tokens
+
+
+async def test_only_the_owner_can_answer_a_spend_confirmation(tmp_path, emulator, era):
+    """A request awaiting a person's yes (issue 11) is its owner's: another user's confirm_spend,
+    from their own screening room, gets "not found" exactly like a missing id, and sends nothing."""
+    with auth_server() as issuer:
+        env = server_env(
+            emulator, tmp_path, KLING_MCP_OAUTH_ISSUER=issuer.issuer, KLING_MCP_HTTP_TOKEN=TOKEN, KLING_MCP_CONFIRM_ABOVE_USD="1"
+        )
+        with http_server(env, log_dir=tmp_path) as server:
+            alice_token, bob_token = issuer.token("alice", server.mcp_url), issuer.token("bob", server.mcp_url)
+            async with signed_in(server.mcp_url, alice_token, era, extensions=apps_host()) as (alice, _), \
+                    signed_in(server.mcp_url, bob_token, era, extensions=apps_host()) as (bob, _):  # fmt: skip
+                parked = (await alice.call_tool("generate_video", EXPENSIVE)).structured_content
+                assert parked["status"] == "awaiting_confirmation", parked
+                task_id, missing = parked["task_id"], uuid.uuid4().hex
+                answers = [
+                    await error_of(bob, "confirm_spend", {"task_id": hidden, "decision": decision}, hidden)
+                    for decision in ("confirm", "decline")
+                    for hidden in (task_id, missing)
+                ]
+                sent_for_bob = submit_count(emulator)
+                still = (await alice.call_tool("check_task", {"task_id": task_id})).structured_content
+                confirmed = (await alice.call_tool("confirm_spend", {"task_id": task_id, "decision": "confirm"}))
+    assert answers[0] == answers[1] and answers[2] == answers[3], answers
+    assert answers[0]["code"] == "not_found" and "alice" not in str(answers)
+    assert sent_for_bob == 0 and still["status"] == "awaiting_confirmation"
+    assert not confirmed.is_error and submit_count(emulator) == 1, confirmed.structured_content
 
 
 async def test_budgets_are_per_user_and_the_total_caps_the_server(tmp_path, emulator):
