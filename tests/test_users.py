@@ -3,9 +3,9 @@
 The installed server runs over streamable HTTP against the provider emulator, in both protocol
 eras, with users signed in by the test authorization server (``authserver.py``) or by a token
 file. User B tries every path to user A's task (check_task by our id and by the provider's,
-list_tasks, both ``kling-video://`` resources, ``task:<id>`` chaining, the clip URL, adopting
-the provider task id) and gets exactly the answer a missing task gets, with only the id
-differing; user A keeps every path. The journal's owner queries are tested on both backends
+list_tasks, the ``kling-video://`` resources, ``task:<id>`` chaining, the clip and preview URLs,
+adopting the provider task id, assemble_video, confirm_spend) and gets exactly the answer a
+missing task gets, with only the id differing; user A keeps every path. The journal's owner queries are tested on both backends
 (SQLite and PostgreSQL, with two workers), and a journal from before owners gives its tasks
 to the local user.
 """
