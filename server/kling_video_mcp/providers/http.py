@@ -36,6 +36,8 @@ from kling_video_mcp.errors import (
 from kling_video_mcp.models import utcnow
 
 if TYPE_CHECKING:
+    import ssl
+
     from kling_video_mcp.config import Settings  # config reads the provider registry, which imports this
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,12 @@ def redacted_response(response: httpx2.Response, secrets: Sequence[str]) -> http
     )
 
 
-def make_client(settings: Settings) -> httpx2.AsyncClient:
-    """The process-wide HTTP client, with connect, read, write and pool timeouts set."""
+def make_client(settings: Settings, tls: ssl.SSLContext | None = None) -> httpx2.AsyncClient:
+    """The process-wide HTTP client, with connect, read, write and pool timeouts set.
+
+    ``tls``: a context from :func:`httpx2.create_ssl_context` made beforehand (the server loads
+    the CA bundle on another thread while it starts); by default the client makes its own.
+    """
     timeout = httpx2.Timeout(
         connect=settings.connect_timeout,
         read=settings.read_timeout,
@@ -92,6 +98,7 @@ def make_client(settings: Settings) -> httpx2.AsyncClient:
         pool=settings.connect_timeout,
     )
     return httpx2.AsyncClient(
+        verify=tls if tls is not None else True,
         timeout=timeout,
         follow_redirects=True,
         headers={"User-Agent": f"kling-video-mcp/{__version__}"},

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import ValidationError
@@ -109,9 +111,15 @@ def build_server(
 
         hide_webhook_tokens()  # submit URLs carry them, and the receiver's path
 
+    # Loading the CA bundle takes about 20 ms and OpenSSL does it without holding the GIL: it
+    # runs on another thread while the tools are registered, not before the first answer.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls")
+    tls = loader.submit(httpx2.create_ssl_context)
+    loader.shutdown(wait=False)  # its thread ends once the context is made
+
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with make_client(settings) as client, TaskService.running(settings, client) as service:
+        async with make_client(settings, tls.result()) as client, TaskService.running(settings, client) as service:
             state = AppState(
                 settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs,
                 url_signer=url_signer,
