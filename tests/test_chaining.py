@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from mcp.types import ResourceLink
 
+from helpers import total_requests
+
 pytestmark = pytest.mark.anyio
 
 ROUNDS = 10
@@ -58,3 +60,24 @@ async def test_chaining_the_moment_a_render_and_a_film_succeed(client, chainable
         )
         film_id = assert_whole(film)["task_id"]
         await chain_from(client, film_id, f"round {round_number}: after the film")
+
+
+async def test_missing_companions_are_made_again_when_read_or_chained(client, emulator, chainable_clips):
+    """Companion files deleted after delivery come back from the clip on disk, asking no provider."""
+    shot = assert_whole(
+        await client.call_tool("generate_video", {"prompt": "a lantern sways", "duration": 3, "mode": "std", "wait_seconds": 30})
+    )
+    film = assert_whole(
+        await client.call_tool("assemble_video", {"task_ids": [shot["task_id"]] * 2, "wait_seconds": 30})
+    )
+    asked = total_requests(emulator)
+    for report in (shot, film):
+        for field in COMPANIONS:
+            Path(report[field]).unlink()
+        checked = assert_whole(await client.call_tool("check_task", {"task_id": report["task_id"]}))
+        assert [checked[field] for field in COMPANIONS] == [report[field] for field in COMPANIONS]
+    assert total_requests(emulator) == asked
+
+    Path(shot["last_frame_path"]).unlink()
+    await chain_from(client, shot["task_id"], "the lantern goes out")  # chaining makes it again first
+    assert Path(shot["last_frame_path"]).is_file()

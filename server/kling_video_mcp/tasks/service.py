@@ -59,50 +59,40 @@ are answered first; a task checked meanwhile is resumed by that check itself."""
 class TaskService:
     """Submit, watch, check and deliver tasks. Use :meth:`running` to get one with its watcher."""
 
-    def __init__(self, settings: Settings, journal: Journal, providers: Providers, client: httpx2.AsyncClient) -> None:
+    def __init__(self, settings: Settings, journal: Journal, delivery: Delivery, watcher: Watcher, submission: Submission):
         self.settings = settings
         self._journal = journal
-        worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        """This worker's name on the leases it holds (host, process id, and a nonce for this run)."""
-        self._delivery = Delivery(settings, journal, providers, client, worker=worker)
-        self._worker = worker
-        self._watcher: Watcher | None = None
-        self._submission: Submission | None = None
+        self._delivery = delivery
+        self._watcher = watcher
+        self._submission = submission
 
     @classmethod
     @asynccontextmanager
     async def running(cls, settings: Settings, client: httpx2.AsyncClient) -> AsyncIterator[TaskService]:
         """A service whose watcher runs for the life of the context. Unfinished work left by an
         earlier server (see :meth:`_recover`) is taken up in the background once it is ready."""
+        worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This worker's name on the leases it holds (host, process id, and a nonce for this run)."""
         async with open_journal(settings) as journal:
             providers = Providers(settings, client, shared_gate=journal.rate_gate)
-            service = cls(settings, journal, providers, client)
+            delivery = Delivery(settings, journal, providers, client, worker=worker)
             try:
                 async with anyio.create_task_group() as task_group:
-                    service._watcher = Watcher(
-                        task_group, service._delivery, journal,
-                        ceiling=settings.task_ceiling_seconds, owner=service._worker, lease_seconds=settings.lease_seconds,
+                    watcher = Watcher(
+                        task_group, delivery, journal,
+                        ceiling=settings.task_ceiling_seconds, owner=worker, lease_seconds=settings.lease_seconds,
                     )  # fmt: skip
-                    service._submission = Submission(settings, journal, providers, service._delivery, service._watcher)
+                    submission = Submission(settings, journal, providers, delivery, watcher)
+                    service = cls(settings, journal, delivery, watcher, submission)
                     if journal.shared:
                         # Workers share the tasks: each takes those nobody holds, now and as leases lapse.
-                        task_group.start_soon(service._watcher.keep_leases, name="leases")
+                        task_group.start_soon(watcher.keep_leases, name="leases")
                     task_group.start_soon(service._recover, name="start-up recovery")
-                    task_group.start_soon(service.submission.consent.sweep, name="expire unanswered spend confirmations")
+                    task_group.start_soon(submission.consent.sweep, name="expire unanswered spend confirmations")
                     yield service
                     task_group.cancel_scope.cancel()
             finally:
                 await providers.aclose()
-
-    @property
-    def watcher(self) -> Watcher:
-        assert self._watcher is not None, "use TaskService.running()"
-        return self._watcher
-
-    @property
-    def submission(self) -> Submission:
-        assert self._submission is not None, "use TaskService.running()"
-        return self._submission
 
     async def _recover(self) -> None:
         """Take up what an earlier server left: settle submits cut off mid-flight, watch unfinished
@@ -113,16 +103,16 @@ class TaskService:
         for record in await self._journal.orphaned_submits(utcnow()):
             await anyio.lowlevel.checkpoint()
             if (current := await self._journal.get(record.task_id)) is not None:
-                await self.submission.settle_if_orphaned(current)
+                await self._submission.settle_if_orphaned(current)
         if not self._journal.shared:  # on a shared journal, leases hand the unfinished tasks out
             for record in await self._journal.unfinished():
                 await anyio.lowlevel.checkpoint()
                 current = await self._journal.get(record.task_id)
-                if current is None or not is_open(current) or self.watcher.watches(current.task_id):
+                if current is None or not is_open(current) or self._watcher.watches(current.task_id):
                     continue  # finished, or taken up by a check meanwhile
                 current.watched_since = utcnow()  # the ceiling counts from now, not from a past run
                 await self._journal.save(current)
-                await self.watcher.watch(current.task_id)
+                await self._watcher.watch(current.task_id)
         for record in await self._journal.recent("succeeded", STARTUP_REPAIR_SCAN):
             await anyio.lowlevel.checkpoint()
             await self._delivery.repair(record)
@@ -138,20 +128,20 @@ class TaskService:
         Raises:
             InvalidRequest, AuthError, BudgetExceeded: as :meth:`submit` would.
         """
-        await self.submission.prepare(request, owner=owner, image_dirs=image_dirs)
-        estimate = await self.submission.budgets.check_cost(request, max_cost_usd, owner=owner)
+        await self._submission.prepare(request, owner=owner, image_dirs=image_dirs)
+        estimate = await self._submission.budgets.check_cost(request, max_cost_usd, owner=owner)
         return estimate, consent.needs_confirmation(self.settings, estimate)
 
     async def spend_question(self, request: GenerationRequest, options: SubmitOptions, *, owner: str) -> str | None:
         """What to ask the person before :meth:`submit` sends ``request``; ``None``: nothing to ask."""
-        return await self.submission.question(request, options, owner=owner)
+        return await self._submission.question(request, options, owner=owner)
 
     async def submit(
         self, request: GenerationRequest, options: SubmitOptions, *, owner: str,
         consent_answer: ConsentAnswer = "not_asked", can_show_view: bool = False, image_dirs: Sequence[Path] | None = None,
     ) -> SubmitResult:
         """Submit ``owner``'s request without waiting for the render (see :meth:`Submission.submit`)."""
-        return await self.submission.submit(
+        return await self._submission.submit(
             request, options, owner=owner, consent_answer=consent_answer, can_show_view=can_show_view,
             image_dirs=image_dirs,
         )  # fmt: skip
@@ -164,7 +154,7 @@ class TaskService:
             NotFound: no such task of ``owner``'s. Declined, KlingError: see :meth:`Submission.send_confirmed`.
         """
         found = await self._delivery.get(task_id, owner)
-        return await self.submission.send_confirmed(found.task_id, image_dirs=image_dirs)
+        return await self._submission.send_confirmed(found.task_id, image_dirs=image_dirs)
 
     async def decline(self, task_id: str, *, owner: str, message: str) -> TaskRecord:
         """The person said no to ``owner``'s request awaiting confirmation: it ends as declined with
@@ -174,7 +164,7 @@ class TaskService:
             NotFound: no such task of ``owner``'s.
         """
         found = await self._delivery.get(task_id, owner)
-        await self.submission.consent.decline(found.task_id, message)
+        await self._submission.consent.decline(found.task_id, message)
         return await self._delivery.get(found.task_id)
 
     async def assemble(
@@ -190,7 +180,7 @@ class TaskService:
         assembler = self._delivery.assembler
         options = dict(transition=transition, crossfade_seconds=crossfade_seconds, audio=audio, title=title)
         record = await assembler.create(await assembler.prepare(task_ids, owner=owner, **options), owner)
-        await self.watcher.watch(record.task_id)
+        await self._watcher.watch(record.task_id)
         return record
 
     # -- reading ----------------------------------------------------------------------
@@ -230,7 +220,7 @@ class TaskService:
             InvalidRequest: an adopted id is not a plain token.
         """
         if provider is not None and len(task_ids) == 1 and await self._journal.get(task_ids[0], owner) is None:
-            adopted = await self.submission.adopt(task_ids[0], provider, mode or self.settings.mode, owner=owner)
+            adopted = await self._submission.adopt(task_ids[0], provider, mode or self.settings.mode, owner=owner)
             task_ids = [adopted.task_id]
         pending = []
         resumed: dict[str, str] = {}
@@ -238,10 +228,10 @@ class TaskService:
         for record in found:
             if record.kind == "assemble":
                 if not record.finished:
-                    await self.watcher.watch(record.task_id)  # made here: no provider to ask for news
+                    await self._watcher.watch(record.task_id)  # made here: no provider to ask for news
                 continue
             if record.provider_task_id is None:
-                await self.submission.settle_if_orphaned(record)
+                await self._submission.settle_if_orphaned(record)
                 continue
             if record.gave_up:
                 stopped = (record.error_code or "an error").replace("_", " ")
@@ -255,10 +245,10 @@ class TaskService:
                 record.watched_since = utcnow()
                 await self._journal.save(record)
             if not record.finished:
-                await self.watcher.watch(record.task_id)
+                await self._watcher.watch(record.task_id)
                 pending.append(record.task_id)
         if pending:
-            await self.watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
+            await self._watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
         # By our own ids, the records found for owner; then their missing companions made again.
         records = [await self._delivery.repair(await self.get(record.task_id)) for record in found]
         for record in records:
@@ -276,7 +266,7 @@ class TaskService:
         records = await self._journal.recent(None, limit if status is None else LIST_SCAN_LIMIT, owner=owner)
         for index, record in enumerate(records):
             if record.status == "queued" and record.provider_task_id is None and record.kind != "assemble":
-                await self.submission.settle_if_orphaned(record)
+                await self._submission.settle_if_orphaned(record)
                 records[index] = await self.get(record.task_id)
         return [record for record in records if status in (None, record.public_status)][:limit]
 
@@ -290,7 +280,7 @@ class TaskService:
         if record is None:
             return False
         if not record.finished:
-            await self.watcher.nudge(record.task_id)
+            await self._watcher.nudge(record.task_id)
         return True
 
     def previews_folder(self, record: TaskRecord) -> Path:
@@ -306,13 +296,13 @@ class TaskService:
     @contextmanager
     def waiting(self, task_ids: list[str]) -> Iterator[None]:
         """While inside, the tasks are polled at their provider's minimum interval: someone waits."""
-        with self.watcher.waiting(task_ids):
+        with self._watcher.waiting(task_ids):
             yield
 
     def next_change(self) -> anyio.Event:
         """The event set by the next save of any task, on any worker; take it *before* reading the
         records it should tell news of, then wait on it with :meth:`wait_for_change`."""
-        return self.watcher.next_change()
+        return self._watcher.next_change()
 
     @staticmethod
     async def wait_for_change(change: anyio.Event, timeout: float) -> bool:
