@@ -104,7 +104,8 @@ async def test_adoption_links_only_the_callers_own_orphan(tmp_path, emulator, mo
                 signed_in(server.mcp_url, tokens["dave"]) as (dave, _):  # fmt: skip
             hands_out(monkeypatch, novita_flavor, providers_id.hex)
             emulator.inject_fault("novita", "submit", "created_then_status", status=502)
-            lost = (await carol.call_tool("generate_video", {"prompt": "carol's lost shot", "duration": 3, "provider": "novita"})).structured_content
+            lost_shot = {"prompt": "carol's lost shot", "duration": 3, "provider": "novita"}
+            lost = (await carol.call_tool("generate_video", lost_shot)).structured_content
             monkeypatch.undo()
             assert lost["error"]["code"] == "unknown_outcome", lost
             orphan = lost["task_id"]
