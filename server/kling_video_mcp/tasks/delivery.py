@@ -43,7 +43,7 @@ from kling_video_mcp.journal import Journal
 from kling_video_mcp.media.companions import COMPANIONS, make_companions
 from kling_video_mcp.media.previews import ensure_preview
 from kling_video_mcp.models import Companion, ProviderUpdate, TaskRecord, utcnow
-from kling_video_mcp.providers import ProviderAdapter, Providers
+from kling_video_mcp.providers import Provider, Providers, provider_class
 from kling_video_mcp.tasks.addresses import AddressPolicy, Reach, provider_reach
 from kling_video_mcp.tasks.assembly import Assembler
 from kling_video_mcp.tasks.downloads import (
@@ -335,7 +335,7 @@ class Delivery:
 
     # -- downloads --------------------------------------------------------------------
 
-    async def _fresh_url(self, record: TaskRecord, adapter: ProviderAdapter) -> None:
+    async def _fresh_url(self, record: TaskRecord, adapter: Provider) -> None:
         """Ask the provider again for the result URL (the old one was refused).
 
         The answer may be the same URL (a stable CDN link refused for a moment); only a
@@ -352,7 +352,7 @@ class Delivery:
         self.apply(record, update)
         await self.journal.save(record)
 
-    async def _download(self, record: TaskRecord, adapter: ProviderAdapter) -> Downloaded:
+    async def _download(self, record: TaskRecord, adapter: Provider) -> Downloaded:
         """The clip on disk, verified, after up to :data:`DOWNLOAD_ATTEMPTS` attempts.
 
         Each failed attempt is journaled on the task (``check_task`` shows it as a warning
@@ -392,13 +392,13 @@ class Delivery:
             await anyio.to_thread.run_sync(discard_part, destination)
         raise error
 
-    async def _download_attempts(self, record: TaskRecord, adapter: ProviderAdapter, destination: Path) -> Downloaded:
+    async def _download_attempts(self, record: TaskRecord, adapter: Provider, destination: Path) -> Downloaded:
         """Attempt the download until it works or :data:`DOWNLOAD_ATTEMPTS` attempts in a row got
         nowhere. Progress is a part file longer than ever before: a large clip on a poor line may
         need many resumed attempts, while a server whose declared length is wrong sends the same
         bytes again and again."""
         # A link past its expiry, or one that failed, is asked for again before the next try:
-        # it may have expired, or (after a restart) point at a sandbox server that is gone.
+        # it may have expired, or (after a restart) point at an embedded emulator that is gone.
         stale = record.url_expires_at is not None and record.url_expires_at <= utcnow()
         policy = AddressPolicy(await self._download_reach(record.provider))
         fruitless = 0
@@ -437,10 +437,11 @@ class Delivery:
 
     async def _download_reach(self, provider: ProviderName) -> Reach:
         """Which addresses this provider's clip links may reach (its base URL is resolved once)."""
-        if provider == "sandbox":
+        described = provider_class(provider)
+        if described.downloads_from_loopback:
             return "local"  # the server's own embedded emulator, on loopback
         if provider not in self._reach:
-            base_url = self.settings.base_url(provider)
+            base_url = described.base_url(self.settings)
             setting = self.settings.allow_private_downloads
             self._reach[provider] = await anyio.to_thread.run_sync(provider_reach, base_url, setting)
         return self._reach[provider]

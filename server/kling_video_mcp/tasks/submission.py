@@ -32,7 +32,7 @@ from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import InvalidRequest, KlingError, NotFound, UnknownOutcome
 from kling_video_mcp.journal import Journal, token_digest
 from kling_video_mcp.models import GenerationRequest, ImageSource, TaskRecord, utcnow
-from kling_video_mcp.providers import LABELS, ProviderAdapter, Providers, Submitted
+from kling_video_mcp.providers import Provider, Providers, Submitted, provider_class
 from kling_video_mcp.tasks import consent, validation
 from kling_video_mcp.tasks.budgets import Budgets
 from kling_video_mcp.tasks.consent import ConsentAnswer, ConsentDesk
@@ -225,7 +225,7 @@ class Submission:
     # -- reserving and sending --------------------------------------------------------
 
     async def reserve(
-        self, request: GenerationRequest, adapter: ProviderAdapter, *, max_cost_usd: float | None, force_new: bool,
+        self, request: GenerationRequest, adapter: Provider, *, max_cost_usd: float | None, force_new: bool,
         owner: str,
     ) -> tuple[TaskRecord, bool]:
         """Journal a new task of ``owner``'s for ``request``, or return their identical recent one (``True``).
@@ -308,7 +308,7 @@ class Submission:
                 self.release_submit(task_id)
         return record
 
-    async def send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
+    async def send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: Provider) -> TaskRecord:
         """Submit a reserved task to its provider and start watching it.
 
         Raises:
@@ -320,7 +320,7 @@ class Submission:
         finally:
             self.release_submit(record.task_id)  # only once the answer (or the unknown outcome) is journaled
 
-    async def _send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> TaskRecord:
+    async def _send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: Provider) -> TaskRecord:
         try:
             submitted = await self._submit(record, images, adapter)
         except UnknownOutcome as exc:
@@ -345,12 +345,12 @@ class Submission:
         log.info("task %s (user %s): submitted to %s", record.task_id, record.owner, record.provider)
         return record
 
-    async def _submit(self, record: TaskRecord, images: dict[str, ImageSource], adapter: ProviderAdapter) -> Submitted:
+    async def _submit(self, record: TaskRecord, images: dict[str, ImageSource], adapter: Provider) -> Submitted:
         """The submit, with a webhook URL when webhooks are on.
 
-        A provider may refuse our webhook URL (WaveSpeed documents a public HTTPS one, providers.md
-        §3.8; whether it checks is unknown). A refusal creates nothing, so the request is sent
-        once more without it, and the task is polled as usual.
+        A provider may refuse our webhook URL (some document that it must be public HTTPS; whether
+        they check is unknown: ``docs/providers.md``, "Webhooks"). A refusal creates nothing, so the
+        request is sent once more without it, and the task is polled as usual.
         """
         webhook_url = await self._webhook_url(record)
         if webhook_url is None:
@@ -380,7 +380,7 @@ class Submission:
 
     @staticmethod
     def _unknown_outcome_advice(what_happened: str, record: TaskRecord) -> str:
-        label = LABELS[record.provider]
+        label = provider_class(record.provider).label
         return (
             f"{what_happened} It was not re-sent, to avoid paying twice. If it went through, it costs about "
             f"${record.estimated_cost_usd or 0:.2f}. To check: look for a new task in your {label} dashboard; if "
