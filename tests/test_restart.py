@@ -160,3 +160,21 @@ async def test_kill_9_between_a_film_and_its_companions(emulator, tmp_path):
     assert all(path.is_file() for path in companion_files(film))
     with Image.open(report["contact_sheet_path"]) as sheet:
         assert sheet.size[0] == 2 * 320  # still one frame per shot
+
+
+async def test_a_restarted_server_resumes_its_tasks_by_itself(emulator, tmp_path):
+    """Start-up recovery runs in the background once the server answers: nobody checks the task,
+    yet the next server watches it again and delivers it, with its companions."""
+    settings = make_settings(tmp_path, emulator)
+    async with Client(build_server(settings)) as first:
+        made = await first.call_tool("generate_video", {"prompt": "a slow tide [[render:60]]", "duration": 3})
+        task_id = made.structured_content["task_id"]
+    async with Client(build_server(settings)) as second:
+        assert {"generate_video", "check_task"} <= {tool.name for tool in (await second.list_tools()).tools}
+        with anyio.fail_after(60):
+            while True:  # list_tasks only reads the journal: it neither polls nor watches
+                (row,) = (await second.call_tool("list_tasks", {})).structured_content["tasks"]
+                if row["status"] == "succeeded":
+                    break
+                await anyio.sleep(0.1)
+    assert row["task_id"] == task_id and all(Path(row[field]).is_file() for field in ("last_frame_path", "sidecar_path"))
