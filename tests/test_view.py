@@ -109,7 +109,7 @@ def test_the_view_is_one_self_contained_file_using_the_official_app_class():
 def test_a_preview_is_h264_at_most_480p_with_the_clips_length_and_sound(tmp_path):
     from kling_video_mcp.emulator.media import ClipSpec, Shot, render_clip
     from kling_video_mcp.media.previews import make_preview
-    from kling_video_mcp.media.clips import probe
+    from kling_video_mcp.media.probe import probe
 
     clip = tmp_path / "full.mp4"
     render_clip(ClipSpec([Shot("a 1080p clip at 60 fps", 2)], duration=2, fps=60, width=1920, height=1080, sound=True), clip)

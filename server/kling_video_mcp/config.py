@@ -50,7 +50,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kling_video_mcp.models import Mode
-from kling_video_mcp.providers import PROVIDERS, REAL_PROVIDERS, ProviderName, default_provider, provider_class
+from kling_video_mcp.providers import PROVIDERS, REAL_PROVIDERS, ProviderName, default_provider
 
 __all__ = ["APP_NAME", "REAL_PROVIDERS", "Mode", "ProviderName", "Settings"]
 
@@ -277,10 +277,6 @@ class Settings(BaseSettings):
     def default_provider(self) -> ProviderName:
         """``KLING_MCP_PROVIDER``, else the first provider with its keys set, else the first that needs none."""
         return default_provider(self)
-
-    def base_url(self, provider: ProviderName) -> str:
-        """The base URL requests to ``provider`` go to (its variable, else its default)."""
-        return provider_class(provider).base_url(self)
 
     def secrets(self) -> list[str]:
         """Every configured secret (every registered provider's keys among them), to be redacted

@@ -67,13 +67,6 @@ def default_provider(settings: Settings) -> str:
     return next(provider.name for provider in PROVIDERS if provider.keys(settings) is not None)
 
 
-LABELS: dict[str, str] = {provider.name: provider.label for provider in PROVIDERS}
-"""Transitional: ``tasks/service.py`` reads labels here until it calls ``provider_class(name).label``."""
-
-ProviderAdapter = Provider
-"""Transitional: the old name ``tasks/service.py`` imports (for typing only)."""
-
-
 class Providers:
     """Builds each provider on first use (:meth:`Provider.open`) and keeps it; closes them all.
 

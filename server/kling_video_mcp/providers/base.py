@@ -443,11 +443,6 @@ class Provider(ABC):
     async def poll(self, provider_task_id: str) -> ProviderUpdate:
         """Read the task's current state (one logical request, retried on transient errors)."""
 
-    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
-        """Transitional: the old name of :meth:`poll`, with its unused ``endpoint``, kept only while
-        ``tasks/service.py`` calls it; delete it with those calls (issue 16 item 4)."""
-        return await self.poll(provider_task_id)
-
     async def upload(self, image: ImageSource) -> str:
         """Send local image bytes to the provider; returns the URL to pass as the image.
         Only providers with :attr:`uploads_images` implement it."""
