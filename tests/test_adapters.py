@@ -100,7 +100,7 @@ def test_every_provider_describes_every_route_and_price():
     ],
 )  # fmt: skip
 def test_estimates_of_a_five_second_render_and_their_basis(provider, mode, sound, usd, confirmed):
-    """The numbers pricing.py gave before prices moved into the providers."""
+    """The numbers the old pricing table gave before prices moved into the providers."""
     cls = provider_class(provider)
     assert cls.estimate_usd(mode, sound, 5) == usd
     price = cls.price(mode, sound)

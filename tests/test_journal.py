@@ -20,7 +20,7 @@ from conftest import make_settings
 from kling_video_mcp.config import Settings
 from kling_video_mcp.journal import Journal, open_journal, token_digest
 from kling_video_mcp.models import GenerationRequest, TaskRecord, utcnow
-from kling_video_mcp.pricing import estimate_usd
+from kling_video_mcp.providers import provider_class
 from kling_video_mcp.surface.server import build_server
 
 pytestmark = pytest.mark.anyio
@@ -240,7 +240,7 @@ async def test_the_rate_gate_holds_for_all_workers_together(two_workers):
 
 
 async def test_two_workers_pay_once_for_one_request_sent_to_both(database_url, tmp_path, emulator):
-    price = estimate_usd("novita", "std", False, 5)
+    price = provider_class("novita").estimate_usd("std", False, 5)
     settings = make_settings(tmp_path, emulator, database_url=database_url, budget_usd=round(2.5 * price, 2))
     arguments = {"prompt": "one lighthouse, once", "duration": 5, "mode": "std", "provider": "novita"}
 
