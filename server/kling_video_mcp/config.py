@@ -269,7 +269,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret, to be redacted from whatever a provider says (see
-        :func:`kling_video_mcp.providers.http.redact`). A new secret setting is one more line."""
+        :func:`kling_video_mcp.redact.redact`). A new secret setting is one more line."""
         configured = [
             self.novita_api_key,
             self.highway_api_key,
