@@ -1,5 +1,8 @@
 """Who is calling over HTTP: bearer tokens verified, callers named, scopes enforced.
 
+One concept: the HTTP caller's identity and rights. The three ways to sign in end in one
+verifier, one guard and one owner name, and their rules are read and reviewed together.
+
 In: :class:`~kling_video_mcp.config.Settings` (``KLING_MCP_OAUTH_ISSUER``,
 ``KLING_MCP_OAUTH_AUDIENCE``, ``KLING_MCP_HTTP_TOKENS_FILE``, ``KLING_MCP_HTTP_TOKEN``). Out:
 an :class:`AccessGuard` for the HTTP app, the RFC 9728 protected-resource metadata route, and
@@ -49,13 +52,13 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context
-from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from pydantic import AnyHttpUrl, SecretStr
 from starlette.authentication import AuthCredentials
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kling_video_mcp.surface.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, nested_deeper_than
 from kling_video_mcp.tasks.owners import LOCAL_OWNER
 
 log = logging.getLogger(__name__)
@@ -323,8 +326,11 @@ def scope_for(method: str, params: Any) -> str | None:
 def required_scopes(body: bytes) -> set[str]:
     """The scopes a JSON-RPC POST body needs (a single message or a batch).
 
-    A body that is not JSON needs none here: it calls nothing, and the MCP transport refuses it.
+    A body that is not JSON, or nests too deep to parse safely, needs none here: it calls
+    nothing, and :class:`~kling_video_mcp.surface.limits.MessageLimits` or the MCP transport refuses it.
     """
+    if nested_deeper_than(body, MAX_JSON_DEPTH):
+        return set()
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -414,8 +420,8 @@ class AccessGuard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
-            if size > DEFAULT_MAX_REQUEST_BODY_SIZE:
-                break  # the transport refuses a body this big; nothing in it is called
+            if size > MAX_BODY_BYTES:
+                break  # MessageLimits refuses a body this big; nothing in it is called
         body = b"".join(chunks)
         replayed = False
 

@@ -12,6 +12,9 @@ port, stateless). Out: one Starlette app that serves
 - ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up;
 - ``POST /webhooks/{token}``: a provider saying a task ended (see :func:`webhook_endpoint`).
 
+A POST to the MCP endpoint may be up to about 27.7 MiB (two 10 MB images as base64 ``data:``
+URIs) and nest JSON 64 levels deep (:mod:`kling_video_mcp.surface.limits`): 413 or 400 beyond.
+
 Every route sits behind the same two guards, outermost first (the webhook route behind
 the first only: providers cannot send a bearer token, and the URL's token is the credential):
 
@@ -54,6 +57,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.auth import AccessGuard, build_access, caller_owner_of
+from kling_video_mcp.surface.limits import MAX_BODY_BYTES, MessageLimits
 from kling_video_mcp.surface.signed_urls import SIGNED_ROUTES, UrlSigner, Verdict
 from kling_video_mcp.tasks.owners import owner_folder
 
@@ -282,9 +286,12 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     mcp.custom_route(WEBHOOK_PREFIX + "{token}", methods=["POST"])(webhook_endpoint(mcp))
     security = transport_security(settings, config, base_url)
     if config.transport == "sse":
-        app = mcp.sse_app(transport_security=security, host=config.host)
+        app = mcp.sse_app(transport_security=security, host=config.host, max_request_body_size=MAX_BODY_BYTES)
     else:
-        app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless)
+        app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless,
+                                      max_request_body_size=MAX_BODY_BYTES)  # fmt: skip
+    # Behind sign-in (added later, so it runs first): only a verified caller gets a body read.
+    app.add_middleware(MessageLimits, paths=endpoints)
     if access is not None:
         app.router.routes.extend(access.routes)
         # Open: the protected-resource metadata, and webhooks (the token in their URL is the credential).
