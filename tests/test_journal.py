@@ -17,6 +17,7 @@ import pytest
 from mcp import Client
 
 from conftest import make_settings
+from helpers import eventually
 from kling_video_mcp.config import Settings
 from kling_video_mcp.journal import Journal, open_journal, token_digest
 from kling_video_mcp.models import GenerationRequest, TaskRecord, utcnow
@@ -221,9 +222,7 @@ async def test_events_reach_every_worker(two_workers):
         await got.wait()
     assert seen == [("changed", "t")] and time.perf_counter() - started < 1.0
     await first.publish("nudge", "t")
-    with anyio.fail_after(5):
-        while ("nudge", "t") not in seen:
-            await anyio.sleep(0.01)
+    await eventually(lambda: ("nudge", "t") in seen, timeout=5, interval=0.01, what="the nudge reached the other worker")
 
 
 async def test_the_rate_gate_holds_for_all_workers_together(two_workers):

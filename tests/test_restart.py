@@ -16,7 +16,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from helpers import clip_duration, wait_done
+from helpers import clip_duration, eventually, wait_done
 from test_stdio import console_script, server_env
 
 pytestmark = pytest.mark.anyio
@@ -50,8 +50,7 @@ async def submit_then_kill(emulator, tmp_path: Path, arguments: dict, kill_when:
     with anyio.fail_after(60):
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(first_server)
-            while not (submitted and kill_when()):
-                await anyio.sleep(0.02)
+            await eventually(lambda: submitted and kill_when(), timeout=60, interval=0.02, what="the moment to kill the server")
             killed.set()
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
             task_group.cancel_scope.cancel()
