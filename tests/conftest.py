@@ -4,7 +4,7 @@ Every test drives the real provider code over HTTP against the emulator, and the
 server through ``mcp.Client``, in both protocol eras (``auto`` = 2026-07-28, ``legacy`` =
 the 2025-11-25 initialize handshake that Claude Desktop speaks).
 
-The suite runs on pytest-xdist workers (``-n auto --dist loadgroup`` in ``pyproject.toml``;
+The suite runs on pytest-xdist workers (``-n logical --dist loadgroup`` in ``pyproject.toml``;
 ``-n 0`` runs it in one process). Each worker has its own emulator and PostgreSQL server (free
 ports, temporary folders), and every test its own ``tmp_path``, so workers share nothing. The
 tests of a module with a module-scoped fixture (a server started once for the module, a built
