@@ -35,8 +35,9 @@ async def test_the_first_request_goes_at_once():
     assert anyio.current_time() - started < INTERVAL
 
 
-async def test_concurrent_requests_leave_one_interval_apart():
-    gate: Gate = RateGate(RATE)
+async def concurrent(gate: Gate, count: int, *, stall: float = 0.0) -> list[float]:
+    """When each of ``count`` requests sent at once went through ``gate``; with ``stall``, the
+    event loop is blocked that long once they are all queued."""
     went: list[float] = []
 
     async def request() -> None:
@@ -44,25 +45,22 @@ async def test_concurrent_requests_leave_one_interval_apart():
         went.append(anyio.current_time())
 
     async with anyio.create_task_group() as group:
-        for _ in range(6):
+        for _ in range(count):
             group.start_soon(request)
+        if stall:
+            await anyio.sleep(0)  # every request is queued at the gate
+            time.sleep(stall)
+    return went
+
+
+async def test_concurrent_requests_leave_one_interval_apart():
+    went = await concurrent(RateGate(RATE), 6)
     assert len(went) == 6 and min(gaps(went)) >= INTERVAL - SLACK
 
 
 async def test_requests_that_fell_behind_do_not_go_in_a_burst():
-    gate = RateGate(RATE)
-    went: list[float] = []
-
-    async def request() -> None:
-        await gate.wait()
-        went.append(anyio.current_time())
-
-    async with anyio.create_task_group() as group:
-        for _ in range(4):
-            group.start_soon(request)
-        await anyio.sleep(0)  # every request is queued at the gate
-        time.sleep(4 * INTERVAL)  # the event loop stalls past all their turns
-    assert min(gaps(went)) >= INTERVAL - SLACK
+    went = await concurrent(RateGate(RATE), 4, stall=4 * INTERVAL)  # past all their turns
+    assert len(went) == 4 and min(gaps(went)) >= INTERVAL - SLACK
 
 
 async def test_an_idle_gate_lets_the_next_request_go_at_once_but_not_two():

@@ -1,8 +1,5 @@
 """Who is calling over HTTP: bearer tokens verified, callers named, scopes enforced.
 
-One concept: the HTTP caller's identity and rights. The three ways to sign in end in one
-verifier, one guard and one owner name, and their rules are read and reviewed together.
-
 In: :class:`~kling_video_mcp.config.Settings` (``KLING_MCP_OAUTH_ISSUER``,
 ``KLING_MCP_OAUTH_AUDIENCE``, ``KLING_MCP_HTTP_TOKENS_FILE``, ``KLING_MCP_HTTP_TOKEN``). Out:
 an :class:`AccessGuard` for the HTTP app, the RFC 9728 protected-resource metadata route, and
@@ -27,6 +24,9 @@ scope a request needs gets 403 ``insufficient_scope``. Both carry ``WWW-Authenti
 ``resource_metadata`` pointing at the protected-resource metadata when an issuer is set (RFC 9728
 §5.1), so a client finds where to sign in. Scopes (:func:`required_scopes`): ``video:generate``
 for the tools that spend, ``video:read`` for every other tool, for resources and for clip files.
+
+One concept: the HTTP caller's identity and rights. The three ways to sign in end in one
+verifier, one guard and one owner name, and their rules are read and reviewed together.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ from pydantic import AnyHttpUrl, SecretStr
 from starlette.authentication import AuthCredentials
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kling_video_mcp.surface.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, nested_deeper_than
+from kling_video_mcp.surface.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, nested_deeper_than, read_body
 from kling_video_mcp.tasks.owners import LOCAL_OWNER
 
 log = logging.getLogger(__name__)
@@ -411,27 +411,7 @@ class AccessGuard:
             return {READ_SCOPE}, receive
         if scope["method"] != "POST" or path not in self.mcp_paths:
             return set(), receive
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > MAX_BODY_BYTES:
-                break  # MessageLimits refuses a body this big; nothing in it is called
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": more}
-            return await receive()
-
+        body, replay = await read_body(receive, MAX_BODY_BYTES)  # MessageLimits refuses a longer one
         return required_scopes(body), replay
 
     async def _refuse(

@@ -12,8 +12,8 @@ request passed on unchanged, or refused:
   Python's ``json`` parser recurses once per level and a few thousand ``[`` exhaust the stack
   (a ``RecursionError``, answered 500). No MCP message comes near the bound.
 
-:class:`MessageLimits` is the ASGI middleware; :func:`nested_deeper_than` is the check, shared
-with :class:`~kling_video_mcp.surface.auth.AccessGuard`, which reads the body before it.
+:class:`MessageLimits` is the ASGI middleware; :func:`read_body` and :func:`nested_deeper_than`
+are shared with :class:`~kling_video_mcp.surface.auth.AccessGuard`, which reads the body before it.
 """
 
 from __future__ import annotations
@@ -61,6 +61,32 @@ def nested_deeper_than(body: bytes, limit: int) -> bool:
     return False
 
 
+async def read_body(receive: Receive, limit: int) -> tuple[bytes, Receive]:
+    """Read a request's body until it ends, the client leaves, or it passes ``limit`` bytes (the
+    rest is left unread). Returns what was read, and a ``receive`` for the app behind: it hands
+    that on as one message first, then reads on."""
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more and size <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away; the app's next receive() says so
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return body, replay
+
+
 def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
@@ -88,32 +114,14 @@ class MessageLimits:
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             await self._too_large(int(declared), scope, receive, send)
             return
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > MAX_BODY_BYTES:
-                await self._too_large(size, scope, receive, send, at_least=True)
-                return
-        body = b"".join(chunks)
+        body, replay = await read_body(receive, MAX_BODY_BYTES)
+        if len(body) > MAX_BODY_BYTES:
+            await self._too_large(len(body), scope, receive, send, at_least=True)
+            return
         if nested_deeper_than(body, MAX_JSON_DEPTH):
             error = {"code": -32700, "message": f"Parse error: JSON nested deeper than {MAX_JSON_DEPTH} levels."}
             await JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, 400)(scope, receive, send)
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         await self.app(scope, replay, send)
 
     @staticmethod
