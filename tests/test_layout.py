@@ -1,11 +1,12 @@
 """The package's shape: no import circle, and no module outside the emulator over ~500 lines
 unless its docstring says it is one concept.
 
-Imports are read with :mod:`ast`, not run: every ``import`` and ``from ... import`` counts,
-including those inside functions and under ``TYPE_CHECKING``, since a circle that only lazy
-imports keep from failing is still two modules that cannot be understood apart. Edges go to the
-module named (``from a.b import c`` is an edge to ``a.b.c`` when that is a module, else to
-``a.b``); a module's implicit import of its parent packages is not an edge.
+Imports are read with :mod:`ast`, not run. Every import that can run counts, those inside
+functions too: a circle that only lazy imports keep from failing is still two modules that
+cannot be understood apart. Imports under ``if TYPE_CHECKING:`` do not: they never run, and
+naming a type for an annotation is how a module refers back without depending on it. Edges go
+to the module named (``from a.b import c`` is an edge to ``a.b.c`` when that is a module, else
+to ``a.b``); a module's implicit import of its parent packages is not an edge.
 """
 
 from __future__ import annotations
@@ -34,11 +35,24 @@ def modules(package: Path) -> dict[str, Path]:
     return found
 
 
+def _runnable(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` outside ``if TYPE_CHECKING:`` blocks (their ``else`` runs, so it counts)."""
+    nodes, pending = [], [tree]
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            pending.extend(node.orelse)
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The modules of ``known`` that the module ``name`` (at ``path``) imports anywhere in its code."""
+    """The modules of ``known`` that the module ``name`` (at ``path``) imports in code that can run."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runnable(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets |= {alias.name for alias in node.names if alias.name in known}
         elif isinstance(node, ast.ImportFrom):
@@ -87,14 +101,15 @@ def test_the_package_has_no_import_circle():
     assert import_circles(PACKAGE) == []
 
 
-def test_the_circle_finder_sees_a_circle_through_a_lazy_import(tmp_path: Path):
+def test_the_circle_finder_sees_a_circle_through_a_lazy_import_and_not_through_annotations(tmp_path: Path):
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "sub" / "__init__.py").write_text("")
-    (package / "sub" / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.b import x\n")
+    (package / "sub" / "a.py").write_text("import pkg.b\n")
     (package / "b.py").write_text("def f():\n    from .sub import a\n")
-    (package / "c.py").write_text("from pkg.sub.a import y\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.d import x\n")
+    (package / "d.py").write_text("from pkg import c\n")
     assert import_circles(package) == [["pkg.b", "pkg.sub.a"]]
 
 
