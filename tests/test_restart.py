@@ -21,7 +21,7 @@ from mcp import Client, StdioServerParameters
 from PIL import Image
 
 from conftest import make_settings
-from helpers import clip_duration, total_requests, wait_done
+from helpers import clip_duration, eventually, total_requests, wait_done
 from kling_video_mcp.surface.server import build_server
 from test_stdio import console_script, server_env
 
@@ -59,8 +59,7 @@ async def submit_then_kill(
     with anyio.fail_after(60):
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(first_server)
-            while not (submitted and kill_when()):
-                await anyio.sleep(0.02)
+            await eventually(lambda: submitted and kill_when(), timeout=60, interval=0.02, what="the moment to kill the server")
             killed.set()
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
             task_group.cancel_scope.cancel()

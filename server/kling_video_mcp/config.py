@@ -280,7 +280,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret (every registered provider's keys among them), to be redacted
-        from whatever a provider says (see :func:`kling_video_mcp.providers.http.redact`). A new
+        from whatever a provider says (see :func:`kling_video_mcp.redact.redact`). A new
         secret setting is one more line."""
         configured = [
             *self.provider_keys.values(),

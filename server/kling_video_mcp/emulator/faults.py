@@ -24,6 +24,10 @@ is spent after ``times`` matching requests. Kinds and their parameters:
 - ``redirect`` (media): answer 302 to ``value`` (a private address, a ``file://`` URL...).
 - ``echo_key`` (any target): like ``status``, with a message that echoes the request's
   ``Authorization`` header (``Invalid key: Bearer ...``), as some providers' errors do.
+- ``echo_key_escaped`` (submit, poll, upload): like ``echo_key``, with the echoed header
+  JSON-escaped in the body as PHP's ``json_encode`` and hand-rolled encoders write it: ``/`` as
+  ``\\/``, every other character but letters, digits and spaces as ``\\uXXXX`` (``-`` is
+  ``\\u002d``). The decoded message holds the key; the raw bytes do not.
 - ``odd_status`` (poll): the task's status in the answer becomes ``value`` (an undocumented one).
 - ``result_url`` (poll): a finished task's result URL in the answer becomes ``value``.
 - ``task_id`` (submit): the created task's id in the answer becomes ``value`` (an odd one).
@@ -52,12 +56,15 @@ KIND_TARGETS: dict[str, frozenset[str]] = {
     "wrong_length": frozenset({"media"}),
     "redirect": frozenset({"media"}),
     "echo_key": TARGETS,
+    "echo_key_escaped": frozenset({"submit", "poll", "upload"}),
     "odd_status": frozenset({"poll"}),
     "result_url": frozenset({"poll"}),
     "task_id": frozenset({"submit"}),
 }
 BODY_ONLY_KINDS = frozenset({"truncate", "truncated", "wrong_length"})
 """Kinds that cut or misdescribe a body: a HEAD (which has none) must not use them up."""
+ECHO_KINDS = frozenset({"echo_key", "echo_key_escaped"})
+"""Kinds that answer like ``status`` with the request's ``Authorization`` header in the message."""
 REWRITE_KINDS = frozenset({"odd_status", "result_url", "task_id"})
 """Kinds that rewrite one field of a successful JSON answer (see :func:`rewrite_answer`)."""
 
@@ -137,6 +144,21 @@ def rewrite_answer(body: dict[str, Any], kind: str, value: str) -> None:
             videos[0]["video_url"] = value
         elif data is not None and data.get("outputs"):
             data["outputs"] = [value]
+
+
+def json_escaped(text: str) -> str:
+    """``text`` as it reads inside a JSON string when every character that may be escaped is:
+    ``/`` as ``\\/``, anything but letters, digits and spaces as ``\\uXXXX``."""
+    return "".join(
+        "\\/" if char == "/" else char if char.isascii() and (char.isalnum() or char == " ") else f"\\u{ord(char):04x}"
+        for char in text
+    )
+
+
+def escape_echo(body: bytes, echoed: str) -> bytes:
+    """A JSON ``body`` with the string ``echoed`` (written unescaped by the JSON encoder) spelled
+    :func:`json_escaped` instead: the ``echo_key_escaped`` answer."""
+    return body.replace(echoed.encode(), json_escaped(echoed).encode())
 
 
 @dataclass

@@ -27,7 +27,7 @@ from . import downloads
 from .access import Caller, KeyStatus, identify
 from .config import EmulatorConfig
 from .errors import ApiError
-from .faults import BODY_ONLY_KINDS, REWRITE_KINDS, Fault, rewrite_answer
+from .faults import BODY_ONLY_KINDS, ECHO_KINDS, REWRITE_KINDS, Fault, escape_echo, rewrite_answer
 from .rules import FlavorRules, Model, Submission, validate
 from .state import Emulator
 from .tasks import Phase, Task
@@ -112,7 +112,7 @@ class Flavor(ABC):
             body = await request.body()
             self.emulator.journal.record(self.name, request, body)
             fault = self._take_fault(target, request) if target else None
-            if fault is not None and fault.kind in ("status", "echo_key"):
+            if fault is not None and (fault.kind == "status" or fault.kind in ECHO_KINDS):
                 return self._fault_response(fault, request)
             if fault is not None and fault.kind == "ok_error":
                 return self.render_ok_error(self.fault_error(fault))
@@ -139,12 +139,16 @@ class Flavor(ABC):
         return self.emulator.faults.take(self.name, target, lambda fault: not (head and fault.kind in BODY_ONLY_KINDS))
 
     def _fault_response(self, fault: Fault, request: Request) -> Response:
-        message = fault.message
-        if fault.kind == "echo_key":
-            message = f"{fault.message or 'Invalid key'}: {request.headers.get('authorization', '')}"
+        message, echoed = fault.message, request.headers.get("authorization", "")
+        if fault.kind in ECHO_KINDS:
+            message = f"{fault.message or 'Invalid key'}: {echoed}"
         if fault.target == "media":
             return downloads.s3_error(fault.status, fault.reason, message, fault.retry_headers())
-        return self.render_error(self.fault_error(fault, message))
+        response = self.render_error(self.fault_error(fault, message))
+        if fault.kind == "echo_key_escaped" and echoed:
+            response.body = escape_echo(bytes(response.body), echoed)
+            response.headers["content-length"] = str(len(response.body))
+        return response
 
     def fault_error(self, fault: Fault, wording: str | None = None) -> ApiError:
         """A ``status`` fault's answer: ``wording``, else its own, else the catalogue's, else

@@ -12,7 +12,7 @@ Retry policy (providers.md §7.3-4, and the WaveSpeed SDK's rule never to re-sen
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +34,7 @@ from kling_video_mcp.errors import (
     UnknownOutcome,
 )
 from kling_video_mcp.models import utcnow
+from kling_video_mcp.redact import redacted_response
 
 if TYPE_CHECKING:
     from kling_video_mcp.config import Settings  # config reads the provider registry, which imports this
@@ -43,44 +44,6 @@ log = logging.getLogger(__name__)
 ErrorClassifier = Callable[[httpx2.Response], KlingError]
 BodyErrorReader = Callable[[httpx2.Response], KlingError | None]
 """The error a successful (2xx) answer carries in its body, if any (providers.md §10.5)."""
-
-REDACTED = "[redacted]"
-MIN_SECRET_CHARS = 4
-"""Shorter values are not treated as secrets: redacting them would garble ordinary words."""
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every one of ``secrets`` replaced by ``[redacted]``.
-
-    The one redaction of provider text: :class:`ProviderHTTP` applies it to every answer
-    before anything reads it, so a provider that echoes the key (``Invalid key: Bearer
-    ws-...``) cannot put it into a result, the journal or a log line. ``secrets`` comes from
-    :meth:`~kling_video_mcp.config.Settings.secrets`. Longest first, so a secret that contains
-    another is replaced whole.
-    """
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_SECRET_CHARS:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-_REBUILT_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
-
-
-def redacted_response(response: httpx2.Response, secrets: Sequence[str]) -> httpx2.Response:
-    """``response`` itself when its body holds none of ``secrets``, else a copy whose body is
-    redacted (see :func:`redact`). The body must have been read."""
-    body = response.content
-    if not any(len(secret) >= MIN_SECRET_CHARS and secret.encode() in body for secret in secrets):
-        return response
-    headers = [(name, value) for name, value in response.headers.items() if name.lower() not in _REBUILT_HEADERS]
-    return httpx2.Response(
-        response.status_code,
-        headers=headers,
-        content=redact(response.text, secrets).encode(),
-        request=response.request,
-        extensions=response.extensions,
-    )
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:
@@ -229,7 +192,8 @@ class ProviderHTTP:
         await self.gate.wait()
         with anyio.fail_after(self._settings.request_deadline):
             response = await self._client.request(method, self._base_url + path, auth=self._auth, **kwargs)
-        # The edge where provider text enters: nothing downstream ever sees a configured secret.
+        # The edge where provider text enters: nothing downstream ever sees a configured secret,
+        # raw or JSON-escaped (kling_video_mcp.redact).
         return redacted_response(response, self._secrets)
 
     async def _submit_once(self, path: str, kwargs: dict[str, Any]) -> httpx2.Response:

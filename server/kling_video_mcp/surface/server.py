@@ -22,6 +22,7 @@ from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import InvalidRequest
 from kling_video_mcp.providers import PROVIDERS, either
 from kling_video_mcp.providers.http import make_client
+from kling_video_mcp.redact import filter_logs
 from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.prompts import register_prompts
 from kling_video_mcp.surface.resources import register_resources
@@ -104,10 +105,7 @@ def build_server(
     may name local images in (``[]`` for none), and the signer of the view's media links.
     """
     settings = settings or Settings()
-    if settings.webhook_base_url:
-        from kling_video_mcp.surface.http import hide_webhook_tokens  # starlette loads only when needed
-
-        hide_webhook_tokens()  # submit URLs carry them, and the receiver's path
+    filter_logs()  # webhook tokens and signed-link signatures stay out of every transport's logs
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
