@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 import kling_video_mcp
 
@@ -113,10 +112,6 @@ def test_the_circle_finder_sees_a_circle_through_a_lazy_import_and_not_through_a
     assert import_circles(package) == [["pkg.b", "pkg.sub.a"]]
 
 
-BEING_SPLIT = "tasks/service.py"
-"""Over the bound until the façade work lands (issue 16 item 3); then drop it and its xfail test."""
-
-
 def long_modules_without_one_concept() -> list[str]:
     """Modules outside ``emulator/`` over :data:`MAX_LINES` lines whose docstring lacks :data:`ONE_CONCEPT`."""
     offenders = []
@@ -131,9 +126,4 @@ def long_modules_without_one_concept() -> list[str]:
 
 def test_a_module_over_500_lines_says_it_is_one_concept():
     """Split a long module, or say in its docstring ``One concept: ...`` why it stays whole."""
-    assert [path for path in long_modules_without_one_concept() if path != BEING_SPLIT] == []
-
-
-@pytest.mark.xfail(strict=True, reason=f"{BEING_SPLIT} is being split by responsibility (issue 16 item 3)")
-def test_the_task_service_is_within_the_bound():
-    assert BEING_SPLIT not in long_modules_without_one_concept()
+    assert long_modules_without_one_concept() == []

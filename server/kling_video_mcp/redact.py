@@ -106,7 +106,7 @@ _SECRET_QUERY = re.compile(r"(?i)([?&](?:[^=&#]*[_-])?(?:token|key|sig|signature
 """A query parameter named ``token``, ``key``, ``sig`` or ``access_token`` (or ending in one,
 ``api_key``, ``X-Amz-Signature``), up to its value's end."""
 _WEBHOOK_TOKEN = re.compile(r"((?:/|%2F)webhooks(?:/|%2F))[^/?&#\s\"%]+", re.IGNORECASE)
-"""A webhook token in a path, or in a URL-encoded query (WaveSpeed's ``?webhook=``)."""
+"""A webhook token in a path, or in a URL-encoded query (a provider that takes ``?webhook=``)."""
 
 
 def redact_query(text: str) -> str:
