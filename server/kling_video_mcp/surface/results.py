@@ -21,6 +21,7 @@ from kling_video_mcp.errors import Declined, KlingError
 from kling_video_mcp.models import Assembly, ClipFacts, GenerationRequest, TaskRecord
 from kling_video_mcp.providers import LABELS
 from kling_video_mcp.providers.sandbox import PLACEHOLDER_NOTE
+from kling_video_mcp.tasks.cancellation import CANCELLED
 
 
 PublicStatus = Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"]
@@ -141,7 +142,7 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     if status == "succeeded":
         return f"Done: {who}. The clip is at {record.file_path}."
     if status == "failed":
-        lead = "Declined" if record.error_code == Declined.code else "Failed"
+        lead = {Declined.code: "Declined", CANCELLED: "Cancelled"}.get(record.error_code or "", "Failed")
         return f"{lead}: {who}. {record.error_message or ''}".strip()
     if status == "awaiting_confirmation":
         return (

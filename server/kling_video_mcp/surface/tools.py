@@ -23,6 +23,7 @@ from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
 from kling_video_mcp.surface import params as p
 from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.icons import icons
+from kling_video_mcp.surface.mcp_task_mode import running_as_task
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
@@ -135,7 +136,7 @@ async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[co
     question in either protocol era and injects the answer as the tool's ``consent``. Images
     are not read here: the tool body checks them, after the answer.
     """
-    if arguments["dry_run"] or not _can_elicit(ctx):
+    if arguments["dry_run"] or not _can_elicit(ctx) or running_as_task():  # a task asks through itself (surface/mcp_tasks)
         return None
     request = _request(kind, arguments)
     text = await _question(app_state(ctx), request, arguments["max_cost_usd"], arguments["force_new"], caller_owner(ctx))
@@ -207,7 +208,9 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
             record.notes.append(f"The person confirmed spending about ${estimate:.2f} when the client asked them.")
         elif consent.needs_confirmation(state.settings, estimate):
             # Not asked (the client cannot): parked for the screening room if it shows one, else refused.
-            held = await service.hold_for_consent(record, can_show_view=client_supports_apps(ctx))
+            # Run as an MCP task, parked to be asked through the task where the client answers forms.
+            waits = client_supports_apps(ctx) or (running_as_task() and _can_elicit(ctx))
+            held = await service.hold_for_consent(record, can_show_view=waits)
             return with_media(ctx, task_result(task_report(state, held)), [held])
         record = await service.send(record, images, adapter)
     except KlingError as exc:

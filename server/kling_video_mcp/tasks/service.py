@@ -653,6 +653,8 @@ class TaskService:
         started from.
         """
         record = await self.get(task_id)
+        if record.finished:
+            return record  # finished elsewhere meanwhile (cancelled through MCP tasks): nothing to poll
         if record.kind == "assemble":
             made = await self.assembler.make(record)  # made in one step, here
             if made.delivered:
