@@ -12,6 +12,8 @@ session's dispatcher, one level lower, unvalidated.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +35,8 @@ from conftest import make_settings
 from helpers import submit_count, submits
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.server import build_server
+from kling_video_mcp.surface.auth import required_scopes
+from kling_video_mcp.surface.http import HttpConfig, build_app
 from test_consent import EXPENSIVE, Person
 from test_http import TOKEN, http_server
 from test_stdio import server_env
@@ -47,6 +51,7 @@ RAW = TypeAdapter(dict[str, Any])
 SLOW = {"prompt": "a slow sunrise over the bay [[render:40]]", "duration": 3, "provider": "novita"}
 """Renders for 2 s at the emulator's clock: long enough to be seen working."""
 ENDLESS = {"prompt": "never ends [[slow]]", "duration": 3, "provider": "wavespeed"}
+SCOPED_USERS = {"viewer": "video:read", "maker": "video:generate"}
 
 
 class RawRequest(Request[dict[str, Any] | None, str]):
@@ -287,6 +292,33 @@ async def test_another_users_task_is_not_found_through_tasks(tmp_path, emulator,
         assert foreign == absent and foreign[0] == -32602, (method, foreign, absent)
         assert "No task '<id>'" in foreign[1] and "alice" not in foreign[1]
     assert still["status"] == "working"
+
+
+async def test_cancelling_or_answering_for_a_task_needs_the_scope_that_spends(tmp_path):
+    """``tasks/cancel`` and ``tasks/update`` (a yes sends a request) need ``video:generate``;
+    ``tasks/get``, ``tasks/result`` and ``tasks/list`` need ``video:read``, as ``check_task`` does."""
+    users = tmp_path / "users.txt"
+    lines = [f"{name} {hashlib.sha256(f'{name}-token'.encode()).hexdigest()} {scope}" for name, scope in SCOPED_USERS.items()]
+    users.write_text("\n".join(lines) + "\n")
+    settings = Settings(output_dir=tmp_path / "clips", state_dir=tmp_path / "state", http_tokens_file=users)
+    app = build_app(settings, HttpConfig())
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8000") as http:
+
+        async def status(name: str, method: str) -> int:
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {"taskId": "x"}}
+            return (await http.post("/mcp", json=body, headers={"Authorization": f"Bearer {name}-token"})).status_code
+
+        viewer = [await status("viewer", method) for method in ("tasks/cancel", "tasks/update")]
+        maker = [await status("maker", method) for method in ("tasks/get", "tasks/result", "tasks/list")]
+    assert viewer == [403, 403] and maker == [403, 403, 403]
+    needed = {
+        method: required_scopes(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}).encode())
+        for method in ("tasks/get", "tasks/result", "tasks/list", "tasks/update", "tasks/cancel")
+    }
+    assert needed == {
+        "tasks/get": {"video:read"}, "tasks/result": {"video:read"}, "tasks/list": {"video:read"},
+        "tasks/update": {"video:generate"}, "tasks/cancel": {"video:generate"},
+    }  # fmt: skip
 
 
 async def test_a_task_made_before_a_restart_answers_after_it(settings, era):

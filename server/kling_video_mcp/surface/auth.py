@@ -317,6 +317,8 @@ def scope_for(method: str, params: Any) -> str | None:
         return GENERATE_SCOPE if name in SPENDING_TOOLS else READ_SCOPE
     if method.startswith("resources/"):
         return READ_SCOPE
+    if method.startswith("tasks/"):  # MCP tasks: answering a spend question or cancelling acts on spending
+        return GENERATE_SCOPE if method in ("tasks/update", "tasks/cancel") else READ_SCOPE
     return None
 
 
