@@ -36,8 +36,8 @@ from mcp.types import (
     PaginatedRequestParams,
 )
 
-from kling_video_mcp.surface.mcp_tasks import legacy, modern
 from kling_video_mcp.surface.mcp_task_mode import as_task
+from kling_video_mcp.surface.mcp_tasks import legacy, modern
 from kling_video_mcp.surface.mcp_tasks.states import TASK_TOOLS, tool_context, without_waiting
 
 __all__ = ["McpTasks"]

@@ -62,14 +62,14 @@ from pydantic import BaseModel
 from kling_video_mcp.errors import KlingError
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.auth import caller_owner
-from kling_video_mcp.surface.mcp_tasks import asking
 from kling_video_mcp.surface.mcp_task_mode import as_task
+from kling_video_mcp.surface.mcp_tasks import asking
 from kling_video_mcp.surface.mcp_tasks.states import (
     TASK_TOOLS,
     TaskState,
-    iso,
     journaled_task,
     owned,
+    task_fields,
     task_state,
     tool_context,
     tool_result,
@@ -96,15 +96,7 @@ RECHECK_SECONDS = 30.0
 
 def task_object(view: TaskState) -> dict[str, Any]:
     """The 2025-11-25 ``Task``."""
-    return {
-        "taskId": view.task_id,
-        "status": view.status,
-        "statusMessage": view.message,
-        "createdAt": iso(view.created_at),
-        "lastUpdatedAt": iso(view.updated_at),
-        "ttl": view.ttl_ms,
-        "pollInterval": view.poll_interval_ms,
-    }
+    return task_fields(view, ttl="ttl", poll_interval="pollInterval")
 
 
 def _dumped(result: HandlerResult) -> dict[str, Any]:

@@ -35,9 +35,9 @@ from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.mcp_tasks import asking
 from kling_video_mcp.surface.mcp_tasks.states import (
     TaskState,
-    iso,
     journaled_task,
     owned,
+    task_fields,
     task_state,
     tool_context,
     tool_result,
@@ -68,15 +68,7 @@ def opted_in(ctx: ServerRequestContext[Any, Any]) -> bool:
 
 
 def _fields(view: TaskState) -> dict[str, Any]:
-    return {
-        "taskId": view.task_id,
-        "status": view.status,
-        "statusMessage": view.message,
-        "createdAt": iso(view.created_at),
-        "lastUpdatedAt": iso(view.updated_at),
-        "ttlMs": view.ttl_ms,
-        "pollIntervalMs": view.poll_interval_ms,
-    }
+    return task_fields(view, ttl="ttlMs", poll_interval="pollIntervalMs")
 
 
 async def created(ctx: Context, result: object) -> object:

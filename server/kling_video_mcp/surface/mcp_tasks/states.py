@@ -172,3 +172,16 @@ def ask_message(record: TaskRecord) -> str:
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, as the specs' examples write ``createdAt``."""
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def task_fields(view: TaskState, *, ttl: str, poll_interval: str) -> dict[str, Any]:
+    """The ``Task`` fields both eras share; they name the TTL and poll interval (milliseconds) differently."""
+    return {
+        "taskId": view.task_id,
+        "status": view.status,
+        "statusMessage": view.message,
+        "createdAt": iso(view.created_at),
+        "lastUpdatedAt": iso(view.updated_at),
+        ttl: view.ttl_ms,
+        poll_interval: view.poll_interval_ms,
+    }
