@@ -252,7 +252,7 @@ async def test_cancel_stops_watching_and_says_the_provider_may_still_bill(settin
     else:
         assert answer["status"] == "cancelled" and answer["taskId"] == task_id
     assert cancelled["status"] == "cancelled"
-    assert "WaveSpeedAI offers no way to stop a render, so it may still finish it and bill it" in cancelled["statusMessage"]
+    assert "cannot stop a render at WaveSpeedAI, so it may still finish it and bill it" in cancelled["statusMessage"]
     assert watched >= 2 and polls_after == polls  # watched (polled) until the cancel, no longer after it
     report = checked.structured_content
     assert report["status"] == "failed" and report["error"]["code"] == "cancelled"

@@ -3,10 +3,11 @@
 What a cancel can do depends on where the task is:
 
 - **Awaiting a person's yes** (nothing sent): it ends at once, nothing is sent or billed.
-- **Rendering at a provider**: the provider is asked to stop the render where it can (its
-  adapter's ``cancel``); either way the server stops watching the task and never downloads its
-  clip. A provider that cannot cancel (none of Novita AI, HighwayAPI, WaveSpeedAI documents a
-  way) may still finish the render and bill it, and the task's message says so.
+- **Rendering at a provider**: the provider is asked to stop the render where it can
+  (:meth:`Provider.cancel <kling_video_mcp.providers.base.Provider.cancel>`; ``docs/providers.md``
+  says which providers document a way and which adapters call it); either way the
+  server stops watching the task and never downloads its clip. A provider that cannot cancel may
+  still finish the render and bill it, and the task's message says so.
 - **An assembly being made here**: it ends; nothing is billed (it never was).
 - **Finished** (delivered, failed, or already cancelled), or **rendered and downloading**
   (the provider has finished and billed it): nothing to stop; :class:`TaskFinished`.
@@ -22,7 +23,7 @@ import logging
 
 from kling_video_mcp.errors import InvalidRequest, KlingError
 from kling_video_mcp.models import TaskRecord, utcnow
-from kling_video_mcp.providers import LABELS
+from kling_video_mcp.providers import provider_class
 from kling_video_mcp.tasks.consent import AWAITING
 from kling_video_mcp.tasks.service import TaskService
 
@@ -65,15 +66,12 @@ async def cancel(service: TaskService, task_id: str, owner: str) -> TaskRecord:
 async def _stop_at_provider(service: TaskService, record: TaskRecord) -> str:
     """Ask the provider to stop the render where it can; the message the cancelled task carries."""
     assert record.provider is not None
-    label = LABELS[record.provider]
+    label = provider_class(record.provider).label
     stopped = False
     if record.provider_task_id is not None:
         try:
-            adapter = await service.providers.get(record.provider)
-            # TEMPORARY bridge for the lead: replace with the registry's `await adapter.cancel(...)`
-            # (every provider class gets one, returning False where the provider cannot cancel).
-            provider_cancel = getattr(adapter, "cancel", None)
-            stopped = bool(provider_cancel and await provider_cancel(record.provider_task_id))
+            provider = await service.providers.get(record.provider)
+            stopped = await provider.cancel(record.provider_task_id)
         except KlingError as exc:  # no key any more, or the provider refused: cancelled here all the same
             log.warning("task %s: %s did not take the cancel (%s)", record.task_id, label, exc.message)
     if stopped:
@@ -82,7 +80,7 @@ async def _stop_at_provider(service: TaskService, record: TaskRecord) -> str:
             "rendered. The server stopped watching it and will not download a clip."
         )
     return (
-        f"Stopped on request here, but {label} offers no way to stop a render, so it may still finish it and bill it "
+        f"Stopped on request here, but this server cannot stop a render at {label}, so it may still finish it and bill it "
         f"(about ${record.estimated_cost_usd or 0:.2f}). The server stopped watching it and will not download "
         "the clip; if you want it after all, find the task in the provider's dashboard."
     )
