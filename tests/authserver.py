@@ -55,6 +55,10 @@ class AuthServer:
     discovery: str = "oauth"
     """``oauth``: RFC 8414 metadata only; ``oidc``: only OpenID Connect discovery (as some issuers)."""
     key_set_fetches: int = 0
+    jwks_uri: str | None = None
+    """What the metadata names as ``jwks_uri`` (``None``: its own key set), e.g. a ``file:`` URL."""
+    key_set_answer: str = "keys"
+    """How the key set answers: ``keys``; ``not-json`` (200 with an HTML page); ``missing`` (404)."""
 
     @property
     def issuer(self) -> str:
@@ -65,7 +69,7 @@ class AuthServer:
             "issuer": self.issuer,
             "authorization_endpoint": f"{self.issuer}/authorize",
             "token_endpoint": f"{self.issuer}/token",
-            "jwks_uri": f"{self.issuer}/keys",
+            "jwks_uri": self.jwks_uri or f"{self.issuer}/keys",
             "scopes_supported": [GENERATE, READ],
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
@@ -105,11 +109,17 @@ def _handler(server: AuthServer) -> type[BaseHTTPRequestHandler]:
             if self.path not in documents:
                 self.send_error(404)
                 return
-            if self.path.endswith("/keys"):
+            key_set = self.path.endswith("/keys")
+            if key_set:
                 server.key_set_fetches += 1
-            body = json.dumps(documents[self.path]()).encode()
+            if key_set and server.key_set_answer == "missing":
+                self.send_error(404)
+                return
+            body, content_type = json.dumps(documents[self.path]()).encode(), "application/json"
+            if key_set and server.key_set_answer == "not-json":
+                body, content_type = b"<html>Service Unavailable</html>", "text/html"
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -294,6 +294,19 @@ async def test_another_users_task_is_not_found_through_tasks(tmp_path, emulator,
     assert still["status"] == "working"
 
 
+async def test_a_broken_task_id_is_refused_as_the_tools_refuse_it(settings, era):
+    broken = "bad\x00id"  # PostgreSQL could not even compare it: refused before the journal
+    async with Client(build_server(settings), mode=era, extensions=opt_in(era)) as client:
+        got = await refused(client, "tasks/get", taskId=broken)
+        if era == "auto":
+            cancelled = await ask(client, "tasks/cancel", taskId=broken)  # an ack, for any id
+            assert {key for key in cancelled if key != "_meta"} == {"resultType"}
+        else:
+            assert (await refused(client, "tasks/cancel", taskId=broken)).code == -32602
+            assert (await refused(client, "tasks/result", taskId=broken)).code == -32602
+    assert got.code == -32602 and "printable ASCII" in str(got.message) + str(got.data)
+
+
 async def test_cancelling_or_answering_for_a_task_needs_the_scope_that_spends(tmp_path):
     """``tasks/cancel`` and ``tasks/update`` (a yes sends a request) need ``video:generate``;
     ``tasks/get``, ``tasks/result`` and ``tasks/list`` need ``video:read``, as ``check_task`` does."""

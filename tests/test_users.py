@@ -157,17 +157,18 @@ async def test_another_users_task_is_exactly_like_a_missing_one(tmp_path, emulat
     assert bobs.structured_content["task_id"] != task_id and not bobs.structured_content["reused_existing"]
     assert again.structured_content["task_id"] == task_id and again.structured_content["reused_existing"]
 
-    # Each user's clips (and their companions) in their own folder, and nothing else there.
+    # Each user's clips (and their companions) in their own folder, and nothing else there
+    # (an OAuth user's folder is "oauth@<sub>": issue 19 keeps it apart from a token-file name's).
     clips = tmp_path / "clips"
-    assert Path(done["file_path"]).parent == clips / "alice"
-    assert Path(bobs_done["file_path"]).parent == clips / "bob"
+    assert Path(done["file_path"]).parent == clips / "oauth@alice"
+    assert Path(bobs_done["file_path"]).parent == clips / "oauth@bob"
     bobs_id = bobs_done["task_id"][:12]
-    assert all(bobs_id in path.name for path in (clips / "bob").iterdir())
-    assert not any(bobs_id in path.name for path in (clips / "alice").iterdir())
+    assert all(bobs_id in path.name for path in (clips / "oauth@bob").iterdir())
+    assert not any(bobs_id in path.name for path in (clips / "oauth@alice").iterdir())
     assert not [path for path in clips.iterdir() if path.is_file()]  # nothing left in the shared folder
 
     # Logs name the user and the task, never a token.
-    assert f"task {task_id} (user alice)" in log and "(user bob)" in log
+    assert f"task {task_id} (user oauth:alice)" in log and "(user oauth:bob)" in log
     assert alice_token not in log and bob_token not in log
 
 

@@ -28,6 +28,7 @@ each provider's variables  its key(s) and base URL, named by its class in ``prov
 ``KLING_MCP_ALLOWED_HOSTS`` HTTP only: extra ``Host`` values to accept (comma-separated).
 ``KLING_MCP_ALLOWED_ORIGINS`` HTTP only: extra ``Origin`` values to accept (comma-separated).
 ``KLING_MCP_MAX_CLIP_BYTES`` the largest clip download accepted, in bytes (default 2 GB).
+``KLING_MCP_MAX_FILM_SECONDS`` the longest film ``assemble_video`` makes, in seconds (default 1800).
 ``KLING_MCP_ALLOW_PRIVATE_DOWNLOADS`` ``true``/``false``: clip downloads may/may not reach
                             loopback and private addresses (default: only when the provider's
                             own base URL is loopback or private, as for the emulator).
@@ -124,6 +125,8 @@ class Settings(BaseSettings):
     """Total wall-clock limit of one clip download (a 4K clip can be hundreds of MB)."""
     max_clip_bytes: int = Field(2_000_000_000, gt=0, validation_alias=_env("KLING_MCP_MAX_CLIP_BYTES"))
     """Bytes: a download declaring or delivering more stops (a 15 s 4K clip is far below 2 GB)."""
+    max_film_seconds: float = Field(1800.0, gt=0, validation_alias=_env("KLING_MCP_MAX_FILM_SECONDS"))
+    """Seconds: ``assemble_video`` refuses a film longer than this (nested assemblies multiply fast)."""
     allow_private_downloads: bool | None = Field(None, validation_alias=_env("KLING_MCP_ALLOW_PRIVATE_DOWNLOADS"))
     """Whether clip downloads may connect to loopback, private and link-local addresses.
     ``None``: only for a provider whose own base URL is loopback or private (see

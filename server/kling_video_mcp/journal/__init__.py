@@ -11,9 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from kling_video_mcp.config import Settings
-from kling_video_mcp.journal.base import EventKind, Journal, Listener, is_open, token_digest
+from kling_video_mcp.journal.base import EventKind, Journal, LegacyNames, Listener, is_open, token_digest
 
-__all__ = ["EventKind", "Journal", "Listener", "is_open", "open_journal", "token_digest"]
+__all__ = ["EventKind", "Journal", "LegacyNames", "Listener", "is_open", "legacy_names", "open_journal", "token_digest"]
+
+
+def legacy_names(settings: Settings) -> LegacyNames:
+    """The sign-in method of old owners whose name could be either method's (see :data:`~kling_video_mcp.journal.base.LegacyNames`)."""
+    return "oauth" if settings.oauth_issuer is not None and settings.http_tokens_file is None else "file"
 
 
 @asynccontextmanager
@@ -27,7 +32,7 @@ async def open_journal(settings: Settings) -> AsyncIterator[Journal]:
     if url is None:
         from kling_video_mcp.journal.sqlite import SqliteJournal
 
-        journal = SqliteJournal(settings.journal_path)
+        journal = SqliteJournal(settings.journal_path, legacy_names(settings))
         try:
             yield journal
         finally:
@@ -40,5 +45,5 @@ async def open_journal(settings: Settings) -> AsyncIterator[Journal]:
             "KLING_MCP_DATABASE_URL names a PostgreSQL database, but its driver is not installed: "
             "pip install 'kling-video-mcp[postgres]'"
         ) from exc
-    async with PostgresJournal.open(url.get_secret_value()) as journal:
+    async with PostgresJournal.open(url.get_secret_value(), legacy_names=legacy_names(settings)) as journal:
         yield journal

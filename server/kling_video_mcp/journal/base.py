@@ -44,6 +44,22 @@ Listener = Callable[[EventKind, str], None]
 
 UNFINISHED_STATUSES: tuple[TaskStatus, ...] = ("queued", "running", "succeeded")
 
+LegacyNames = Literal["file", "oauth"]
+"""How the owners of tasks journaled before owner ids named their sign-in method are migrated.
+
+An old owner was ``local``, a token-file user's name or an OAuth ``sub``, all bare. They are told
+apart by what a token-file name may be (letters, digits, ``._-``, starting with a letter or digit,
+at most 64: ``surface/auth.py``):
+
+- ``local`` stays ``local`` (stdio and the shared token, as before);
+- anything else a token-file name cannot be (``auth0|65f0...``, an e-mail address) was an OAuth
+  ``sub``: it becomes ``oauth:<sub>``;
+- a name that could be either (``alice``, a Keycloak user id) becomes ``<legacy_names>:<name>``,
+  where ``legacy_names`` is ``oauth`` when the server migrating the journal signs in with an
+  issuer and no token file, else ``file`` (a token file, both, or neither). With both configured
+  the name goes to the token file's user: the operator chose that name, while a ``sub`` is the issuer's.
+"""
+
 
 def token_digest(token: str) -> str:
     """sha256 hex of a webhook token: the journal keeps only this, never the token itself."""

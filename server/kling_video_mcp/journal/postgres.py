@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 from psycopg import AsyncConnection, OperationalError
 from psycopg_pool import AsyncConnectionPool
 
-from kling_video_mcp.journal.base import EventKind, Journal, Listener, Listeners, is_open, token_digest
+from kling_video_mcp.journal.base import EventKind, Journal, LegacyNames, Listener, Listeners, is_open, token_digest
 from kling_video_mcp.models import TaskRecord, TaskStatus, utcnow
 
 if TYPE_CHECKING:
@@ -66,6 +66,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN owner text NOT NULL DEFAULT 'local';
     CREATE INDEX tasks_owner_created ON tasks (owner, created_at);
     """,
+    # 3: owner ids name their sign-in method (tasks/owners.py; base.LegacyNames says what maps where).
+    # One statement: it takes a parameter, and psycopg sends parameters with one statement only.
+    """
+    WITH moved AS (
+        SELECT task_id, CASE
+            WHEN owner ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' THEN %(legacy_names)s || ':' || owner
+            ELSE 'oauth:' || owner END AS owner
+        FROM tasks WHERE owner <> 'local'
+    )
+    UPDATE tasks SET owner = moved.owner, record = jsonb_set(tasks.record::jsonb, '{owner}', to_jsonb(moved.owner))::text
+    FROM moved WHERE tasks.task_id = moved.task_id
+    """,
 )
 """Schema versions, oldest first; version ``n`` is ``MIGRATIONS[n - 1]`` (table ``schema_migrations``)."""
 
@@ -75,11 +87,12 @@ _OWNED = "(%s::text IS NULL OR owner = %s)"
 """SQL: the row is the task owner's given twice (``None``: any owner's)."""
 
 
-async def migrate(url: str) -> int:
+async def migrate(url: str, legacy_names: LegacyNames = "file") -> int:
     """Apply the schema versions the database lacks, each in its own transaction; returns the version.
 
     Under a session advisory lock, so of several workers starting at once one applies them
-    and the others find them applied.
+    and the others find them applied. ``legacy_names``: the sign-in method of the owners of
+    existing tasks whose name could be either method's (:data:`~kling_video_mcp.journal.base.LegacyNames`).
     """
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
@@ -93,7 +106,9 @@ async def migrate(url: str) -> int:
             applied = int(row[0]) if row else 0
             for number, script in enumerate(MIGRATIONS[applied:], start=applied + 1):
                 async with conn.transaction():
-                    await conn.execute(script)  # type: ignore[arg-type]  # our own constant SQL
+                    # Parameters only where a script takes them: a script of several statements cannot.
+                    parameters = {"legacy_names": legacy_names} if "%(legacy_names)s" in script else None
+                    await conn.execute(script, parameters)  # type: ignore[arg-type]  # our own constant SQL
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
                 log.info("journal schema: applied version %d", number)
         finally:
@@ -145,9 +160,12 @@ class PostgresJournal(Journal):
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, url: str, *, pool_size: int = 10) -> AsyncIterator[PostgresJournal]:
-        """Migrate, open the pool and start listening for events; all closed on exit."""
-        await migrate(url)
+    async def open(
+        cls, url: str, *, pool_size: int = 10, legacy_names: LegacyNames = "file"
+    ) -> AsyncIterator[PostgresJournal]:
+        """Migrate (``legacy_names``: see :func:`migrate`), open the pool and start listening for
+        events; all closed on exit."""
+        await migrate(url, legacy_names)
         pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False)
         await pool.open(wait=True)
         try:

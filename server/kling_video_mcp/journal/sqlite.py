@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from kling_video_mcp.journal.base import EventKind, Journal, Listener, Listeners, is_open, token_digest
+from kling_video_mcp.journal.base import EventKind, Journal, LegacyNames, Listener, Listeners, is_open, token_digest
 from kling_video_mcp.models import TaskRecord, TaskStatus, utcnow
 
 if TYPE_CHECKING:
@@ -53,6 +53,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT 'local';
     CREATE INDEX tasks_owner_created ON tasks (owner, created_at);
     """,
+    # 4: owner ids name their sign-in method (tasks/owners.py; base.LegacyNames says what maps where).
+    """
+    UPDATE tasks SET owner = CASE
+        WHEN length(owner) <= 64 AND owner GLOB '[A-Za-z0-9]*' AND owner NOT GLOB '*[^A-Za-z0-9._-]*'
+        THEN :legacy_names || ':' || owner
+        ELSE 'oauth:' || owner END
+    WHERE owner <> 'local';
+    UPDATE tasks SET record = json_set(record, '$.owner', owner) WHERE owner <> 'local';
+    """,
 )
 """Schema versions, oldest first; version ``n`` is ``MIGRATIONS[n - 1]`` (``PRAGMA user_version``)."""
 
@@ -64,14 +73,18 @@ _OWNED = "(? IS NULL OR owner = ?)"
 """SQL: the row is the owner's given twice (``None``: any owner's)."""
 
 
-def migrate(db: sqlite3.Connection) -> int:
-    """Apply the versions ``db`` lacks, in one ``BEGIN IMMEDIATE`` transaction; returns the version."""
+def migrate(db: sqlite3.Connection, legacy_names: LegacyNames = "file") -> int:
+    """Apply the versions ``db`` lacks, in one ``BEGIN IMMEDIATE`` transaction; returns the version.
+
+    ``legacy_names``: the sign-in method of the owners of existing tasks whose name could be
+    either method's (:data:`~kling_video_mcp.journal.base.LegacyNames`).
+    """
     db.execute("BEGIN IMMEDIATE")
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in filter(str.strip, script.split(";")):
-                db.execute(statement)
+                db.execute(statement, {"legacy_names": legacy_names})
             db.execute(f"PRAGMA user_version = {number}")
         db.execute("COMMIT")
     except BaseException:
@@ -81,18 +94,18 @@ def migrate(db: sqlite3.Connection) -> int:
 
 
 class SqliteJournal(Journal):
-    """The journal in one SQLite file at ``path``."""
+    """The journal in one SQLite file at ``path`` (``legacy_names``: see :func:`migrate`)."""
 
     shared = False
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, legacy_names: LegacyNames = "file") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
-        migrate(self._db)
+        migrate(self._db, legacy_names)
         self._listeners = Listeners()
         self._sections: dict[str, anyio.Lock] = {}
 

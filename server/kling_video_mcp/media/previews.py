@@ -31,6 +31,11 @@ CRF = 30
 fraction of its size (a 5 s 1080p test clip: 738 KB down to 61 KB)."""
 AUDIO_BITRATE = 96_000
 """AAC bits per second of the preview's sound, when the clip has any."""
+MAX_PREVIEW_SECONDS = 120.0
+"""A clip longer than this (a long film) is previewed from a sample of this many seconds, so the
+work a preview costs is bounded whatever the film's length (``KLING_MCP_MAX_FILM_SECONDS``)."""
+SAMPLE_WINDOWS = 12
+"""The sample's stretches, spread evenly over the film (10 s each): a silent trailer of it."""
 
 
 def preview_path(previews_dir: Path, task_id: str) -> Path:
@@ -55,6 +60,8 @@ def make_preview(clip: Path, destination: Path) -> Path:
 
     Out: ``destination``, an MP4 with H.264 video (yuv420p, at most 480 lines, ``+faststart``
     so a browser can start playing before the end arrives) and AAC sound when the clip has any.
+    A clip longer than :data:`MAX_PREVIEW_SECONDS` gets a silent preview of that length made of
+    :data:`SAMPLE_WINDOWS` stretches spread over it; only about those stretches are decoded.
 
     Raises:
         av.error.FFmpegError or ValueError: the clip cannot be read.
@@ -81,13 +88,15 @@ def make_preview(clip: Path, destination: Path) -> Path:
             out_rate = rate / step
             video_out = target.add_stream("libx264", rate=out_rate, options={"crf": str(CRF), "preset": "veryfast"})
             video_out.width, video_out.height, video_out.pix_fmt = width, height, "yuv420p"
-            audio_in = source.streams.audio[0] if source.streams.audio else None
+            windows = _sample_windows(float(source.duration or 0) / av.time_base)
+            audio_in = source.streams.audio[0] if source.streams.audio and not windows else None
             audio_out = None
             if audio_in is not None:
                 audio_out = target.add_stream("aac", rate=audio_in.codec_context.sample_rate or 48_000)
                 audio_out.bit_rate = AUDIO_BITRATE
             streams = [video_in] + ([audio_in] if audio_in is not None else [])
-            for index, frame in _thinned(source.decode(*streams), step):
+            decoded = _sampled(source, video_in, windows) if windows else source.decode(*streams)
+            for index, frame in _thinned(decoded, step):
                 if isinstance(frame, av.VideoFrame):
                     scaled = frame.reformat(width=width, height=height, format="yuv420p")
                     scaled.pts = index
@@ -103,6 +112,26 @@ def make_preview(clip: Path, destination: Path) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return destination
+
+
+def _sample_windows(duration: float) -> list[tuple[float, float]]:
+    """``(start, end)`` seconds of the stretches a preview of a clip ``duration`` long samples
+    (none: the whole clip is previewed)."""
+    if duration <= MAX_PREVIEW_SECONDS:
+        return []
+    length = MAX_PREVIEW_SECONDS / SAMPLE_WINDOWS
+    return [(start, start + length) for start in (duration * index / SAMPLE_WINDOWS for index in range(SAMPLE_WINDOWS))]
+
+
+def _sampled(source: Any, video: Any, windows: list[tuple[float, float]]) -> Iterator[Any]:
+    """The video frames inside each window, reached by seeking to the keyframe before it."""
+    for start, end in windows:
+        source.seek(int(start / video.time_base), stream=video)
+        for frame in source.decode(video):
+            if frame.time is not None and frame.time >= end:
+                break
+            if frame.time is not None and frame.time >= start:
+                yield frame
 
 
 def _thinned(frames: Iterable[Any], step: int) -> Iterator[tuple[int, Any]]:

@@ -2,22 +2,24 @@
 
 In: :class:`~kling_video_mcp.config.Settings` (``KLING_MCP_OAUTH_ISSUER``,
 ``KLING_MCP_OAUTH_AUDIENCE``, ``KLING_MCP_HTTP_TOKENS_FILE``, ``KLING_MCP_HTTP_TOKEN``). Out:
-an :class:`AccessGuard` for the HTTP app, the RFC 9728 protected-resource metadata route, and
-:func:`caller_owner`, the owner name of the caller of a tool or resource.
+an :class:`AccessGuard` for the HTTP app, the RFC 9728 protected-resource metadata route,
+:func:`caller_owner`, the owner id of the caller of a tool or resource, and :func:`caller_may_read`.
 
 Three ways to know the caller, usable together:
 
 - **OAuth 2.1 resource server** (MCP spec 2025-11-25 and 2026-07-28, ``basic/authorization``):
-  the bearer token is a JWT from ``KLING_MCP_OAUTH_ISSUER``. Its signing keys come from the
-  ``jwks_uri`` of the issuer's metadata (RFC 8414 ``/.well-known/oauth-authorization-server``,
-  else OpenID Connect discovery), are cached, and are fetched again when a token names an unknown
-  ``kid`` (PyJWT's ``PyJWKClient``). PyJWT checks the signature, ``iss``, ``aud``, ``exp`` and
-  ``nbf`` (:data:`LEEWAY_SECONDS` of clock skew) and requires ``sub``; only asymmetric
-  algorithms are accepted, so ``alg: none`` and HMAC tokens are refused. The caller is the
-  token's ``sub`` (the issuer's user, not the client application).
+  the bearer token is a JWT from ``KLING_MCP_OAUTH_ISSUER``, checked against the issuer's keys by
+  :class:`~kling_video_mcp.surface.issuer.JwtVerifier` (an issuer failure is a 503, with back-off;
+  a ``jwks_uri`` that is not ``https`` stops the start-up). The caller is the
+  token's ``sub`` (the issuer's user, not the client application), as owner ``oauth:<sub>``; a
+  ``sub`` that is empty, a reserved owner name or not a plain string is refused (:func:`subject_problem`).
 - **A token file** (``KLING_MCP_HTTP_TOKENS_FILE``): one user per line, a name and the SHA-256
-  (hex) of their token; see :func:`parse_token_file`. It is read again when it changes.
+  (hex) of their token; see :func:`parse_token_file`. The caller is owner ``file:<name>``. The
+  file is read again when its content changes (its hash, not its size or time, is compared).
 - **One shared token** (``KLING_MCP_HTTP_TOKEN``): one user, :data:`LOCAL_OWNER`, like stdio.
+
+Owner ids carry the sign-in method (``tasks/owners.py``), so a token-file name equal to a ``sub``
+is another person. No token is ever the local user but the shared token.
 
 Refusals (RFC 6750 §3): no token, or one that fails any check, gets 401; a token without the
 scope a request needs gets 403 ``insufficient_scope``. Both carry ``WWW-Authenticate``, with
@@ -32,17 +34,13 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
-import httpx2
-import jwt
-from mcp.client.auth.utils import build_oauth_authorization_server_metadata_discovery_urls
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -56,7 +54,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kling_video_mcp.tasks.owners import LOCAL_OWNER
+from kling_video_mcp.surface.issuer import IssuerRefused, IssuerUnavailable, JwtVerifier
+from kling_video_mcp.tasks.owners import LOCAL_OWNER, SAFE_NAME, oauth_owner, token_file_owner
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +69,11 @@ a task that waited for consent). Every other tool needs ``video:read``."""
 FILE_PATHS = ("/clips/", "/previews/")
 """HTTP routes that serve a user's media files: they need ``video:read``."""
 
-LEEWAY_SECONDS = 30
-"""Clock skew allowed on ``exp`` and ``nbf``."""
-ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-"""The JWS algorithms accepted: public-key signatures only (never ``none``, never ``HS*``)."""
-DISCOVERY_TIMEOUT = 10.0
-"""Seconds for one request to the issuer (metadata or keys)."""
-DISCOVERY_RETRY_SECONDS = 5.0
-"""After a failed discovery, requests are answered at once for this long instead of each
-waiting on the issuer again."""
+MAX_SUBJECT_CHARS = 255
+"""The longest ``sub`` accepted: OpenID Connect Core §2 says it "MUST NOT exceed 255 ASCII characters"."""
 
-_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-
-
-class IssuerUnavailable(Exception):
-    """The issuer's metadata or keys could not be fetched, so no token can be checked now."""
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class TokenFileError(ValueError):
@@ -123,7 +111,7 @@ def parse_token_file(text: str, source: str = "token file") -> list[FileUser]:
         if len(fields) not in (2, 3):
             raise TokenFileError(f"{where}: expected '<name> <sha256 of the token> [scopes]', got {len(fields)} fields.")
         name, digest = fields[0], fields[1]
-        if not _USER_NAME.fullmatch(name) or name == LOCAL_OWNER:
+        if not SAFE_NAME.fullmatch(name) or name == LOCAL_OWNER:
             raise TokenFileError(
                 f"{where}: the name must be letters, digits, '.', '_' or '-' (at most 64), and not {LOCAL_OWNER!r}."
             )
@@ -140,24 +128,27 @@ def parse_token_file(text: str, source: str = "token file") -> list[FileUser]:
 
 
 class TokenFile:
-    """The users of ``KLING_MCP_HTTP_TOKENS_FILE``, read again whenever the file changes.
+    """The users of ``KLING_MCP_HTTP_TOKENS_FILE``, read again whenever its content changes.
 
+    The file is read on every sign-in and compared by its SHA-256, not by size and modification
+    time: a file replaced by one of the same size and time (``cp -p``, ``rsync -t``) must not keep
+    admitting a removed token. It is one short line per user, so reading it costs next to nothing.
     A file that becomes unreadable or invalid admits nobody until it is fixed (and the reason
     is logged), so a botched edit never keeps a removed user in.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._content_hash: bytes | None = None
         self._users: list[FileUser] = []
         self._load()  # a bad file stops the start, with the reason
 
     def _load(self) -> None:
-        stat = self.path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._stamp, self._users = stamp, []
-            self._users = parse_token_file(self.path.read_text(), str(self.path))
+        content = self.path.read_bytes()
+        content_hash = hashlib.sha256(content).digest()
+        if content_hash != self._content_hash:
+            self._content_hash, self._users = content_hash, []
+            self._users = parse_token_file(content.decode(), str(self.path))
 
     def match(self, token: str) -> FileUser | None:
         """The user whose token this is. Every entry is compared, each in constant time."""
@@ -174,83 +165,22 @@ class TokenFile:
         return found
 
 
-# -- OAuth access tokens ------------------------------------------------------------------------
+# -- what an OAuth token says --------------------------------------------------------------------
 
 
-class JwtVerifier:
-    """Checks JWT access tokens from one issuer, against the keys it publishes."""
+def subject_problem(subject: object) -> str | None:
+    """Why a token's ``sub`` cannot name a user here, if it cannot.
 
-    def __init__(self, issuer: str, audiences: Sequence[str], *, jwks_cooldown_seconds: float = 30.0) -> None:
-        self.issuer = issuer
-        self.audiences = list(audiences)
-        self.jwks_cooldown_seconds = jwks_cooldown_seconds
-        self._keys: jwt.PyJWKClient | None = None
-        self._discovery = anyio.Lock()
-        self._failure: tuple[float, IssuerUnavailable] | None = None
-
-    async def _key_client(self) -> jwt.PyJWKClient:
-        """The issuer's key set client, found through its metadata on first use.
-
-        Raises:
-            IssuerUnavailable: no metadata document for this issuer names a ``jwks_uri``.
-        """
-        async with self._discovery:
-            if self._keys is None:
-                if self._failure and anyio.current_time() - self._failure[0] < DISCOVERY_RETRY_SECONDS:
-                    raise self._failure[1]
-                try:
-                    jwks_uri = await self._discover_jwks_uri()
-                except IssuerUnavailable as exc:
-                    self._failure = (anyio.current_time(), exc)
-                    raise
-                self._keys = jwt.PyJWKClient(
-                    jwks_uri, cooldown_duration=self.jwks_cooldown_seconds, timeout=DISCOVERY_TIMEOUT
-                )
-            return self._keys
-
-    async def _discover_jwks_uri(self) -> str:
-        """RFC 8414 §3 and OpenID Connect Discovery §4, in the order the MCP spec gives clients.
-
-        A document counts only if its ``issuer`` is exactly ours (RFC 8414 §3.3).
-        """
-        tried = []
-        async with httpx2.AsyncClient(timeout=DISCOVERY_TIMEOUT, follow_redirects=False) as client:
-            for url in build_oauth_authorization_server_metadata_discovery_urls(self.issuer, self.issuer):
-                try:
-                    response = await client.get(url, headers={"Accept": "application/json"})
-                    document = response.json() if response.status_code == 200 else None
-                except (httpx2.HTTPError, ValueError) as exc:
-                    tried.append(f"{url} ({type(exc).__name__})")
-                    continue
-                if isinstance(document, dict) and document.get("issuer") == self.issuer and document.get("jwks_uri"):
-                    return str(document["jwks_uri"])
-                tried.append(f"{url} (HTTP {response.status_code}, no matching issuer and jwks_uri)")
-        raise IssuerUnavailable(f"no metadata for issuer {self.issuer} names its keys; tried {'; '.join(tried)}")
-
-    async def verify(self, token: str) -> dict[str, Any] | None:
-        """The token's claims if it passes every check, else ``None`` (the reason is logged).
-
-        Raises:
-            IssuerUnavailable: the issuer's metadata or keys could not be fetched.
-        """
-        keys = await self._key_client()
-        try:
-            # PyJWKClient fetches with urllib, which blocks: keep it off the event loop.
-            key = await anyio.to_thread.run_sync(keys.get_signing_key_from_jwt, token)
-            return jwt.decode(
-                token,
-                key,
-                algorithms=list(ASYMMETRIC_ALGORITHMS),
-                audience=self.audiences,
-                issuer=self.issuer,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iss", "aud", "sub"]},
-            )
-        except jwt.PyJWKClientConnectionError as exc:
-            raise IssuerUnavailable(f"the issuer's keys could not be fetched: {exc}") from exc
-        except (jwt.PyJWKClientError, jwt.PyJWTError) as exc:
-            log.info("refused a bearer token: %s", exc)  # PyJWT's reasons never quote the token
-            return None
+    A ``sub`` must be a non-empty string of at most :data:`MAX_SUBJECT_CHARS` characters without
+    control characters, and not a reserved owner name (:data:`LOCAL_OWNER`, the stdio user's).
+    """
+    if not isinstance(subject, str) or not subject.strip():
+        return "is missing or empty"
+    if subject.strip() == LOCAL_OWNER:
+        return f"is {LOCAL_OWNER!r}, the server's own user"
+    if len(subject) > MAX_SUBJECT_CHARS or _CONTROL_CHARACTERS.search(subject):
+        return f"is longer than {MAX_SUBJECT_CHARS} characters or holds control characters"
+    return None
 
 
 def _token_scopes(claims: dict[str, Any]) -> list[str]:
@@ -287,21 +217,31 @@ class CallerVerifier(TokenVerifier):
         self.token_file = token_file
         self.oauth = oauth
 
+    async def check_at_start(self) -> None:
+        """Raises :class:`IssuerRefused` when the issuer's metadata names keys this server will not fetch."""
+        if self.oauth is not None:
+            await self.oauth.check_at_start()
+
+    def issuer_retry_seconds(self) -> int:
+        """Whole seconds until the issuer is asked again after a failure (at least 1): ``Retry-After``."""
+        return max(1, math.ceil(self.oauth.backoff.seconds_left())) if self.oauth is not None else 1
+
     async def verify_token(self, token: str) -> AccessToken | None:
         """Raises :class:`IssuerUnavailable` when only the issuer could have vouched for it."""
         if self.shared_token is not None and hmac.compare_digest(token.encode(), self.shared_token):
             return AccessToken(token="", client_id="shared-token", scopes=list(SCOPES), subject=LOCAL_OWNER)
         if self.token_file is not None and (user := self.token_file.match(token)) is not None:
             return AccessToken(
-                token="", client_id="token-file", scopes=list(user.scopes), subject=user.name, claims={"iss": "token-file"}
-            )
+                token="", client_id="token-file", scopes=list(user.scopes), subject=token_file_owner(user.name),
+                claims={"iss": "token-file"},
+            )  # fmt: skip
         if self.oauth is not None and token.count(".") == 2 and (claims := await self.oauth.verify(token)):
-            if claims["sub"] == LOCAL_OWNER:
-                log.warning("refused a token whose sub is %r: that name is the server's own user", LOCAL_OWNER)
+            if (problem := subject_problem(claims["sub"])) is not None:
+                log.warning("refused a bearer token: its sub %s", problem)
                 return None
             client = claims.get("client_id") or claims.get("azp") or claims.get("appid") or "unknown-client"
             return AccessToken(
-                token="", client_id=str(client), scopes=_token_scopes(claims), subject=str(claims["sub"]),
+                token="", client_id=str(client), scopes=_token_scopes(claims), subject=oauth_owner(claims["sub"]),
                 expires_at=int(claims["exp"]), claims={"iss": claims["iss"]},
             )  # fmt: skip
         return None
@@ -355,7 +295,7 @@ class AccessGuard:
     def __init__(
         self,
         app: ASGIApp,
-        verifier: TokenVerifier,
+        verifier: CallerVerifier,
         *,
         mcp_paths: Iterable[str],
         open_prefixes: Iterable[str] = (),
@@ -371,6 +311,9 @@ class AccessGuard:
         """Requests the endpoint itself authenticates (a signed media link): passed on unverified."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._start(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["path"].startswith(self.open_prefixes) or (self.admit and self.admit(scope)):
             await self.app(scope, receive, send)
             return
@@ -380,8 +323,9 @@ class AccessGuard:
         except IssuerUnavailable as exc:
             log.error("cannot check bearer tokens: %s", exc)
             message = "The authorization server's keys cannot be fetched right now; try again shortly."
+            retry = str(self.verifier.issuer_retry_seconds())
             await JSONResponse({"error": "temporarily_unavailable", "error_description": message}, 503,
-                               headers={"Retry-After": "5"})(scope, receive, send)  # fmt: skip
+                               headers={"Retry-After": retry})(scope, receive, send)  # fmt: skip
             return
         if access is None:
             await self._refuse(scope, receive, send, 401, "invalid_token" if token else None, "Sign in: send a valid bearer token.")
@@ -399,6 +343,27 @@ class AccessGuard:
             await self.app(scope, receive, send)
         finally:
             auth_context_var.reset(reset)
+
+    async def _start(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan: the issuer is checked before the app starts, and a refused
+        ``jwks_uri`` fails the start (``lifespan.startup.failed``: uvicorn exits, saying why)."""
+        first = await receive()
+        if first["type"] == "lifespan.startup":
+            try:
+                await self.verifier.check_at_start()
+            except IssuerRefused as exc:
+                await send({"type": "lifespan.startup.failed", "message": f"KLING_MCP_OAUTH_ISSUER cannot be used: {exc}"})
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _needed_scopes(self, scope: Scope, receive: Receive) -> tuple[set[str], Receive]:
         """The scopes this request needs, and a ``receive`` that replays the body read to learn them."""
@@ -512,18 +477,39 @@ def build_access(
 
 
 def caller_owner_of(scope: Scope) -> str:
-    """The owner name of the caller of one HTTP request (:func:`caller_owner` says whose)."""
+    """The owner id of the caller of one HTTP request (:func:`caller_owner` says whose).
+
+    Raises:
+        PermissionError: a verified caller without an owner id (never made here): a token never
+            falls back to the local user.
+    """
     user = scope.get("user")
-    if isinstance(user, AuthenticatedUser) and user.access_token.subject:
-        return user.access_token.subject
-    return LOCAL_OWNER
+    if not isinstance(user, AuthenticatedUser):
+        return LOCAL_OWNER
+    if not user.access_token.subject:
+        raise PermissionError("a signed-in caller has no owner id; refusing rather than serving the local user")
+    return user.access_token.subject
+
+
+def _signed_in_caller(ctx: Context) -> AuthenticatedUser | None:
+    request = ctx.request_context.request
+    user = request.scope.get("user") if hasattr(request, "scope") else None
+    return user if isinstance(user, AuthenticatedUser) else None
 
 
 def caller_owner(ctx: Context) -> str:
-    """The owner name of whoever sent this tool call or resource read.
+    """The owner id of whoever sent this tool call or resource read.
 
     Over HTTP with sign-in, the verified caller :class:`AccessGuard` put on the request; on stdio,
     or over HTTP without sign-in, :data:`LOCAL_OWNER`.
     """
     request = ctx.request_context.request
     return caller_owner_of(request.scope) if hasattr(request, "scope") else LOCAL_OWNER
+
+
+def caller_may_read(ctx: Context) -> bool:
+    """Whether this caller may read media (the ``video:read`` scope), as the ``/clips/`` and
+    ``/previews/`` routes require: true on stdio and over HTTP without sign-in. Signed media links
+    go only to such callers, so a link never opens what the caller's own token could not."""
+    user = _signed_in_caller(ctx)
+    return user is None or READ_SCOPE in user.access_token.scopes

@@ -7,13 +7,15 @@ providers.md §4), so clients see them in the JSON schema (``minimum: 3, maximum
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from kling_video_mcp.models import KIND_LABELS, Kind, Mode, Shot
 from kling_video_mcp.providers import PROVIDERS, EndpointRules, ProviderName, either
+from kling_video_mcp.tasks.service import TASK_REFERENCE
 
 _MODES: dict[Mode, str] = {"std": "Std", "pro": "Pro", "4k": "4K"}
 """Modes as the descriptions write them."""
@@ -49,6 +51,30 @@ def _shot_type_defaults() -> str:
         if defaults and not provider.makes_placeholders:
             found.append(f"{provider.label}: " + ", ".join(f"{default} on {either(modes, 'and')}" for default, modes in defaults.items()))
     return "; ".join(found)
+
+
+TASK_ID_RULE = "a task id is 1 to 200 printable ASCII characters without spaces"
+_TASK_ID = re.compile(r"[!-~]{1,200}")
+
+
+def _valid_task_id(value: str) -> str:
+    """Task ids (ours, a provider's) are refused alike on every journal backend when they break
+    :data:`TASK_ID_RULE` (PostgreSQL cannot even compare a text holding a NUL)."""
+    if not _TASK_ID.fullmatch(value):
+        raise ValueError(TASK_ID_RULE)
+    return value
+
+
+def _valid_task_reference(value: str | None) -> str | None:
+    """An image given as ``task:<id>[#part]`` names a task id: the same rule applies to it."""
+    if value is not None and value.startswith(TASK_REFERENCE):
+        _valid_task_id(value.removeprefix(TASK_REFERENCE).partition("#")[0])
+    return value
+
+
+TaskIdText = Annotated[
+    str, Field(min_length=1, max_length=200, json_schema_extra={"pattern": _TASK_ID.pattern}), AfterValidator(_valid_task_id)
+]
 
 
 Prompt = Annotated[
@@ -112,6 +138,7 @@ ProviderParam = Annotated[
 ]
 ImageRef = Annotated[
     str,
+    AfterValidator(_valid_task_reference),
     Field(
         min_length=1,
         description="First frame: a local file path, a file:// URI, an http(s) URL or a data: URI (JPEG or PNG, "
@@ -122,6 +149,7 @@ ImageRef = Annotated[
 ]
 EndImageRef = Annotated[
     str | None,
+    AfterValidator(_valid_task_reference),
     Field(description="Optional last frame, in the same forms and with the same rules as image. Not with multi_prompt."),
 ]
 ForceNew = Annotated[
@@ -141,20 +169,16 @@ MaxCost = Annotated[
     float | None, Field(ge=0, description="Refuse the request, sending nothing, if its estimated cost in USD is above this.")
 ]
 DryRun = Annotated[bool, Field(description="Only check and price the request; send nothing.")]
-TaskId = Annotated[
-    str | None, Field(min_length=1, max_length=200, description="The task_id returned by generate_video or animate_image.")
-]
+TaskId = Annotated[TaskIdText | None, Field(description="The task_id returned by generate_video or animate_image.")]
 TaskIds = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
+    list[TaskIdText] | None,
     Field(min_length=1, max_length=50, description="Several task_ids at once (e.g. every shot of a storyboard): one row each."),
 ]
 StatusFilter = Annotated[
     Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"] | None,
     Field(description="Only tasks in this state."),
 ]
-AwaitingTaskId = Annotated[
-    str, Field(min_length=1, max_length=200, description="The task_id of a request awaiting confirmation.")
-]
+AwaitingTaskId = Annotated[TaskIdText, Field(description="The task_id of a request awaiting confirmation.")]
 Decision = Annotated[
     Literal["confirm", "decline"],
     Field(description="The person's answer: confirm sends the request (and spends), decline ends it as declined."),
@@ -168,7 +192,7 @@ RecoverMode = Annotated[
     Literal["std", "pro", "4k"] | None, Field(description="Only to recover a task submitted elsewhere: its mode.")
 ]
 AssemblyTaskIds = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=200)]],
+    list[TaskIdText],
     Field(
         min_length=2,
         max_length=20,

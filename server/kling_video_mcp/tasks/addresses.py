@@ -2,25 +2,35 @@
 
 A result URL comes from the provider, so a faulty or hostile one could point the server at
 ``http://169.254.169.254/latest/meta-data`` or a service on its own loopback and have the
-answer saved, and over HTTP served, as a "clip". Downloads therefore go only to ``http(s)``
-URLs whose *connected* address is public: a name can resolve to something else by the time we
-connect, so the address the socket reached is checked, not just the name. A provider whose
-own base URL is loopback or private (the emulator, a local proxy) may hand out loopback and
-private links; ``KLING_MCP_ALLOW_PRIVATE_DOWNLOADS`` overrides either way. Link-local
+answer saved, and over HTTP served, as a "clip". Even a refused answer is too late: the GET
+itself may do harm (a blind request to a local service). Downloads therefore go only to
+``http(s)`` URLs, and every connection is made by :class:`CheckedBackend` (httpcore's network
+backend hook): it resolves the host name itself, refuses the connection unless *every* address
+the name resolves to is allowed, and connects to the checked address, never to the name (which
+could resolve to something else a moment later: DNS rebinding). So no byte is sent to a refused
+address, whether the name is ``localhost``, ``127.1``, ``2130706433`` or a redirect's host.
+
+A provider whose own base URL is loopback or private (the emulator, a local proxy) may hand out
+loopback and private links; ``KLING_MCP_ALLOW_PRIVATE_DOWNLOADS`` overrides either way. Link-local
 addresses (cloud metadata services) are never reached unless that setting says ``true``.
 
 Classification is the standard library's :mod:`ipaddress` (its ``is_global`` follows the IANA
-special-purpose registries). Through an HTTP proxy the connected address is the proxy's: with
-a proxy on a private address, set ``KLING_MCP_ALLOW_PRIVATE_DOWNLOADS=true``.
+special-purpose registries). A checked download connects directly, so it does not go through
+``HTTP(S)_PROXY``: behind a proxy, set ``KLING_MCP_ALLOW_PRIVATE_DOWNLOADS=true`` (the proxy is
+then what is connected to, and its own rules apply).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
+
+import anyio
+import httpcore2
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Reach = Literal["public", "local", "any"]
@@ -46,6 +56,12 @@ def _is_local(address: IPAddress) -> bool:
     return (address.is_loopback or address.is_private) and not (
         address.is_link_local or address.is_unspecified or address.is_multicast
     )
+
+
+def host_is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (no name is resolved)."""
+    address = parse_address(host)
+    return host.lower().rstrip(".") == "localhost" or (address is not None and address.is_loopback)
 
 
 def host_is_local(host: str) -> bool:
@@ -84,23 +100,11 @@ class AddressPolicy:
             return True
         return self.reach == "local" and _is_local(address)
 
-    def url_problem(self, url: str) -> str | None:
-        """Why an ``http(s)`` ``url`` may not be fetched, judged before connecting (a literal address)."""
-        parts = urlsplit(url)
-        if (address := parse_address(parts.hostname or "")) is not None and not self.allows(address):
-            return f"it points at {address}, {self._kind(address)}"
-        return None
-
-    def address_problem(self, connected: str | None) -> str | None:
-        """Why the address a response came from may not be used, if it may not."""
-        if self.reach == "any":
+    def address_problem(self, host: str, address: IPAddress) -> str | None:
+        """Why a connection to ``host`` may not go to ``address`` (one it resolves to), if it may not."""
+        if self.allows(address):
             return None
-        address = parse_address(connected or "")
-        if address is None:
-            return "the address it connected to could not be read"
-        if not self.allows(address):
-            return f"it connected to {address}, {self._kind(address)}"
-        return None
+        return f"its host {host!r} would have connected to {address}, {self._kind(address)}"
 
     @staticmethod
     def _kind(address: IPAddress) -> str:
@@ -109,3 +113,75 @@ class AddressPolicy:
         if address.is_link_local:
             return "a link-local address (such as a cloud metadata service)"
         return "a private or reserved address"
+
+
+class AddressRefused(Exception):
+    """A connection was refused before any byte was sent; ``problem`` says why (see :class:`AddressPolicy`)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class CheckedBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to addresses ``policy`` allows.
+
+    httpcore asks it for a TCP connection to the URL's host and port. The host is resolved here
+    (``anyio.getaddrinfo``, the system resolver), every address it gives is checked, and the
+    connection goes to the checked addresses in turn, never to the name. TLS is unaffected: httpcore
+    verifies the certificate against the URL's host name, not the address connected to.
+
+    Raises (from ``connect_tcp``):
+        AddressRefused: one of the addresses is not allowed (nothing was connected or sent).
+        httpcore2.ConnectError, httpcore2.ConnectTimeout: the name does not resolve, or no
+            address accepts the connection in time.
+    """
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self._backend = httpcore2.AnyIOBackend()
+
+    async def _addresses(self, host: str, port: int) -> list[IPAddress]:
+        try:
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore2.ConnectError(f"{host!r} could not be resolved ({exc})") from exc
+        found = [parse_address(str(info[4][0])) for info in infos]
+        return list(dict.fromkeys(address for address in found if address is not None))
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await self._addresses(host, port)
+        except TimeoutError as exc:
+            raise httpcore2.ConnectTimeout(f"resolving {host!r} timed out") from exc
+        if not addresses:
+            raise httpcore2.ConnectError(f"{host!r} resolves to no address")
+        for address in addresses:
+            if (problem := self.policy.address_problem(host, address)) is not None:
+                raise AddressRefused(problem)
+        failure: httpcore2.ConnectError | httpcore2.ConnectTimeout | None = None
+        for address in addresses:
+            try:
+                return await self._backend.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None
+    ) -> httpcore2.AsyncNetworkStream:
+        raise AddressRefused("it names a Unix socket, not a network address")
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 MIN_SHOTS, MAX_SHOTS = 2, 20
 """How many tasks one assembly joins (issue 11 §1)."""
+MAX_NESTING = 3
+"""How deep films may nest: 1 is a film of clips, 2 a film of such films (scenes into a story), 3
+one more. Each level can multiply the length by :data:`MAX_SHOTS` at no cost, so it is bounded,
+as is the length itself (``KLING_MCP_MAX_FILM_SECONDS``)."""
 ASSEMBLIES_AT_ONCE = 1
 """Films made at once: a re-encode keeps both cores busy (libx264 threads), so more would only queue."""
 PROGRESS_SAVE_SECONDS = 0.5
@@ -76,7 +80,8 @@ class Assembler:
         Raises:
             InvalidRequest: fewer than 2 or more than 20 tasks; a task unknown, unfinished,
                 without a probed clip, or whose clip is gone from disk; a clip too short for
-                its crossfades. The message names the task and its place in ``task_ids``.
+                its crossfades (the message names the task and its place in ``task_ids``); a
+                film longer than ``KLING_MCP_MAX_FILM_SECONDS`` or nested deeper than :data:`MAX_NESTING`.
         """
         if not MIN_SHOTS <= len(task_ids) <= MAX_SHOTS:
             raise InvalidRequest(
@@ -93,6 +98,16 @@ class Assembler:
                     f"short for {joins} crossfade(s) of {fade} s; use a shorter crossfade_seconds or transition='cut'."
                 )
         expected = sum(source.facts.duration_seconds for source in sources) - fade * (len(sources) - 1)
+        if expected > self.settings.max_film_seconds:
+            raise InvalidRequest(
+                f"task_ids: the film would be {expected:,.0f} s long, above the {self.settings.max_film_seconds:,.0f} s "
+                "a film may last (KLING_MCP_MAX_FILM_SECONDS); nothing was made. Join fewer or shorter tasks."
+            )
+        if (depth := await self._nesting(records)) > MAX_NESTING:
+            raise InvalidRequest(
+                f"task_ids: the film would nest films {depth} deep (films of films), more than the {MAX_NESTING} levels "
+                "allowed; nothing was made. Join the clips of the inner films instead."
+            )
         return Assembly(
             title=title,
             transition=transition,
@@ -101,6 +116,17 @@ class Assembler:
             sources=sources,
             expected_duration_seconds=round(expected, 3),
         )
+
+    async def _nesting(self, records: Sequence[TaskRecord | None]) -> int:
+        """How deep a film of ``records`` nests films: 1 for clips only, one more per level of films
+        in it. Each level's films are looked up once however often they repeat, and no deeper than
+        one level past :data:`MAX_NESTING`."""
+        depth, films = 1, [record for record in records if record is not None and record.assembly is not None]
+        while films and depth <= MAX_NESTING:
+            depth += 1
+            inner = {source.task_id for film in films if film.assembly is not None for source in film.assembly.sources}
+            films = [found for task_id in inner if (found := await self.journal.get(task_id)) and found.assembly is not None]
+        return depth
 
     @classmethod
     def _sources(cls, task_ids: list[str], records: list[TaskRecord | None]) -> list[AssemblySource]:

@@ -4,9 +4,10 @@ The bytes go to ``<name>.part`` beside the final file. A cut-off transfer leaves
 file, and the next attempt resumes it with an HTTP ``Range`` request (or restarts if the
 server ignores the range). Nothing from the link is trusted blindly:
 
-- every hop (redirects are followed here, one by one) must be an ``http(s)`` URL whose
-  connected address the provider's :class:`~kling_video_mcp.tasks.addresses.AddressPolicy`
-  allows;
+- every hop (redirects are followed here, one by one) must be an ``http(s)`` URL, and every
+  connection goes through :class:`~kling_video_mcp.tasks.addresses.CheckedBackend`: the host's
+  addresses are checked against the provider's
+  :class:`~kling_video_mcp.tasks.addresses.AddressPolicy` before anything is sent to them;
 - an answer typed as HTML, JSON, XML or text is not a clip (a CDN's "502 Bad Gateway" page
   served with status 200);
 - a declared or received size above ``KLING_MCP_MAX_CLIP_BYTES`` stops the transfer;
@@ -40,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from kling_video_mcp.errors import DownloadFailed, KlingError, ProviderError, ProviderUnreachable, StorageError
 from kling_video_mcp.media.clips import check_whole, probe
 from kling_video_mcp.models import ClipFacts
-from kling_video_mcp.tasks.addresses import AddressPolicy
+from kling_video_mcp.tasks.addresses import AddressPolicy, AddressRefused, CheckedBackend
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +228,30 @@ def _first_cause(group: BaseExceptionGroup) -> BaseException:
     return group.exceptions[0]
 
 
-def _server_address(response: httpx2.Response) -> str | None:
-    """The IP address the response actually came from (httpcore's network stream)."""
-    stream = response.extensions.get("network_stream")
-    address = stream.get_extra_info("server_addr") if stream is not None else None
-    return str(address[0]) if address else None
+class _CheckedTransport(httpx2.AsyncHTTPTransport):
+    """httpx2's own transport whose connection pool connects through a :class:`CheckedBackend`.
+
+    httpx2 takes no network backend of its own (encode/httpx#3749 proposes the parameter), so the
+    backend is given to the httpcore pool the transport built; the pool hands it to every
+    connection it opens afterwards.
+    """
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        super().__init__()
+        self._pool._network_backend = CheckedBackend(policy)
+
+
+@asynccontextmanager
+async def _connecting(client: httpx2.AsyncClient, policy: AddressPolicy) -> AsyncIterator[httpx2.AsyncClient]:
+    """The client a download connects with: ``client`` itself when ``policy`` allows any address
+    (so ``HTTP(S)_PROXY`` is honoured), else one like it (timeouts, headers) whose every
+    connection is checked before a byte is sent (:class:`CheckedBackend`), with a pool of its own
+    so no connection opened for other work is reused."""
+    if policy.reach == "any":
+        yield client
+        return
+    async with httpx2.AsyncClient(transport=_CheckedTransport(policy), timeout=client.timeout, headers=client.headers) as checked:
+        yield checked
 
 
 @asynccontextmanager
@@ -243,29 +263,30 @@ async def _open(
     Raises:
         DownloadRefused: a hop's scheme or address is not allowed, or too many redirects.
     """
-    for _hop in range(MAX_REDIRECTS + 1):
-        try:
-            parsed = httpx2.URL(url)
-        except httpx2.InvalidURL:
-            parsed = httpx2.URL()
-        if parsed.scheme.lower() not in ("http", "https") or not parsed.host:
-            raise DownloadRefused(
-                f"The clip's download link was not followed: it is a {parsed.scheme or 'malformed'}: link, and clips "
-                "are fetched only from http(s) hosts. The provider may be misconfigured; call check_task again later."
-            )
-        if (problem := policy.url_problem(url)) is not None:
-            raise DownloadRefused(_refusal(problem))
-        response = await client.send(client.build_request("GET", url, headers=headers), stream=True, follow_redirects=False)
-        try:
-            if (problem := policy.address_problem(_server_address(response))) is not None:
-                raise DownloadRefused(_refusal(problem))
-            if not response.has_redirect_location:
-                yield response
-                return
-            url = str(response.url.join(response.headers["Location"]))
-        finally:
-            await response.aclose()
-    raise DownloadRefused(f"The clip's link redirected more than {MAX_REDIRECTS} times; it was not followed further.")
+    async with _connecting(client, policy) as connecting:
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                parsed = httpx2.URL(url)
+            except httpx2.InvalidURL:
+                parsed = httpx2.URL()
+            if parsed.scheme.lower() not in ("http", "https") or not parsed.host:
+                raise DownloadRefused(
+                    f"The clip's download link was not followed: it is a {parsed.scheme or 'malformed'}: link, and clips "
+                    "are fetched only from http(s) hosts. The provider may be misconfigured; call check_task again later."
+                )
+            request = connecting.build_request("GET", url, headers=headers)
+            try:
+                response = await connecting.send(request, stream=True, follow_redirects=False)
+            except AddressRefused as refused:
+                raise DownloadRefused(_refusal(refused.problem)) from None
+            try:
+                if not response.has_redirect_location:
+                    yield response
+                    return
+                url = str(response.url.join(response.headers["Location"]))
+            finally:
+                await response.aclose()
+        raise DownloadRefused(f"The clip's link redirected more than {MAX_REDIRECTS} times; it was not followed further.")
 
 
 def _refusal(problem: str) -> str:

@@ -72,7 +72,7 @@ from kling_video_mcp.tasks.downloads import (
 )
 from kling_video_mcp.tasks.files import clip_filename, write_sidecar
 from kling_video_mcp.tasks.images import frame_image, resolve_image
-from kling_video_mcp.tasks.owners import owner_folder
+from kling_video_mcp.tasks.owners import owner_folder, owner_name
 from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, Pace, Watcher
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class TaskService:
                 f"This request is estimated at ${estimate:.2f}, above the limit of ${cap:.2f}; nothing was sent. "
                 "Shorten the clip, pick a cheaper mode (std < pro < 4k), or raise max_cost_usd."
             )
-        whose = "the" if owner == LOCAL_OWNER else f"{owner}'s"
+        whose = "the" if owner == LOCAL_OWNER else f"{owner_name(owner)}'s"
         budgets = [
             (self.settings.budget_usd, owner, f"{whose} {{}} budget (KLING_MCP_BUDGET_USD)"),
             (self.settings.total_budget_usd, None, "the server's {} budget for all users (KLING_MCP_TOTAL_BUDGET_USD)"),

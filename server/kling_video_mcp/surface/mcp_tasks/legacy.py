@@ -47,6 +47,7 @@ from mcp.types import (
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
     CallToolResult,
+    CancelTaskRequestParams,
     ElicitRequest,
     ElicitRequestFormParams,
     ElicitResult,
@@ -67,6 +68,7 @@ from kling_video_mcp.surface.mcp_tasks import asking
 from kling_video_mcp.surface.mcp_tasks.states import (
     TASK_TOOLS,
     TaskState,
+    checked_id,
     journaled_task,
     owned,
     task_fields,
@@ -245,12 +247,13 @@ async def list_tasks(ctx: ServerRequestContext[AppState, Any], params: Paginated
     return body
 
 
-async def cancel(ctx: ServerRequestContext[AppState, Any], params: GetTaskRequestParams) -> dict[str, Any]:
-    """``tasks/cancel``: the caller's unfinished task, cancelled; ``-32602`` when it is finished or not theirs."""
+async def cancel(ctx: ServerRequestContext[AppState, Any], params: CancelTaskRequestParams) -> dict[str, Any]:
+    """``tasks/cancel``: the caller's unfinished task, cancelled; ``-32602`` when it is finished or not
+    theirs, or the id breaks the task-id rule."""
     tool_ctx = tool_context(ctx)
     state = app_state(tool_ctx)
     try:
-        record = await cancellation.cancel(state.service, params.task_id, caller_owner(tool_ctx))
+        record = await cancellation.cancel(state.service, checked_id(params.task_id), caller_owner(tool_ctx))
     except KlingError as exc:
         raise MCPError(code=INVALID_PARAMS, message=exc.message) from exc
     return task_object(await task_state(state, record))

@@ -26,7 +26,7 @@ from typing import Any
 
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
-from mcp.types import CallToolResult, ElicitResult, GetTaskRequestParams, RequestParams
+from mcp.types import CallToolResult, CancelTaskRequestParams, ElicitResult, GetTaskRequestParams, RequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -41,6 +41,7 @@ from kling_video_mcp.surface.mcp_tasks.states import (
     task_state,
     tool_context,
     tool_result,
+    well_formed,
 )
 from kling_video_mcp.surface.state import AppState, app_state
 from kling_video_mcp.tasks import cancellation
@@ -53,7 +54,8 @@ VERSIONS = frozenset(MODERN_PROTOCOL_VERSIONS)
 
 
 class UpdateTaskParams(RequestParams):
-    """``tasks/update`` params: the task and the caller's answers, keyed as its input requests were."""
+    """``tasks/update`` params: the task and the caller's answers, keyed as its input requests were
+    (the id unchecked here: any id gets its ack)."""
 
     task_id: str
     input_responses: dict[str, Any] = {}
@@ -102,7 +104,8 @@ async def update(ctx: ServerRequestContext[AppState, Any], params: UpdateTaskPar
     """``tasks/update``: apply the answer to the spend question, if it is outstanding; always an empty ack."""
     tool_ctx = tool_context(ctx)
     service = app_state(tool_ctx).service
-    record = await service.journal.get(params.task_id, caller_owner(tool_ctx))
+    known = well_formed(params.task_id)
+    record = await service.journal.get(params.task_id, caller_owner(tool_ctx)) if known else None
     response = params.input_responses.get(asking.SPEND_CONSENT)
     if record is None or record.status != AWAITING or response is None:
         return {}  # unknown, another user's, not waiting, or not our key: ignored, as the spec asks
@@ -115,9 +118,11 @@ async def update(ctx: ServerRequestContext[AppState, Any], params: UpdateTaskPar
     return {}
 
 
-async def cancel(ctx: ServerRequestContext[AppState, Any], params: GetTaskRequestParams) -> dict[str, Any]:
+async def cancel(ctx: ServerRequestContext[AppState, Any], params: CancelTaskRequestParams) -> dict[str, Any]:
     """``tasks/cancel``: cancel the caller's unfinished task; an empty ack for any id (the spec's rule)."""
     tool_ctx = tool_context(ctx)
+    if not well_formed(params.task_id):
+        return {}
     try:
         await cancellation.cancel(app_state(tool_ctx).service, params.task_id, caller_owner(tool_ctx))
     except KlingError as exc:  # not found, another user's, or finished: nothing to do

@@ -26,10 +26,12 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult
+from pydantic import TypeAdapter, ValidationError
 
 from kling_video_mcp.errors import KlingError, NotFound
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.auth import caller_owner
+from kling_video_mcp.surface.params import TASK_ID_RULE, TaskIdText
 from kling_video_mcp.surface.results import task_result
 from kling_video_mcp.surface.state import AppState, app_state, task_report
 from kling_video_mcp.surface.view import with_media
@@ -46,6 +48,18 @@ it for good): time for a client to come back for the result."""
 
 Status = Literal["working", "input_required", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[Status] = frozenset({"completed", "failed", "cancelled"})
+
+
+_TASK_ID = TypeAdapter(TaskIdText)
+
+
+def well_formed(task_id: str) -> bool:
+    """Whether ``task_id`` keeps the tools' task-id rule (where a method must answer any id)."""
+    try:
+        _TASK_ID.validate_python(task_id)
+    except ValidationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -81,13 +95,26 @@ def tool_context(ctx: ServerRequestContext[AppState, Any]) -> Context:
     return Context(request_context=ctx)
 
 
+def checked_id(task_id: str) -> str:
+    """``task_id`` if it keeps the tools' task-id rule.
+
+    Raises:
+        MCPError: ``-32602`` naming the field and the rule.
+    """
+    if not well_formed(task_id):
+        raise MCPError(code=INVALID_PARAMS, message=f"taskId: {TASK_ID_RULE}.")
+    return task_id
+
+
 async def owned(ctx: Context, task_id: str) -> TaskRecord:
     """The caller's task ``task_id``.
 
     Raises:
         MCPError: ``-32602`` (invalid params, as both eras' specs ask for an unknown task id) with
-            the words ``check_task`` uses, whether the task does not exist or is another user's.
+            the words ``check_task`` uses, whether the task does not exist or is another user's;
+            or naming the rule a broken id breaks.
     """
+    checked_id(task_id)
     try:
         return await app_state(ctx).service.get(task_id, caller_owner(ctx))
     except NotFound as exc:

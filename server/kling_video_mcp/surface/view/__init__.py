@@ -25,6 +25,7 @@ from mcp.types import CallToolResult
 
 from kling_video_mcp.media.previews import preview_path
 from kling_video_mcp.models import TaskRecord
+from kling_video_mcp.surface.auth import caller_may_read
 from kling_video_mcp.surface.state import AppState, app_state
 from kling_video_mcp.tasks.owners import owner_folder
 
@@ -80,14 +81,14 @@ def _prompt(record: TaskRecord) -> str | None:
     return request.prompt
 
 
-def view_facts(state: AppState, record: TaskRecord) -> dict[str, str]:
+def view_facts(state: AppState, record: TaskRecord, *, media_links: bool = True) -> dict[str, str]:
     """What the view shows beyond the task report: the prompt, and over HTTP signed links to a
-    delivered task's preview (once made) and clip."""
+    delivered task's preview (once made) and clip, when ``media_links`` (a caller who may read media)."""
     found: dict[str, str] = {}
     if prompt := _prompt(record):
         found["prompt"] = prompt
     signer = state.url_signer
-    if signer is not None and record.delivered and record.file_path is not None:
+    if media_links and signer is not None and record.delivered and record.file_path is not None:
         folder = owner_folder(record.owner)  # the owner's subfolder, named in the signed link
         found["clip_url"] = signer.url("clips", Path(record.file_path).name, folder=folder)
         preview = preview_path(state.service.previews_folder(record), record.task_id)
@@ -104,8 +105,8 @@ def with_media(ctx: Context, result: CallToolResult, records: list[TaskRecord]) 
     """
     if not client_supports_apps(ctx):
         return result
-    state = app_state(ctx)
-    facts = {record.task_id: found for record in records if (found := view_facts(state, record))}
+    state, media_links = app_state(ctx), caller_may_read(ctx)  # a link must not open what the token cannot
+    facts = {record.task_id: found for record in records if (found := view_facts(state, record, media_links=media_links))}
     if not facts:
         return result
     return result.model_copy(update={"meta": {**(result.meta or {}), MEDIA_META_KEY: facts}})
