@@ -54,7 +54,7 @@ from pydantic import AnyHttpUrl, SecretStr
 from starlette.authentication import AuthCredentials
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kling_video_mcp.surface.issuer import IssuerRefused, IssuerUnavailable, JwtVerifier
 from kling_video_mcp.surface.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, nested_deeper_than, read_body
@@ -260,6 +260,8 @@ def scope_for(method: str, params: Any) -> str | None:
         return GENERATE_SCOPE if name in SPENDING_TOOLS else READ_SCOPE
     if method.startswith("resources/"):
         return READ_SCOPE
+    if method.startswith("tasks/"):  # MCP tasks: answering a spend question or cancelling acts on spending
+        return GENERATE_SCOPE if method in ("tasks/update", "tasks/cancel") else READ_SCOPE
     return None
 
 

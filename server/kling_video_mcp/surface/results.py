@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from kling_video_mcp.errors import Declined, KlingError
 from kling_video_mcp.models import Assembly, ClipFacts, GenerationRequest, PublicStatus, TaskRecord
 from kling_video_mcp.providers import provider_class
+from kling_video_mcp.tasks.cancellation import CANCELLED
 
 
 class ErrorInfo(BaseModel):
@@ -129,7 +130,7 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     if status == "succeeded":
         return f"Done: {who}. The clip is at {record.file_path}."
     if status == "failed":
-        lead = "Declined" if record.error_code == Declined.code else "Failed"
+        lead = {Declined.code: "Declined", CANCELLED: "Cancelled"}.get(record.error_code or "", "Failed")
         return f"{lead}: {who}. {record.error_message or ''}".strip()
     if status == "awaiting_confirmation":
         return (

@@ -23,6 +23,7 @@ from kling_video_mcp.models import GenerationRequest, Kind
 from kling_video_mcp.surface import params as p
 from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.icons import icons
+from kling_video_mcp.surface.mcp_task_mode import running_as_task
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
@@ -111,7 +112,7 @@ async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[co
     question in either protocol era and injects the answer as the tool's ``consent``. Images
     are not read here: the tool body checks them, after the answer.
     """
-    if arguments["dry_run"] or not _can_elicit(ctx):
+    if arguments["dry_run"] or not _can_elicit(ctx) or running_as_task():  # a task asks through itself (surface/mcp_tasks)
         return None
     request = _request(kind, arguments)
     options = SubmitOptions(max_cost_usd=arguments["max_cost_usd"], force_new=arguments["force_new"])
@@ -176,7 +177,9 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
             SubmitOptions(max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]),
             owner=owner,
             consent_answer=_consent_answer(parameters["consent"]),
-            can_show_view=client_supports_apps(ctx),
+            # Parked for the screening room if the client shows one; run as an MCP task, parked
+            # to be asked through the task where the client answers forms.
+            can_show_view=client_supports_apps(ctx) or (running_as_task() and _can_elicit(ctx)),
             image_dirs=state.image_dirs,
         )
     except KlingError as exc:

@@ -50,6 +50,11 @@ def _phrase(record: TaskRecord, percent: float, left: float | None) -> str:
     return words + (f", about {left:.0f} s left" if left else "")
 
 
+async def describe(service: TaskService, record: TaskRecord) -> str:
+    """One task's progress in words, as its progress notifications put it (``rendering, 40% done, about 30 s left``)."""
+    return _phrase(record, *await _percent_and_left(service, record))
+
+
 async def wait_reporting(ctx: Context, service: TaskService, task_ids: list[str], seconds: float) -> None:
     """Return when every task is finished or ``seconds`` have passed, reporting progress meanwhile.
 

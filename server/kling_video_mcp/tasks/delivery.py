@@ -157,6 +157,8 @@ class Delivery:
         started from.
         """
         record = await self.get(task_id)
+        if record.finished:
+            return record  # finished elsewhere meanwhile (cancelled through MCP tasks): nothing to poll
         if record.status != "succeeded":
             if record.kind == "assemble":
                 record = await self._make_film(record)

@@ -37,11 +37,14 @@ from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.journal import Journal, is_open, open_journal
 from kling_video_mcp.models import AudioChoice, GenerationRequest, PublicStatus, TaskRecord, Transition, utcnow
 from kling_video_mcp.providers import Providers
-from kling_video_mcp.tasks import consent
+from kling_video_mcp.errors import KlingError
+from kling_video_mcp.tasks import cancellation, consent
 from kling_video_mcp.tasks.consent import ConsentAnswer
 from kling_video_mcp.tasks.delivery import Delivery
 from kling_video_mcp.tasks.submission import TASK_REFERENCE, SubmitOptions, SubmitResult, Submission
 from kling_video_mcp.tasks.watcher import Pace, Watcher
+
+__all__ = ["TASK_REFERENCE", "SubmitOptions", "TaskService"]
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +149,31 @@ class TaskService:
             image_dirs=image_dirs,
         )  # fmt: skip
 
-    async def confirm(self, task_id: str, *, owner: str, image_dirs: Sequence[Path] | None = None) -> TaskRecord:
+    async def confirm(
+        self, task_id: str, *, owner: str, image_dirs: Sequence[Path] | None = None, keep_refused: bool = False
+    ) -> TaskRecord:
         """The person said yes to ``owner``'s request awaiting confirmation: send it and return it
         (a task no longer waiting is returned as it is; nothing is ever sent twice).
 
+        ``keep_refused``: a refusal is returned as the task it left (an MCP task must not vanish under
+        its client): a request the provider refuses outright stays journaled as failed with that error
+        instead of being withdrawn.
+
         Raises:
-            NotFound: no such task of ``owner``'s. Declined, KlingError: see :meth:`Submission.send_confirmed`.
+            NotFound: no such task of ``owner``'s. Declined, KlingError: see :meth:`Submission.send_confirmed`
+                (never with ``keep_refused``).
         """
         found = await self._delivery.get(task_id, owner)
-        return await self._submission.send_confirmed(found.task_id, image_dirs=image_dirs)
+        try:
+            return await self._submission.send_confirmed(found.task_id, image_dirs=image_dirs)
+        except KlingError as exc:
+            if not keep_refused:
+                raise
+            if (kept := await self._journal.get(found.task_id)) is not None:
+                return kept  # the refusal is on the task already (a failed check, a decline)
+            found.status, found.error_code, found.error_message = "failed", exc.code, exc.message
+            found.finished_at, found.confirm_by = utcnow(), None
+            return await self._journal.save(found)
 
     async def decline(self, task_id: str, *, owner: str, message: str) -> TaskRecord:
         """The person said no to ``owner``'s request awaiting confirmation: it ends as declined with
@@ -166,6 +185,15 @@ class TaskService:
         found = await self._delivery.get(task_id, owner)
         await self._submission.consent.decline(found.task_id, message)
         return await self._delivery.get(found.task_id)
+
+    async def cancel(self, task_id: str, *, owner: str) -> TaskRecord:
+        """Stop ``owner``'s task (see :mod:`kling_video_mcp.tasks.cancellation`); returns it, cancelled.
+
+        Raises:
+            NotFound: no such task of ``owner``'s. TaskFinished: nothing is left to stop.
+        """
+        found = await self._delivery.get(task_id, owner)
+        return await cancellation.cancel(self._journal, self._submission.providers, found)
 
     async def assemble(
         self, task_ids: Sequence[str], *, owner: str, transition: Transition = "cut", crossfade_seconds: float = 0.5,
