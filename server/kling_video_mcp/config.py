@@ -48,7 +48,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ProviderName = Literal["novita", "highway", "wavespeed", "sandbox"]
+ProviderName = Literal["novita", "highway", "wavespeed", "sandbox", "kling", "fal", "replicate"]
 Mode = Literal["std", "pro", "4k"]
 
 #: Real providers in the order ``KLING_MCP_PROVIDER`` falls back through them.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
 
@@ -81,6 +81,9 @@ LABELS: dict[ProviderName, str] = {
     "highway": "HighwayAPI",
     "wavespeed": "WaveSpeedAI",
     "sandbox": "Sandbox",
+    "kling": "Kling",
+    "fal": "fal.ai",
+    "replicate": "Replicate",
 }
 """Each provider's name as people write it."""
 
@@ -89,6 +92,9 @@ KEY_ENV: dict[ProviderName, str] = {
     "highway": "HIGHWAY_API_KEY",
     "wavespeed": "WAVESPEED_API_KEY",
     "sandbox": "KLING_MCP_PROVIDER",  # needs no key; the variable that picks another provider
+    "kling": "KLING_ACCESS_KEY and KLING_SECRET_KEY",
+    "fal": "FAL_KEY",
+    "replicate": "REPLICATE_API_TOKEN",
 }
 """The environment variable that holds each provider's key."""
 
@@ -107,6 +113,9 @@ class Submitted:
 
     provider_task_id: str
     notes: tuple[str, ...] = ()
+    handle: Mapping[str, str] = field(default_factory=dict)
+    """What the provider said to follow this task by, beside its id (fal's ``status_url``,
+    ``response_url``, ``cancel_url``): journaled with the task and given back to ``fetch``."""
 
 
 class ProviderAdapter(ABC):
@@ -138,7 +147,8 @@ class ProviderAdapter(ABC):
         """The error a successful (2xx) answer carries instead of a result, if it does (providers.md §10.5)."""
 
     def _connect(
-        self, client: httpx2.AsyncClient, settings: Settings, *, base_url: str | None = None, api_key: str | None = None
+        self, client: httpx2.AsyncClient, settings: Settings, *, base_url: str | None = None, api_key: str | None = None,
+        auth: httpx2.Auth | None = None,
     ) -> ProviderHTTP:
         """HTTP to this provider: its configured base URL and key, unless others are given."""
         if api_key is None and (key := settings.api_key(self.name)) is not None:
@@ -151,6 +161,7 @@ class ProviderAdapter(ABC):
             partial(self._classify, **who),
             settings,
             body_error=partial(self._body_error, **who),
+            auth=auth,
         )
 
     def share_rate_gate(self, gate: Gate) -> None:
@@ -201,6 +212,15 @@ class ProviderAdapter(ABC):
             KlingError: a subclass saying what went wrong; :class:`UnknownOutcome` when the
                 request may have created a task that we cannot name.
         """
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool | None:
+        """Whether a call to this provider's webhook URL is signed by the provider.
+
+        ``headers`` and ``body`` are the request's own, the body exactly as received. ``True``:
+        signed and fresh; ``False``: forged or stale, refuse it and change nothing; ``None``: the
+        provider signs nothing (or its keys cannot be had now), so the call is only a nudge to poll.
+        """
+        return None
 
     @abstractmethod
     async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:

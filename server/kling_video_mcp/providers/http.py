@@ -183,10 +183,13 @@ class ProviderHTTP:
         classify: ErrorClassifier,
         settings: Settings,
         body_error: BodyErrorReader | None = None,
+        auth: httpx2.Auth | None = None,
     ) -> None:
         self._client = client
         self._base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key and auth is None else {}
+        self._auth = auth
+        """Signs each request where a static bearer key will not do (a fresh JWT, another scheme)."""
         self._classify = classify
         self._body_error = body_error or (lambda _response: None)
         self._settings = settings
@@ -225,7 +228,9 @@ class ProviderHTTP:
     async def _send(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
         await self.gate.wait()
         with anyio.fail_after(self._settings.request_deadline):
-            response = await self._client.request(method, self._base_url + path, headers=self._headers, **kwargs)
+            # An absolute URL is one the provider handed out (fal's status_url): the adapter checked its origin.
+            url = path if path.startswith(("https://", "http://")) else self._base_url + path
+            response = await self._client.request(method, url, headers=self._headers, auth=self._auth, **kwargs)
         # The edge where provider text enters: nothing downstream ever sees a configured secret.
         return redacted_response(response, self._secrets)
 
