@@ -1,0 +1,251 @@
+"""Replicate (``replicate``): predictions of the ``kwaivgi/kling-v3-video`` model.
+
+What it sends and reads (every rule with its public source in ``docs/hosts-adapters.md``):
+
+- Auth: ``Authorization: Bearer <REPLICATE_API_TOKEN>``.
+- Submit: ``POST /v1/models/kwaivgi/kling-v3-video/predictions`` with ``{"input": {...}}``, the
+  input in the model's own names (https://replicate.com/kwaivgi/kling-v3-video/api/schema):
+  ``mode`` ``standard|pro|4k``, ``duration`` a number, ``generate_audio``, ``start_image`` /
+  ``end_image`` as URLs, and ``multi_prompt`` as a JSON-encoded *string*. Local images go up
+  first through ``POST /v1/files`` (its ``urls.get`` is passed on).
+- Webhook: ``webhook`` plus ``webhook_events_filter: ["completed"]``; the call is signed the
+  Standard Webhooks way (HMAC-SHA256 over ``id.timestamp.body`` with the account's ``whsec_``
+  secret, fetched once from ``GET /v1/webhooks/default/secret``) and checked with the
+  ``standardwebhooks`` package: a forged or stale call is refused.
+- Tasks: ``GET /v1/predictions/{id}``; ``starting`` → ``processing`` → ``succeeded`` |
+  ``failed`` | ``canceled`` | ``aborted``. ``output`` is one URL, and Replicate deletes it an
+  hour after the prediction ends (https://replicate.com/docs/topics/predictions/data-retention):
+  the clip must be fetched at once, which the watcher does the moment it sees ``succeeded``.
+- Cancel: ``POST /v1/predictions/{id}/cancel``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from kling_video_mcp.config import Mode, Settings
+from kling_video_mcp.errors import InsufficientBalance, InvalidRequest, KlingError, ProviderError, UnknownOutcome
+from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus, utcnow
+from kling_video_mcp.providers.base import (
+    KLING_SHOT_SECONDS, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+)  # fmt: skip
+from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
+from kling_video_mcp.providers.kling import Fact
+from kling_video_mcp.providers.novita_family import content_refusal
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+MODEL = "kwaivgi/kling-v3-video"
+SCHEMA = f"https://replicate.com/{MODEL}/api/schema"
+OUTPUT_KEPT = timedelta(hours=1)
+"""Replicate removes an API prediction's output files an hour after it ends (data-retention page)."""
+
+FOUR_K = Fact(
+    holds=True,
+    source=f"mode '4k' was added to the model's enum in a later version than the first ({SCHEMA}); a refusal names the field",
+)
+"""Whether the model takes ``mode: "4k"``: the one place that decides whether ``replicate`` offers 4K."""
+
+
+def _rules(kind: Kind) -> EndpointRules:
+    return EndpointRules(
+        source=f"{MODEL}'s input schema ({SCHEMA}): prompt required; multi_prompt a JSON string of shots of at least 1 s",
+        prompt=PromptRule.REQUIRED,
+        multi_prompt=True,
+        shot_seconds=KLING_SHOT_SECONDS,
+        inline_images=False if kind == "i2v" else None,  # local images go up through POST /v1/files
+    )
+
+
+_MODES: tuple[Mode, ...] = ("std", "pro", "4k") if FOUR_K.holds else ("std", "pro")
+REPLICATE_RULES: RulesTable = {(kind, mode): _rules(kind) for kind in ("t2v", "i2v") for mode in _MODES}
+"""Kling v3.0 on Replicate, per (kind, mode): one model, the tier is its ``mode`` input."""
+
+_MODE_NAMES: dict[Mode, str] = {"std": "standard", "pro": "pro", "4k": "4k"}
+"""Replicate writes ``standard`` where Kling writes ``std``."""
+
+_STATUSES: dict[str, TaskStatus] = {
+    "starting": "queued",
+    "processing": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "canceled": "failed",
+    "aborted": "failed",
+}
+"""The prediction statuses (https://replicate.com/docs/topics/predictions/lifecycle); any other counts as running.
+``aborted``: ended before it started (a deadline), not charged."""
+
+
+def _message(body: Mapping[str, Any]) -> str:
+    """The text of Replicate's error bodies: ``{"detail"}``, ``{"error"}`` or problem+json ``{"title", "detail"}``."""
+    detail = body.get("detail") or body.get("error") or body.get("title") or ""
+    return detail if isinstance(detail, str) else json.dumps(detail)[:500]
+
+
+def request_input(request: GenerationRequest, image_urls: Mapping[str, str]) -> dict[str, Any]:
+    """The prediction's ``input`` for ``request``, with images already as URLs.
+
+    Raises:
+        InvalidRequest: ``cfg_scale``, ``shot_type`` or ``element_list``, which the model does not take.
+    """
+    for field in ("cfg_scale", "shot_type", "element_list"):
+        if getattr(request, field) is not None:
+            raise InvalidRequest(f"{field}: Replicate's {MODEL} does not take it ({SCHEMA}); leave it out. Nothing was sent.")
+    body: dict[str, Any] = {"mode": _MODE_NAMES[request.mode], "duration": request.duration, "generate_audio": request.sound}
+    for field in ("prompt", "negative_prompt"):
+        if (value := getattr(request, field)) is not None:
+            body[field] = value
+    if request.kind == "t2v" and request.aspect_ratio:
+        body["aspect_ratio"] = request.aspect_ratio  # ignored beside start_image
+    for field, wire in (("image", "start_image"), ("end_image", "end_image")):
+        if field in image_urls:
+            body[wire] = image_urls[field]
+    if request.multi_prompt:
+        body["multi_prompt"] = json.dumps([shot.model_dump() for shot in request.multi_prompt])
+    return body
+
+
+def _ended(prediction: Mapping[str, Any]) -> datetime:
+    try:
+        return datetime.fromisoformat(str(prediction.get("completed_at")).replace("Z", "+00:00"))
+    except ValueError:
+        return utcnow()
+
+
+def prediction_update(prediction: Mapping[str, Any]) -> ProviderUpdate:
+    """A prediction object (a poll's answer, or a webhook's body) in our terms."""
+    status = _STATUSES.get(str(prediction.get("status")), "running")
+    output = prediction.get("output")
+    url = output[0] if isinstance(output, list) and output else output  # one URI; a list tolerated
+    url = url if isinstance(url, str) else None
+    if status == "succeeded" and (url is None or prediction.get("data_removed")):
+        why = "its output was already removed (an hour after the end)" if prediction.get("data_removed") else "no output URL"
+        return ProviderUpdate(status="failed", error=f"Replicate reported success with {why}.", error_code="provider_error")
+    reason = str(prediction.get("error") or "")
+    failed = status == "failed"
+    refused = failed and (content_refusal(reason) or "flagged" in reason.lower())
+    return ProviderUpdate(
+        status=status,
+        progress_percent=100.0 if status == "succeeded" else None,
+        video_url=url if status == "succeeded" else None,
+        url_expires_at=_ended(prediction) + OUTPUT_KEPT if status == "succeeded" else None,
+        error=(reason or f"The prediction ended as {prediction.get('status')!r}.") if failed else None,
+        error_code=("content_policy" if refused else "provider_error") if failed else None,
+    )
+
+
+class ReplicateAdapter(ProviderAdapter):
+    """Kling v3.0 through Replicate's predictions API."""
+
+    name = "replicate"
+    rules_table = REPLICATE_RULES
+    min_poll_interval = 2.0
+
+    def __init__(self, client: httpx2.AsyncClient, settings: Settings, *, api_key: str, base_url: str = DEFAULT_BASE_URL) -> None:
+        self._http = self._connect(client, settings, base_url=base_url, api_key=api_key)
+        self._secret: str | None = None
+
+    @staticmethod
+    def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
+        message = _message(json_body(response))
+        if response.status_code == 402:  # "You have insufficient credit to run this model"
+            return InsufficientBalance(f"Your {provider} account cannot pay for this render ({provider} said: {message}). Top up, then try again.")
+        return classify_error(response, reason="", message=message, provider=provider, key_env=key_env)
+
+    @staticmethod
+    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+        """A 2xx carrying an error body instead of a prediction (no ``id``) is that error."""
+        body = json_body(response)
+        if "id" in body or not body.keys() & {"detail", "error", "title"}:
+            return None
+        return classify_body_error(response, code=body.get("status"), reason="", message=_message(body), provider=provider, key_env=key_env)
+
+    @staticmethod
+    def endpoint(kind: Kind, mode: Mode) -> str:
+        return f"/models/{MODEL}/predictions"
+
+    async def upload(self, image: ImageSource) -> str:
+        """``POST /v1/files`` (multipart ``content``): the returned ``urls.get`` is usable as an input."""
+        assert image.data is not None
+        extension = (image.mime_type or "image/png").split("/")[-1]
+        response = await self._http.request(
+            "POST", "/files", files={"content": (f"image.{extension}", image.data, image.mime_type or "application/octet-stream")}
+        )
+        url = (json_body(response).get("urls") or {}).get("get")
+        if not isinstance(url, str):
+            raise ProviderError(f"Replicate could not take the image {image.label}: its answer carried no urls.get.")
+        return url
+
+    async def submit(
+        self, request: GenerationRequest, images: dict[str, ImageSource], *, webhook_url: str | None = None
+    ) -> Submitted:
+        """Create the prediction; with ``webhook_url``, Replicate calls it once, when it ends.
+
+        Raises:
+            InvalidRequest: a field the model does not take, or Replicate's 422 naming the input.
+            UnknownOutcome: the answer carried no prediction id.
+        """
+        urls = {field: image.url or await self.upload(image) for field, image in images.items()}
+        body: dict[str, Any] = {"input": request_input(request, urls)}
+        if webhook_url:
+            body |= {"webhook": webhook_url, "webhook_events_filter": ["completed"]}
+        response = await self._http.submit(self.endpoint(request.kind, request.mode), json=body)
+        prediction_id = json_body(response).get("id")
+        if not prediction_id:
+            raise UnknownOutcome("Replicate accepted the submit but its answer carried no prediction id.")
+        return Submitted(
+            provider_task_id=str(prediction_id),
+            notes=("Replicate deletes the clip an hour after the render ends; this server fetches it at once.",),
+        )
+
+    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
+        response = await self._http.request("GET", f"/predictions/{quote(provider_task_id, safe='')}")
+        prediction = json_body(response)
+        if "status" not in prediction:
+            raise ProviderError("Replicate answered the poll without a prediction; asking again later.", retryable=True)
+        return prediction_update(prediction)
+
+    async def cancel(self, provider_task_id: str) -> None:
+        """``POST /v1/predictions/{id}/cancel``: a running prediction becomes ``canceled``."""
+        await self._http.request("POST", f"/predictions/{quote(provider_task_id, safe='')}/cancel")
+
+    async def check_key(self) -> KeyCheck:
+        """``GET /v1/account`` (free): the key works if it answers, and it names the account."""
+        response = await self._http.request("GET", "/account")
+        username = json_body(response).get("username")
+        return KeyCheck(f"account {username}" if isinstance(username, str) else "")
+
+    async def webhook_secret(self) -> str | None:
+        """The account's ``whsec_`` signing secret, fetched once (``GET /v1/webhooks/default/secret``);
+        ``None`` when it cannot be fetched now (asked again next time)."""
+        if self._secret is None:
+            try:
+                response = await self._http.request("GET", "/webhooks/default/secret")
+            except KlingError as exc:
+                log.warning("Replicate's webhook secret could not be fetched (%s): webhooks are only nudges for now", exc.code)
+                return None
+            key = json_body(response).get("key")
+            self._secret = key if isinstance(key, str) and key else None
+        return self._secret
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool | None:
+        """Whether the call carries a valid Standard Webhooks signature from Replicate, made within
+        the last 5 minutes; ``None`` when the secret cannot be fetched (then it is only a nudge)."""
+        secret = await self.webhook_secret()
+        if secret is None:
+            return None
+        try:
+            Webhook(secret).verify(body, dict(headers), json_parse=False)
+        except WebhookVerificationError:
+            return False
+        return True
