@@ -3,10 +3,10 @@
 Public environment variables (a contract: keep the names):
 
 ==========================  ===========================================================
-``NOVITA_API_KEY``          Novita AI key; ``NOVITA_BASE_URL`` overrides its base URL.
-``HIGHWAY_API_KEY``         HighwayAPI key; ``HIGHWAY_BASE_URL`` likewise.
-``WAVESPEED_API_KEY``       WaveSpeedAI key; ``WAVESPEED_BASE_URL`` likewise.
-``KLING_MCP_PROVIDER``      default provider; unset = the first provider with a key, else ``sandbox``.
+each provider's variables  its key(s) and base URL, named by its class in ``providers/`` (e.g.
+                            ``<NAME>_API_KEY``, ``<NAME>_BASE_URL``; all listed in ``server.json``).
+``KLING_MCP_PROVIDER``      default provider; unset = the first provider with its keys set, else
+                            the first that needs none (the free placeholder provider).
 ``KLING_MCP_MODE``          default mode: ``std``, ``pro`` or ``4k`` (default ``4k``).
 ``KLING_MCP_OUTPUT_DIR``    where finished clips land (default: ``<videos>/kling-video-mcp``).
 ``KLING_MCP_STATE_DIR``     where the server keeps its own files (journal, sandbox state).
@@ -41,18 +41,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ProviderName = Literal["novita", "highway", "wavespeed", "sandbox", "kling", "fal", "replicate"]
-Mode = Literal["std", "pro", "4k"]
+from kling_video_mcp.models import Mode
+from kling_video_mcp.providers import PROVIDERS, REAL_PROVIDERS, ProviderName, default_provider, provider_class
 
-#: Real providers in the order ``KLING_MCP_PROVIDER`` falls back through them.
-REAL_PROVIDERS: tuple[ProviderName, ...] = ("novita", "highway", "wavespeed")
+__all__ = ["APP_NAME", "REAL_PROVIDERS", "Mode", "ProviderName", "Settings"]
 
 APP_NAME = "kling-video-mcp"
 
@@ -61,17 +60,31 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
+_KEY_VARIABLES = tuple(name for provider in PROVIDERS for name in provider.key_variables)
+_OTHER_VARIABLES = tuple(
+    name for provider in PROVIDERS for name in provider.variables() if name not in provider.key_variables
+)
+
+
+def _is_set(value: object) -> bool:
+    """Whether a provider variable has a value: ``None`` and blank strings do not."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return isinstance(text, str) and bool(text.strip())
+
+
 class Settings(BaseSettings):
     """Every setting of the server. Build with ``Settings()`` to read the environment."""
 
     model_config = SettingsConfigDict(env_prefix="KLING_MCP_", extra="ignore", populate_by_name=True)
 
-    novita_api_key: SecretStr | None = Field(None, validation_alias=_env("NOVITA_API_KEY"))
-    highway_api_key: SecretStr | None = Field(None, validation_alias=_env("HIGHWAY_API_KEY"))
-    wavespeed_api_key: SecretStr | None = Field(None, validation_alias=_env("WAVESPEED_API_KEY"))
-    novita_base_url: str = Field("https://api.novita.ai", validation_alias=_env("NOVITA_BASE_URL"))
-    highway_base_url: str = Field("https://api.highwayapi.ai", validation_alias=_env("HIGHWAY_BASE_URL"))
-    wavespeed_base_url: str = Field("https://api.wavespeed.ai", validation_alias=_env("WAVESPEED_BASE_URL"))
+    provider_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Every registered provider's key variables that are set, by name (``{"NOVITA_API_KEY": ...}``).
+    Read from the environment; given by keyword they win (``None`` there: unset, whatever the
+    environment says). Read them through the provider: ``provider_class(name).keys(settings)``."""
+    provider_settings: dict[str, str] = Field(default_factory=dict)
+    """Every registered provider's other variables that are set (base URLs, e.g.
+    ``{"NOVITA_BASE_URL": ...}``, and extras), by name; filled like :attr:`provider_keys`.
+    Read them through the provider: ``provider_class(name).base_url(settings)``."""
 
     provider: ProviderName | None = Field(None, validation_alias=_env("KLING_MCP_PROVIDER"))
     mode: Mode = Field("4k", validation_alias=_env("KLING_MCP_MODE"))
@@ -132,9 +145,6 @@ class Settings(BaseSettings):
     """Scales every polling pace (expected render times, poll intervals). Only for running
     against an emulator whose clock is sped up (tests, benchmarks); leave at 1 otherwise."""
 
-    sandbox_time_scale: float = 1.0
-    """Scales the sandbox's render clock (queue 0.5 s + render 2.5 s at 1.0)."""
-
     # -- HTTP deployment (``--transport streamable-http|sse``; stdio ignores all of these) --
     # Read by ``surface/http.py``. Security defaults are closed: no token means loopback
     # binds only, and no image folders means remote callers can name no local file.
@@ -175,20 +185,39 @@ class Settings(BaseSettings):
     unset: a random key generated once into ``<state_dir>/url-secret``. Set it (the same on
     every worker) when workers on several machines serve one deployment."""
 
-    @field_validator("novita_base_url", "highway_base_url", "wavespeed_base_url")
+    @model_validator(mode="before")
     @classmethod
-    def _no_credentials_in_base_url(cls, value: str, info: ValidationInfo) -> str:
-        # httpx2 would send user:pass as Basic auth instead of the key, and the URL (with them)
-        # would show in every error and log line. Refuse it rather than strip it silently.
-        parts = urlsplit(value)
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(
-                "must not carry credentials (user:password@): put the provider key in "
-                f"{str(info.field_name).split('_')[0].upper()}_API_KEY, and a proxy's credentials in HTTPS_PROXY"
-            )
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL (e.g. https://api.novita.ai)")
-        return value
+    def _provider_variables(cls, data: Any) -> Any:
+        """Fill :attr:`provider_keys` and :attr:`provider_settings` with every registered provider's
+        variables: given ones win, the environment gives the rest, and blank ones are unset."""
+        if not isinstance(data, dict):
+            return data
+        for field, names in (("provider_keys", _KEY_VARIABLES), ("provider_settings", _OTHER_VARIABLES)):
+            given = dict(data.get(field) or {})
+            if unknown := sorted(set(given) - set(names)):
+                raise ValueError(f"{field}: {', '.join(unknown)} is not a variable of any provider (known: {', '.join(names)})")
+            values = {name: given[name] if name in given else os.environ.get(name) for name in names}
+            data[field] = {name: value for name, value in values.items() if _is_set(value)}
+        return data
+
+    @field_validator("provider_settings")
+    @classmethod
+    def _no_credentials_in_base_url(cls, values: dict[str, str]) -> dict[str, str]:
+        for provider in PROVIDERS:
+            value = values.get(provider.base_url_variable or "")
+            if value is None:
+                continue
+            # httpx2 would send user:pass as Basic auth instead of the key, and the URL (with them)
+            # would show in every error and log line. Refuse it rather than strip it silently.
+            parts = urlsplit(value)
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(
+                    f"{provider.base_url_variable} must not carry credentials (user:password@): put the provider key in "
+                    f"{' and '.join(provider.key_variables)}, and a proxy's credentials in HTTPS_PROXY"
+                )
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{provider.base_url_variable} must be an http:// or https:// URL (e.g. {provider.default_base_url})")
+        return values
 
     @field_validator("http_token", "url_secret", "http_tokens_file", "oauth_audience", mode="before")
     @classmethod
@@ -243,37 +272,19 @@ class Settings(BaseSettings):
 
     @property
     def default_provider(self) -> ProviderName:
-        """``KLING_MCP_PROVIDER``, else the first real provider with a key, else ``sandbox``."""
-        if self.provider is not None:
-            return self.provider
-        for name in REAL_PROVIDERS:
-            if self.api_key(name) is not None:
-                return name
-        return "sandbox"
-
-    def api_key(self, provider: ProviderName) -> SecretStr | None:
-        """The key configured for ``provider`` (``None`` for the sandbox, which needs none)."""
-        return {
-            "novita": self.novita_api_key,
-            "highway": self.highway_api_key,
-            "wavespeed": self.wavespeed_api_key,
-        }.get(provider)
+        """``KLING_MCP_PROVIDER``, else the first provider with its keys set, else the first that needs none."""
+        return default_provider(self)
 
     def base_url(self, provider: ProviderName) -> str:
-        """The configured base URL of a real provider."""
-        return {
-            "novita": self.novita_base_url,
-            "highway": self.highway_base_url,
-            "wavespeed": self.wavespeed_base_url,
-        }[provider]
+        """The base URL requests to ``provider`` go to (its variable, else its default)."""
+        return provider_class(provider).base_url(self)
 
     def secrets(self) -> list[str]:
-        """Every configured secret, to be redacted from whatever a provider says (see
-        :func:`kling_video_mcp.providers.http.redact`). A new secret setting is one more line."""
+        """Every configured secret (every registered provider's keys among them), to be redacted
+        from whatever a provider says (see :func:`kling_video_mcp.providers.http.redact`). A new
+        secret setting is one more line."""
         configured = [
-            self.novita_api_key,
-            self.highway_api_key,
-            self.wavespeed_api_key,
+            *self.provider_keys.values(),
             self.http_token,
             self.url_secret,
         ]
@@ -294,6 +305,3 @@ class Settings(BaseSettings):
         output folder, which workers on several machines share (their state folders are their own)."""
         return self.output_dir / ".previews"
 
-    @property
-    def sandbox_dir(self) -> Path:
-        return self.state_dir / "sandbox"

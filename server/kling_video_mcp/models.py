@@ -14,8 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from kling_video_mcp.config import Mode, ProviderName
-
+Mode = Literal["std", "pro", "4k"]
+"""Kling v3.0's tiers: Standard, Pro, 4K."""
+ProviderName = str
+"""A registered provider's name (``kling_video_mcp.providers.PROVIDERS``, which imports this
+module): checked where it enters, in tool parameters and ``KLING_MCP_PROVIDER``."""
 Kind = Literal["t2v", "i2v"]
 """``t2v`` text to video, ``i2v`` image to video."""
 TaskKind = Literal["t2v", "i2v", "assemble"]

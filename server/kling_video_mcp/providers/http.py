@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import httpx2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from kling_video_mcp import __version__
-from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import (
     AuthError,
     ContentPolicy,
@@ -35,6 +34,9 @@ from kling_video_mcp.errors import (
     UnknownOutcome,
 )
 from kling_video_mcp.models import utcnow
+
+if TYPE_CHECKING:
+    from kling_video_mcp.config import Settings  # config reads the provider registry, which imports this
 
 log = logging.getLogger(__name__)
 
@@ -171,27 +173,25 @@ def _wait(retry_state: RetryCallState) -> float:
 class ProviderHTTP:
     """Authenticated requests to one provider's base URL.
 
-    ``classify`` turns a non-success response into the right :class:`KlingError`; it is the
-    only provider-specific part.
+    ``auth`` signs each request (``None``: sent without credentials); ``classify`` turns a
+    non-success response into the right :class:`KlingError` and ``body_error`` finds the error
+    a 2xx answer may carry: those are the provider-specific parts.
     """
 
     def __init__(
         self,
         client: httpx2.AsyncClient,
         base_url: str,
-        api_key: str | None,
+        auth: httpx2.Auth | None,
         classify: ErrorClassifier,
         settings: Settings,
-        body_error: BodyErrorReader | None = None,
-        auth: httpx2.Auth | None = None,
+        body_error: BodyErrorReader,
     ) -> None:
         self._client = client
         self._base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key and auth is None else {}
         self._auth = auth
-        """Signs each request where a static bearer key will not do (a fresh JWT, another scheme)."""
         self._classify = classify
-        self._body_error = body_error or (lambda _response: None)
+        self._body_error = body_error
         self._settings = settings
         self._secrets = settings.secrets()
         self.gate: Gate = RateGate(settings.provider_rate_limit)
@@ -228,9 +228,7 @@ class ProviderHTTP:
     async def _send(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
         await self.gate.wait()
         with anyio.fail_after(self._settings.request_deadline):
-            # An absolute URL is one the provider handed out (fal's status_url): the adapter checked its origin.
-            url = path if path.startswith(("https://", "http://")) else self._base_url + path
-            response = await self._client.request(method, url, headers=self._headers, auth=self._auth, **kwargs)
+            response = await self._client.request(method, self._base_url + path, auth=self._auth, **kwargs)
         # The edge where provider text enters: nothing downstream ever sees a configured secret.
         return redacted_response(response, self._secrets)
 

@@ -1,8 +1,12 @@
-"""Novita AI and HighwayAPI: one wire protocol, told apart by data.
+"""The Novita wire protocol, which Novita AI (``novita.py``) and HighwayAPI (``highway.py``) share.
 
 Both serve ``POST /v3/async/kling-v3.0-{std,pro,4k}-{t2v,i2v}`` answering ``{"task_id"}``
-and ``GET /v3/async/task-result?task_id=`` (providers.md §1, §2). They differ only in
-their per-route rules (:data:`NOVITA_RULES`, :data:`HIGHWAY_RULES`), each citing its source.
+and ``GET /v3/async/task-result?task_id=`` (providers.md §1, §2). They differ only in their
+description (name, keys, base URL, per-route rules with their sources), which each sets on
+its subclass of :class:`NovitaProtocol`.
+
+Cancelling: neither documents a way to cancel a task (providers.md §1, §2), so
+:meth:`~kling_video_mcp.providers.base.Provider.cancel` keeps its "cannot cancel" default.
 """
 
 from __future__ import annotations
@@ -13,66 +17,10 @@ from typing import Any
 
 import httpx2
 
-from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
-from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus, utcnow
-from kling_video_mcp.providers.base import (
-    SHORTEST_SHOT_3, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
-)  # fmt: skip
-from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
-
-# Each row's ``source`` says where its prompt/multi_prompt rule is written (providers.md, with
-# §10 winning over §1-§9). Every multi_prompt is [{prompt, duration}] (§10.1). Shots of 3-15 s on
-# std-i2v and 4k-i2v (§10.4, PPIO's copy of the pages). Inline (base64) images: taken per §1.3,
-# uncertain on 4k-i2v (§10.6: one integration sends that route public URLs only).
-_TEXT_ONLY = EndpointRules(source="Novita's std-t2v and 4k-t2v pages (shared/specs): prompt required, no multi_prompt")
-
-NOVITA_RULES: RulesTable = {
-    ("t2v", "std"): _TEXT_ONLY,
-    ("t2v", "4k"): _TEXT_ONLY,
-    ("t2v", "pro"): EndpointRules(
-        source="Novita's pro-t2v page: prompt and multi_prompt mutually exclusive (providers.md §1.3, §10.1)",
-        prompt=PromptRule.ONE_OF, multi_prompt=True,
-    ),
-    ("i2v", "std"): EndpointRules(
-        source="Novita's std-i2v page marks prompt required (providers.md §10.7)",
-        multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=True,
-    ),
-    ("i2v", "4k"): EndpointRules(
-        source="Novita's 4k-i2v page marks prompt required (shared/specs, providers.md §10.7)",
-        multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=None,
-    ),
-    ("i2v", "pro"): EndpointRules(
-        source="Novita's pro-i2v page: multi_prompt mutually exclusive with prompt (providers.md §10.2)",
-        prompt=PromptRule.ONE_OF, multi_prompt=True, inline_images=True,
-    ),
-}  # fmt: skip
-"""Novita AI's Kling v3.0 routes."""
-
-HIGHWAY_RULES: RulesTable = {
-    ("t2v", "std"): EndpointRules(source="HighwayAPI's std-t2v, like Novita's: no multi_prompt (providers.md §2.2) [I]"),
-    ("t2v", "4k"): EndpointRules(
-        source="HighwayAPI's 4k-t2v page: prompt and multi_prompt mutually exclusive (shared/specs)",
-        prompt=PromptRule.ONE_OF, multi_prompt=True,
-    ),
-    ("t2v", "pro"): EndpointRules(
-        source="HighwayAPI's pro-t2v page: mutually exclusive (providers.md §2.3)",
-        prompt=PromptRule.ONE_OF, multi_prompt=True,
-    ),
-    ("i2v", "std"): EndpointRules(
-        source="HighwayAPI's std-i2v page; prompt optional with multi_prompt (providers.md §2.3, §6.2 [I])",
-        prompt=PromptRule.EITHER, multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=True,
-    ),
-    ("i2v", "4k"): EndpointRules(
-        source="HighwayAPI's 4k-i2v page: multi_prompt mutually exclusive with prompt (providers.md §2.3)",
-        prompt=PromptRule.ONE_OF, multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=None,
-    ),
-    ("i2v", "pro"): EndpointRules(
-        source="HighwayAPI's pro-i2v page, exclusive like its 4k-i2v (providers.md §10.1, §6.2 [I])",
-        prompt=PromptRule.ONE_OF, multi_prompt=True, inline_images=True,
-    ),
-}  # fmt: skip
-"""HighwayAPI's Kling v3.0 routes."""
+from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, Mode, ProviderUpdate, TaskStatus, utcnow
+from kling_video_mcp.providers.base import KeyCheck, Provider, Submitted, Webhook, market_prices
+from kling_video_mcp.providers.http import classify_error, json_body
 
 _STATUSES: dict[str, TaskStatus] = {
     "TASK_STATUS_QUEUED": "queued",
@@ -110,43 +58,40 @@ def _number(value: Any) -> float | None:
         return None
 
 
-class NovitaFamilyAdapter(ProviderAdapter):
-    """Adapter for a Novita-protocol provider, configured by its name and rules table."""
+class NovitaProtocol(Provider):
+    """A provider that speaks the Novita protocol; subclasses give its description."""
 
-    _RULES: dict[ProviderName, RulesTable] = {"novita": NOVITA_RULES, "highway": HIGHWAY_RULES}
+    prices = market_prices()  # neither publishes a USD price (providers.md §5.1)
+    webhook = Webhook(
+        "body", ("extra", "webhook", "url"),
+        "Novita's generic V3 async webhook, providers.md §1.5 (HighwayAPI is Novita-compatible); whether "
+        "Kling v3.0 routes honour it is unconfirmed (§10), so the watcher's safety-net polls cover it",
+    )  # fmt: skip
 
-    def __init__(self, name: ProviderName, client: httpx2.AsyncClient, settings: Settings) -> None:
-        self.name = name
-        self.rules_table = self._RULES[name]
-        self._http = self._connect(client, settings)
-
-    @staticmethod
-    def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
+    def classify_error(self, response: httpx2.Response) -> KlingError:
         body = json_body(response)
         body = body.get("data") if isinstance(body.get("data"), dict) and "reason" not in body else body
         return classify_error(
-            response, reason=str(body.get("reason") or ""), message=str(body.get("message") or ""), provider=provider, key_env=key_env
+            response, reason=str(body.get("reason") or ""), message=str(body.get("message") or ""), provider=self.label, key_env=self.key_hint
         )
 
-    @staticmethod
-    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+    def body_error(self, response: httpx2.Response) -> KlingError | None:
         """A 200 with neither a submit's ``task_id`` nor a result's ``task`` but an error's ``message``,
         ``reason`` or ``code`` is that error (e.g. ``{"message": "insufficient balance"}``, providers.md §10.5)."""
         body = json_body(response)
         inner = body.get("data") if isinstance(body.get("data"), dict) else {}  # HighwayAPI may wrap (§7.2)
         if "task_id" in body or "task" in body or "task" in inner or not body.keys() & {"message", "reason", "code"}:
             return None
-        return classify_body_error(
-            response, code=body.get("code"), reason=str(body.get("reason") or ""),
-            message=str(body.get("message") or ""), provider=provider, key_env=key_env,
-        )  # fmt: skip
+        return self.body_error_from(
+            response, code=body.get("code"), reason=str(body.get("reason") or ""), message=str(body.get("message") or "")
+        )
 
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
         return f"kling-v3.0-{mode}-{kind}"
 
     def body(self, request: GenerationRequest, images: dict[str, ImageSource]) -> dict[str, Any]:
-        """The JSON body of the submit, in the provider's field names (docs in ``shared/specs``)."""
+        """The JSON body of the submit, in the provider's field names (providers.md §1.3)."""
         body: dict[str, Any] = {"duration": request.duration, "sound": request.sound}
         for field in ("prompt", "negative_prompt", "cfg_scale"):
             if (value := getattr(request, field)) is not None:
@@ -166,12 +111,9 @@ class NovitaFamilyAdapter(ProviderAdapter):
     ) -> Submitted:
         endpoint = self.endpoint(request.kind, request.mode)
         body = self.body(request, images)
-        if webhook_url:
-            # providers.md §1.5 (Novita's generic V3 async webhook; HighwayAPI is Novita-compatible).
-            # Whether Kling v3.0 routes honour it is unconfirmed (§10): the watcher's safety-net polls cover that.
-            body["extra"] = {"webhook": {"url": webhook_url}}
+        params = self.webhook_params(webhook_url, body)
         try:
-            response = await self._http.submit(f"/v3/async/{endpoint}", json=body)
+            response = await self._http.submit(f"/v3/async/{endpoint}", json=body, params=params)
         except InvalidRequest as exc:
             # Where inline images are uncertain (§10.6), a refusal naming an inline image is that.
             named = sorted(images, key=len, reverse=True)  # "end_image" before "image", which it contains
@@ -192,7 +134,7 @@ class NovitaFamilyAdapter(ProviderAdapter):
             pass  # the expected answer: the key was good enough to be told so
         return KeyCheck()
 
-    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
+    async def poll(self, provider_task_id: str) -> ProviderUpdate:
         response = await self._http.request("GET", "/v3/async/task-result", params={"task_id": provider_task_id})
         body = json_body(response)
         if "task" not in body and isinstance(body.get("data"), dict):

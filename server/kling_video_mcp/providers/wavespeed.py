@@ -4,6 +4,9 @@ Answers come in the envelope ``{code, message, data}``; results are read from
 ``GET /api/v3/predictions/{id}/result``; local images go up first through
 ``POST /api/v3/media/upload/binary`` and are passed as the returned ``download_url``
 (providers.md §3).
+
+Cancelling: WaveSpeed documents no cancel endpoint for predictions (providers.md §3), so
+:meth:`~kling_video_mcp.providers.base.Provider.cancel` keeps its "cannot cancel" default.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ from urllib.parse import quote
 
 import httpx2
 
-from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.errors import KlingError, ProviderError, UnknownOutcome
-from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus
+from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, Mode, ProviderUpdate, TaskStatus
 from kling_video_mcp.providers.base import (
-    SHORTEST_SHOT_3, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+    SHORTEST_SHOT_3, EndpointRules, KeyCheck, PromptRule, Provider, RulesTable, Submitted, Webhook, market_prices,
 )  # fmt: skip
-from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
+from kling_video_mcp.providers.http import classify_error, json_body
 from kling_video_mcp.providers.novita_family import content_refusal
 
 def _route(mode: Mode, prompt: PromptRule, source: str) -> EndpointRules:
@@ -63,41 +65,41 @@ _STATUSES: dict[str, TaskStatus] = {
 _MODERATION_CODE = 1200  # providers.md §3.5 task-level error codes
 
 
-class WaveSpeedAdapter(ProviderAdapter):
-    """Adapter for the WaveSpeed protocol, against ``base_url`` with ``api_key``."""
+_WAVESPEED_PAGE = {"4k": "WaveSpeedAI Kling v3.0 4K page", "std": "WaveSpeedAI Kling v3.0 Std page"}
 
+
+class WaveSpeed(Provider):
+    """WaveSpeedAI: ``WAVESPEED_API_KEY``, ``https://api.wavespeed.ai`` (providers.md §3)."""
+
+    name = "wavespeed"
+    label = "WaveSpeedAI"
+    key_variables = ("WAVESPEED_API_KEY",)
+    base_url_variable = "WAVESPEED_BASE_URL"
+    default_base_url = "https://api.wavespeed.ai"
     rules_table = WAVESPEED_RULES
+    # providers.md §5.1: 4K $0.42/s "regardless of whether audio is on or off" (the 4K page);
+    # Std $0.42 per default 5 s run, silent (the Std page); Std with sound and Pro are not published.
+    prices = market_prices({
+        ("4k", False): _WAVESPEED_PAGE["4k"], ("4k", True): _WAVESPEED_PAGE["4k"], ("std", False): _WAVESPEED_PAGE["std"],
+    })  # fmt: skip
+    webhook = Webhook("query", ("webhook",), "providers.md §3.8: the webhook goes in a query parameter")
+    uploads_images = True
 
-    def __init__(
-        self,
-        client: httpx2.AsyncClient,
-        settings: Settings,
-        *,
-        name: ProviderName = "wavespeed",
-        base_url: str | None = None,
-        api_key: str | None = None,
-    ) -> None:
-        self.name = name
-        self._http = self._connect(client, settings, base_url=base_url, api_key=api_key)
-
-    @staticmethod
-    def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
+    def classify_error(self, response: httpx2.Response) -> KlingError:
         body = json_body(response)
         return classify_error(
-            response, reason=str(body.get("error_code") or ""), message=str(body.get("message") or ""), provider=provider, key_env=key_env
+            response, reason=str(body.get("error_code") or ""), message=str(body.get("message") or ""), provider=self.label, key_env=self.key_hint
         )
 
-    @staticmethod
-    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+    def body_error(self, response: httpx2.Response) -> KlingError | None:
         """A 200 whose envelope ``code`` is not 200 is an error (providers.md §10.5, as WaveSpeed's
         own MCP server and n8n node read it)."""
         body = json_body(response)
         if body.get("code", 200) == 200:
             return None
-        return classify_body_error(
-            response, code=body.get("code"), reason=str(body.get("error_code") or ""),
-            message=str(body.get("message") or ""), provider=provider, key_env=key_env,
-        )  # fmt: skip
+        return self.body_error_from(
+            response, code=body.get("code"), reason=str(body.get("error_code") or ""), message=str(body.get("message") or "")
+        )
 
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
@@ -140,8 +142,7 @@ class WaveSpeedAdapter(ProviderAdapter):
         self, request: GenerationRequest, images: dict[str, ImageSource], *, webhook_url: str | None = None
     ) -> Submitted:
         body = await self.body(request, images)
-        # providers.md §3.8: the webhook goes in a query parameter.
-        params = {"webhook": webhook_url} if webhook_url else None
+        params = self.webhook_params(webhook_url, body)
         response = await self._http.submit(
             f"/api/v3/{self.endpoint(request.kind, request.mode)}", json=body, params=params
         )
@@ -156,7 +157,7 @@ class WaveSpeedAdapter(ProviderAdapter):
         balance = (json_body(response).get("data") or {}).get("balance")
         return KeyCheck(f"balance ${balance:.2f}" if isinstance(balance, (int, float)) else "")
 
-    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
+    async def poll(self, provider_task_id: str) -> ProviderUpdate:
         # Encoded as one path segment: an odd id ("../../x?inject=1") must not reach another route.
         response = await self._http.request("GET", f"/api/v3/predictions/{quote(provider_task_id, safe='')}/result")
         data = json_body(response).get("data")
