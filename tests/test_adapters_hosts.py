@@ -34,9 +34,9 @@ from kling_video_mcp.errors import (
     UnknownOutcome,
 )
 from kling_video_mcp.models import GenerationRequest, ImageSource, Shot
-from kling_video_mcp.providers.fal import FalAdapter, signed_message
-from kling_video_mcp.providers.kling import BUSINESS_CODES, FOUR_K, KLING_RULES, KlingAdapter, KlingJWT
-from kling_video_mcp.providers.replicate import ReplicateAdapter
+from kling_video_mcp.providers.fal import Fal, signed_message
+from kling_video_mcp.providers.kling import BUSINESS_CODES, FOUR_K_SOURCE, KLING_RULES, OFFERS_4K, Kling, KlingJWT
+from kling_video_mcp.providers.replicate import Replicate
 
 pytestmark = pytest.mark.anyio
 
@@ -67,8 +67,13 @@ class Host:
         return [r for r in self.requests if r.method == method and r.url.path == path]
 
 
-def settings() -> Settings:
-    return Settings(provider_rate_limit=1000, submit_retry_seconds=0.3, poll_retry_seconds=0.3)
+def settings(**variables: str) -> Settings:
+    """Settings naming only ``variables`` (keys and base URLs), whatever the environment holds."""
+    keys = {name: value for name, value in variables.items() if "BASE_URL" not in name}
+    others = {name: value for name, value in variables.items() if "BASE_URL" in name}
+    return Settings(
+        provider_keys=keys, provider_settings=others, provider_rate_limit=1000, submit_retry_seconds=0.3, poll_retry_seconds=0.3
+    )
 
 
 def client_for(host: Host) -> httpx2.AsyncClient:
@@ -87,8 +92,8 @@ def envelope(data: dict | None = None, code: int = 0, message: str = "SUCCEED", 
 # -- Kling ---------------------------------------------------------------------------------
 
 
-def kling(host: Host) -> KlingAdapter:
-    return KlingAdapter(client_for(host), settings(), access_key=ACCESS_KEY, secret_key=SECRET_KEY, base_url="https://kling.test")
+def kling(host: Host) -> Kling:
+    return Kling(client_for(host), settings(KLING_ACCESS_KEY=ACCESS_KEY, KLING_SECRET_KEY=SECRET_KEY, KLING_BASE_URL="https://kling.test"))
 
 
 def created(task_id: str = "867283741759111202") -> httpx2.Response:
@@ -112,7 +117,7 @@ async def test_kling_signs_every_request_with_a_fresh_valid_token_and_never_logs
     adapter = kling(host)
     with caplog.at_level(logging.DEBUG):
         submitted = await adapter.submit(request(), {})
-        await adapter.fetch(submitted.provider_task_id, adapter.endpoint("t2v", "pro"))
+        await adapter.poll(submitted.provider_task_id)
     for sent in host.requests:
         scheme, token = sent.headers["Authorization"].split(" ")
         assert scheme == "Bearer"
@@ -173,8 +178,8 @@ async def test_kling_element_ids_must_be_numbers_before_anything_is_sent():
 
 
 def test_kling_offers_4k_exactly_when_the_one_fact_says_so():
-    assert (("t2v", "4k") in KLING_RULES) is FOUR_K.holds and (("i2v", "4k") in KLING_RULES) is FOUR_K.holds
-    assert FOUR_K.source
+    assert (("t2v", "4k") in KLING_RULES) is OFFERS_4K and (("i2v", "4k") in KLING_RULES) is OFFERS_4K
+    assert all(FOUR_K_SOURCE in rules.source for (_kind, mode), rules in KLING_RULES.items() if mode == "4k")
 
 
 EXPECTED_KLING_CODES = {
@@ -195,9 +200,9 @@ def test_every_kling_business_code_is_classified():
 @pytest.mark.parametrize("http_status", [200, 400, 429])
 async def test_kling_envelope_code_decides_the_error_not_the_http_status(code, http_status):
     """The same code gives the same error whatever the status: 1102 under a 429 is an empty account."""
-    host = Host({("GET", "/v1/videos/text2video/1"): envelope(None, code=code, message="words", status=http_status)})
+    host = Host({("GET", "/account/costs"): envelope(None, code=code, message="words", status=http_status)})
     with pytest.raises(KlingError) as raised:
-        await kling(host).fetch("1", "/v1/videos/text2video")
+        await kling(host).check_key()
     assert raised.value.code == EXPECTED_KLING_CODES[code]
     assert ("KLING_ACCESS_KEY" in raised.value.message) is (EXPECTED_KLING_CODES[code] == "auth_error" and code != 1100 and code != 1304)
 
@@ -252,24 +257,36 @@ async def test_kling_content_refusal_at_submit():
 )
 async def test_kling_task_statuses(data, status, error_code):
     host = Host({("GET", "/v1/videos/image2video/9"): envelope({"task_id": "9", **data})})
-    update = await kling(host).fetch("9", "/v1/videos/image2video")
+    update = await kling(host).poll("9")  # not found under text2video first: looked for under image2video
     assert (update.status, update.error_code) == (status, error_code)
 
 
 async def test_kling_success_reads_the_first_video():
     videos = {"videos": [{"id": "v", "url": "https://cdn.kling.test/v.mp4", "duration": "5.0"}]}
     host = Host({("GET", "/v1/videos/text2video/9"): envelope({"task_id": "9", "task_status": "succeed", "task_result": videos})})
-    update = await kling(host).fetch("9", "/v1/videos/text2video")
+    update = await kling(host).poll("9")
     assert (update.status, update.video_url) == ("succeeded", "https://cdn.kling.test/v.mp4")
     assert update.url_expires_at > datetime.now(UTC) + timedelta(days=29)
 
 
-async def test_kling_adopted_task_is_looked_for_under_image_to_video_too():
+async def test_kling_polls_a_task_under_the_path_it_was_made_on():
+    """Its own submits under their path at once; a task it did not submit (after a restart, or
+    adopted by id) under text-to-video, then image-to-video, and that path is remembered."""
     host = Host({
+        ("POST", "/v1/videos/image2video"): created("41"),
+        ("GET", "/v1/videos/image2video/41"): envelope({"task_id": "41", "task_status": "processing"}),
         ("GET", "/v1/videos/text2video/9"): envelope(None, 1203, "task not found", 404),
         ("GET", "/v1/videos/image2video/9"): envelope({"task_id": "9", "task_status": "processing"}),
     })  # fmt: skip
-    assert (await kling(host).fetch("9", "/v1/videos/text2video")).status == "running"
+    adapter = kling(host)
+    await adapter.submit(request("i2v"), {"image": REMOTE})
+    assert (await adapter.poll("41")).status == "running"
+    assert not host.sent("GET", "/v1/videos/text2video/41")
+    for _ in range(2):
+        assert (await adapter.poll("9")).status == "running"
+    assert len(host.sent("GET", "/v1/videos/text2video/9")) == 1 and len(host.sent("GET", "/v1/videos/image2video/9")) == 2
+    with pytest.raises(NotFound):
+        await kling(Host({})).poll("404")
 
 
 async def test_kling_key_check_reads_the_free_account_costs():
@@ -294,15 +311,13 @@ REQUEST_ID = "80e7c1f0-aaaa-bbbb-cccc-000000000001"
 FOLLOW = f"{QUEUE}/fal-ai/kling-video/requests/{REQUEST_ID}"
 
 
-def fal(host: Host) -> FalAdapter:
-    return FalAdapter(client_for(host), settings(), api_key=FAL_KEY, base_url=QUEUE)
+def fal(host: Host) -> Fal:
+    return Fal(client_for(host), settings(FAL_KEY=FAL_KEY, FAL_BASE_URL=QUEUE))
 
 
-def queued(_request: httpx2.Request) -> httpx2.Response:
-    return httpx2.Response(200, json={
-        "request_id": REQUEST_ID, "status": "IN_QUEUE", "queue_position": 0,
-        "status_url": f"{FOLLOW}/status", "response_url": FOLLOW, "cancel_url": f"{FOLLOW}/cancel",
-    })  # fmt: skip
+def queued(_request: httpx2.Request, urls: dict[str, str] | None = None) -> httpx2.Response:
+    urls = urls or {"status_url": f"{FOLLOW}/status", "response_url": FOLLOW, "cancel_url": f"{FOLLOW}/cancel"}
+    return httpx2.Response(200, json={"request_id": REQUEST_ID, "status": "IN_QUEUE", "queue_position": 0, **urls})
 
 
 @pytest.mark.parametrize(("kind", "mode", "path"), [
@@ -315,7 +330,6 @@ async def test_fal_submits_to_the_tier_path_and_keeps_the_urls_it_is_given(kind,
     images = {"image": REMOTE} if kind == "i2v" else {}
     submitted = await fal(host).submit(request(kind, mode), images, webhook_url="https://me.example/webhooks/t")
     assert submitted.provider_task_id == REQUEST_ID
-    assert submitted.handle == {"status_url": f"{FOLLOW}/status", "response_url": FOLLOW, "cancel_url": f"{FOLLOW}/cancel"}
     (sent,) = host.requests
     assert sent.headers["Authorization"] == f"Key {FAL_KEY}"
     assert sent.url.params["fal_webhook"] == "https://me.example/webhooks/t"
@@ -362,10 +376,18 @@ def fal_status(status: str) -> httpx2.Response:
     return httpx2.Response(202 if status != "COMPLETED" else 200, json={"status": status, "request_id": REQUEST_ID})
 
 
-ODD_HANDLE = {  # not the layout fal documents: proves the URLs are followed as given, not rebuilt
+ODD_URLS = {  # not the layout fal documents: proves the URLs are followed as given, not rebuilt
     "status_url": f"{QUEUE}/elsewhere/{REQUEST_ID}/state", "response_url": f"{QUEUE}/elsewhere/{REQUEST_ID}/out",
     "cancel_url": f"{QUEUE}/elsewhere/{REQUEST_ID}/stop",
 }  # fmt: skip
+T2V_PRO = "/fal-ai/kling-video/v3/pro/text-to-video"
+
+
+async def submitted_with_odd_urls(host: Host) -> Fal:
+    host.routes[("POST", T2V_PRO)] = lambda sent: queued(sent, ODD_URLS)
+    adapter = fal(host)
+    await adapter.submit(request(), {})
+    return adapter
 
 
 @pytest.mark.parametrize(
@@ -387,11 +409,19 @@ async def test_fal_completed_can_hide_a_failure_only_the_result_shows(status, re
     if result is not None:
         routes[("GET", f"/elsewhere/{REQUEST_ID}/out")] = result
     host = Host(routes)
-    update = await fal(host).fetch(REQUEST_ID, "fal-ai/kling-video/v3/pro/text-to-video", ODD_HANDLE)
+    adapter = await submitted_with_odd_urls(host)
+    update = await adapter.poll(REQUEST_ID)
     assert (update.status, update.error_code) == (expected, error_code)
     if expected == "succeeded":
         assert update.video_url == "https://v3.fal.media/out.mp4"
-    assert all(r.url.path.startswith("/elsewhere/") for r in host.requests)
+    assert all(r.url.path.startswith("/elsewhere/") for r in host.requests[1:])
+
+
+async def test_fal_request_it_did_not_submit_is_followed_by_the_documented_queue_layout():
+    """After a restart, or adopted by id, there is no submit answer to follow: fal's documented
+    layout (the one fal-js uses), owner/app only, never the submit path."""
+    host = Host({("GET", f"/fal-ai/kling-video/requests/{REQUEST_ID}/status"): fal_status("IN_PROGRESS")})
+    assert (await fal(host).poll(REQUEST_ID)).status == "running"
 
 
 async def test_fal_422_at_submit_names_our_field():
@@ -420,8 +450,9 @@ async def test_fal_errors_in_each_envelope(answer, error):
 
 async def test_fal_cancel_puts_the_given_cancel_url():
     host = Host({("PUT", f"/elsewhere/{REQUEST_ID}/stop"): httpx2.Response(202, json={"status": "CANCELLATION_REQUESTED"})})
-    await fal(host).cancel(REQUEST_ID, ODD_HANDLE)
-    assert [r.method for r in host.requests] == ["PUT"]
+    adapter = await submitted_with_odd_urls(host)
+    assert await adapter.cancel(REQUEST_ID) is True
+    assert [r.method for r in host.requests] == ["POST", "PUT"]
 
 
 async def test_fal_key_check_looks_up_a_request_that_cannot_exist():
@@ -472,8 +503,8 @@ SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode
 PREDICTIONS = "/v1/models/kwaivgi/kling-v3-video/predictions"
 
 
-def replicate(host: Host) -> ReplicateAdapter:
-    return ReplicateAdapter(client_for(host), settings(), api_key=TOKEN, base_url="https://replicate.test/v1")
+def replicate(host: Host) -> Replicate:
+    return Replicate(client_for(host), settings(REPLICATE_API_TOKEN=TOKEN, REPLICATE_BASE_URL="https://replicate.test/v1"))
 
 
 def prediction(status: str = "starting", **fields) -> httpx2.Response:
@@ -556,7 +587,7 @@ async def test_replicate_throttling_is_a_rate_limit():
 )  # fmt: skip
 async def test_replicate_statuses(status, fields, expected, error_code):
     host = Host({("GET", "/v1/predictions/p1"): httpx2.Response(200, json={"id": "p1", "status": status, **fields})})
-    update = await replicate(host).fetch("p1", PREDICTIONS)
+    update = await replicate(host).poll("p1")
     assert (update.status, update.error_code) == (expected, error_code)
     if expected == "succeeded":
         assert update.video_url == "https://replicate.delivery/x/output.mp4"
@@ -567,10 +598,10 @@ async def test_replicate_cancel_and_key_check():
     host = Host({("POST", "/v1/predictions/p1/cancel"): httpx2.Response(200, json={"id": "p1", "status": "canceled"}),
                  ("GET", "/v1/account"): httpx2.Response(200, json={"type": "user", "username": "ada"})})  # fmt: skip
     adapter = replicate(host)
-    await adapter.cancel("p1")
+    assert await adapter.cancel("p1") is True
     assert (await adapter.check_key()).detail == "account ada"
     with pytest.raises(NotFound):
-        await replicate(Host({})).fetch("missing", PREDICTIONS)
+        await replicate(Host({})).poll("missing")
 
 
 def replicate_signed(body: bytes, secret: str = SECRET, when: datetime | None = None) -> dict[str, str]:
@@ -608,9 +639,7 @@ def test_fal_signed_message_is_the_documented_one():
 async def test_provider_errors_never_carry_a_key():
     """A host echoing the key in its error must not put it in our message (redaction at the edge)."""
     host = Host({("POST", PREDICTIONS): httpx2.Response(401, json={"detail": f"Invalid token {TOKEN}"})})
-    adapter = ReplicateAdapter(client_for(host), Settings(provider_rate_limit=1000, replicate_api_token=TOKEN), api_key=TOKEN,
-                               base_url="https://replicate.test/v1")  # fmt: skip
     with pytest.raises(AuthError) as raised:
-        await adapter.submit(request(), {})
+        await replicate(host).submit(request(), {})
     assert TOKEN not in raised.value.message
 

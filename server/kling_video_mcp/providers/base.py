@@ -442,6 +442,16 @@ class Provider(ABC):
         Only providers with :attr:`uploads_images` implement it."""
         raise NotImplementedError(f"{self.label} takes no uploads")
 
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool | None:
+        """Whether a call to this provider's webhook URL was signed by the provider.
+
+        ``headers`` and ``body`` are the request's own, the body exactly as received (signatures
+        cover its bytes). ``True``: signed and fresh; ``False``: forged or stale, so refuse it and
+        change nothing; ``None`` (the default): the provider signs nothing, or its keys cannot be
+        had now, so the call is only a nudge to poll, trusted for nothing.
+        """
+        return None
+
     async def cancel(self, provider_task_id: str) -> bool:
         """Ask the provider to stop the task; ``True`` when it agreed.
 

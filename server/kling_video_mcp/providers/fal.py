@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -39,13 +39,15 @@ import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from kling_video_mcp.config import Mode, Settings
 from kling_video_mcp.errors import ContentPolicy, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
-from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate
+from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, Mode, ProviderUpdate
 from kling_video_mcp.providers.base import (
-    KLING_SHOT_SECONDS, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+    KLING_SHOT_SECONDS, EndpointRules, KeyCheck, Price, PromptRule, Provider, RulesTable, Submitted, Webhook,
 )  # fmt: skip
 from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
+
+if TYPE_CHECKING:
+    from kling_video_mcp.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ KEY_CHECK_REQUEST_ID = "00000000-0000-0000-0000-000000000000"
 
 _TIERS: dict[Mode, str] = {"std": "standard", "pro": "pro", "4k": "4k"}
 _TASKS: dict[Kind, str] = {"t2v": "text-to-video", "i2v": "image-to-video"}
+_FOLLOWED = ("status_url", "response_url", "cancel_url")
 _FIELDS = {"start_image_url": "image", "end_image_url": "end_image", "generate_audio": "sound"}
 """fal's input names that differ from ours, for errors that name a field."""
 
@@ -82,6 +85,16 @@ def _rules(kind: Kind) -> EndpointRules:
 
 FAL_RULES: RulesTable = {(kind, mode): _rules(kind) for kind in _TASKS for mode in _TIERS}
 """Kling v3.0 on fal, per (kind, mode): the same input schema on all three tiers (fal-js ``endpoints.ts``)."""
+
+_PRICE_PAGE = "fal's Kling v3 model pages (https://fal.ai/models/fal-ai/kling-video/v3/{tier}/text-to-video)"
+FAL_PRICES = {
+    (mode, sound): Price(usd, True, _PRICE_PAGE.format(tier=_TIERS[mode]))
+    for (mode, sound), usd in {
+        ("std", False): 0.084, ("std", True): 0.126, ("pro", False): 0.112, ("pro", True): 0.168,
+        ("4k", False): 0.42, ("4k", True): 0.42,  # 4K: one rate "regardless of audio"
+    }.items()
+}  # fmt: skip
+"""USD per second as fal publishes them; ``generate_audio`` defaults to true there, so it is always sent."""
 
 
 @dataclass(frozen=True)
@@ -192,31 +205,41 @@ def signature_valid(headers: Mapping[str, str], body: bytes, keys: list[Ed25519P
     return False
 
 
-class FalAdapter(ProviderAdapter):
-    """Kling v3.0 through fal.ai's queue."""
+class Fal(Provider):
+    """Kling v3.0 through fal.ai's queue, with ``FAL_KEY``."""
 
     name = "fal"
+    label = "fal.ai"
+    key_variables = ("FAL_KEY",)
+    base_url_variable = "FAL_BASE_URL"
+    default_base_url = DEFAULT_BASE_URL
     rules_table = FAL_RULES
-    min_poll_interval = 2.0
+    prices = FAL_PRICES
+    webhook = Webhook("query", ("fal_webhook",), "https://docs.fal.ai/model-apis/model-endpoints/webhooks")
+    uploads_images = True
 
-    def __init__(self, client: httpx2.AsyncClient, settings: Settings, *, api_key: str, base_url: str = DEFAULT_BASE_URL) -> None:
-        self.hosts = FalHosts.for_base(base_url)
+    def __init__(self, client: httpx2.AsyncClient, settings: Settings) -> None:
+        super().__init__(client, settings)
+        self.hosts = FalHosts.for_base(self.base_url(settings))
         self._client = client
-        self._http = self._connect(client, settings, base_url=self.hosts.queue, auth=FalKey(api_key))
+        self._followed: dict[str, dict[str, str]] = {}
+        """Each request's ``status_url``, ``response_url`` and ``cancel_url``, as its submit's answer gave them."""
         self._keys: list[Ed25519PublicKey] = []
         self._keys_until = 0.0
 
-    @staticmethod
-    def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
-        return fal_error(response, provider=provider, key_env=key_env)
+    def authorization(self, keys: tuple[str, ...]) -> httpx2.Auth:
+        return FalKey(keys[0])
 
-    @staticmethod
-    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+    def classify_error(self, response: httpx2.Response) -> KlingError:
+        return fal_error(response, provider=self.label, key_env=self.key_hint)
+
+    def body_error(self, response: httpx2.Response) -> KlingError | None:
         """A 2xx with an error envelope and nothing of a queue answer or a result is that error."""
         body = json_body(response)
         if body.keys() & {"request_id", "status", "video"} or not body.keys() & {"detail", "error"}:
             return None
-        return fal_error(response, provider=provider, key_env=key_env, status=422 if isinstance(body.get("detail"), list) else None)
+        status = 422 if isinstance(body.get("detail"), list) else None
+        return fal_error(response, provider=self.label, key_env=self.key_hint, status=status)
 
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
@@ -259,32 +282,32 @@ class FalAdapter(ProviderAdapter):
             UnknownOutcome: the answer carried no request id or no URLs to follow it by.
         """
         urls = {field: image.url or await self.upload(image) for field, image in images.items()}
-        params = {"fal_webhook": webhook_url} if webhook_url else None
-        response = await self._http.submit(
-            "/" + self.endpoint(request.kind, request.mode), json=request_input(request, urls), params=params
-        )
+        body = request_input(request, urls)
+        params = self.webhook_params(webhook_url, body)  # fal_webhook, in the query
+        response = await self._http.submit("/" + self.endpoint(request.kind, request.mode), json=body, params=params)
         answer = json_body(response)
         request_id = answer.get("request_id")
         if not request_id:
             raise UnknownOutcome("fal accepted the submit but its answer carried no request_id.")
         try:
-            handle = {name: self._own(answer.get(name), name) for name in ("status_url", "response_url", "cancel_url")}
+            self._followed[str(request_id)] = {name: self._own(answer.get(name), name) for name in _FOLLOWED}
         except ProviderError as exc:
             raise UnknownOutcome(f"fal queued request {request_id} but {exc.message}") from exc
-        return Submitted(provider_task_id=str(request_id), handle=handle)
+        return Submitted(provider_task_id=str(request_id))
 
-    def _handle(self, request_id: str, handle: Mapping[str, str] | None) -> Mapping[str, str]:
-        """The URLs fal gave at submit; for a request adopted by id alone (no submit answer to
-        follow), fal's documented queue layout ``{queue}/fal-ai/kling-video/requests/{id}``."""
-        if handle:
-            return {name: self._own(handle.get(name), name) for name in ("status_url", "response_url", "cancel_url")}
+    def _urls(self, request_id: str) -> Mapping[str, str]:
+        """The URLs fal gave when ``request_id`` was submitted. A request this process did not submit
+        (after a restart, or adopted by id) has no answer to follow: for it, fal's documented queue
+        layout ``{queue}/fal-ai/kling-video/requests/{id}[/status|/cancel]``, the one fal-js uses."""
+        if (given := self._followed.get(request_id)) is not None:
+            return given
         response_url = f"{self.hosts.queue}/{APP}/requests/{quote(request_id, safe='')}"
         return {"status_url": f"{response_url}/status", "response_url": response_url, "cancel_url": f"{response_url}/cancel"}
 
-    async def fetch(self, provider_task_id: str, endpoint: str, handle: Mapping[str, str] | None = None) -> ProviderUpdate:
+    async def poll(self, provider_task_id: str) -> ProviderUpdate:
         """The status; once it is no longer queued or running, the result, which alone tells a
         success from a failure (both end ``COMPLETED``)."""
-        urls = self._handle(provider_task_id, handle)
+        urls = self._urls(provider_task_id)
         status = json_body(await self._http.request("GET", urls["status_url"])).get("status")
         if status == "IN_QUEUE":
             return ProviderUpdate(status="queued")
@@ -297,20 +320,22 @@ class FalAdapter(ProviderAdapter):
         except (ContentPolicy, InvalidRequest, ProviderError) as exc:
             if isinstance(exc, ProviderError) and exc.retryable:
                 raise
-            return ProviderUpdate(status="failed", error=exc.message, error_code="content_policy" if isinstance(exc, ContentPolicy) else "provider_error")
+            return ProviderUpdate(status="failed", error=exc.message, error_code=exc.code if isinstance(exc, ContentPolicy) else "provider_error")
         url = (result.get("video") or {}).get("url") if isinstance(result.get("video"), dict) else None
         if not isinstance(url, str):
             return ProviderUpdate(status="failed", error=f"fal's result carried no video URL: {str(result)[:200]}", error_code="provider_error")
         return ProviderUpdate(status="succeeded", progress_percent=100.0, video_url=url)
 
-    async def cancel(self, provider_task_id: str, handle: Mapping[str, str] | None = None) -> None:
-        """``PUT cancel_url``: fal asks the running app to stop; whether it is still billed is not documented."""
-        await self._http.request("PUT", self._handle(provider_task_id, handle)["cancel_url"])
+    async def cancel(self, provider_task_id: str) -> bool:
+        """``PUT cancel_url``: fal asks the running app to stop (an answer is a yes); whether the
+        render is still billed is not documented."""
+        await self._http.request("PUT", self._urls(provider_task_id)["cancel_url"])
+        return True
 
     async def check_key(self) -> KeyCheck:
         """Look up a request id fal never hands out: "not found" means the key works (free)."""
         try:
-            await self._http.request("GET", self._handle(KEY_CHECK_REQUEST_ID, None)["status_url"])
+            await self._http.request("GET", self._urls(KEY_CHECK_REQUEST_ID)["status_url"])
         except NotFound:
             pass
         return KeyCheck()

@@ -26,13 +26,12 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx2
 import jwt
 
-from kling_video_mcp.config import Mode, Settings
 from kling_video_mcp.errors import (
     AuthError,
     ConcurrencyLimited,
@@ -45,12 +44,15 @@ from kling_video_mcp.errors import (
     RateLimited,
     UnknownOutcome,
 )
-from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus, utcnow
+from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, Mode, ProviderUpdate, TaskStatus, utcnow
 from kling_video_mcp.providers.base import (
-    KLING_SHOT_SECONDS, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+    KLING_SHOT_SECONDS, EndpointRules, KeyCheck, PromptRule, Provider, RulesTable, Submitted, Webhook, market_prices,
 )  # fmt: skip
 from kling_video_mcp.providers.http import classify_error, json_body, retry_after_seconds
 from kling_video_mcp.providers.novita_family import content_refusal
+
+if TYPE_CHECKING:
+    from kling_video_mcp.config import Settings
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 """The global host; ``https://api-beijing.klingai.com`` serves mainland China (Kling's General Info page)."""
@@ -63,31 +65,23 @@ RESULT_KEPT = timedelta(days=30)
 """Kling clears result files after 30 days (its task-query page)."""
 
 
-@dataclass(frozen=True)
-class Fact:
-    """One uncertain fact about the host, what this server assumes, and where that comes from."""
-
-    holds: bool
-    source: str
-
-
-FOUR_K = Fact(
-    holds=True,
-    source=(
-        "mode '4k' on kling-v3: taken per a direct-API client's capability map "
-        "(https://github.com/magicwang1111/Comfyui-Kling-Wrapper, py/api/capabilities.py) and resellers that "
-        "forward to Kling; not in the Vercel SDK's enum (std|pro). A refusal names the field."
-    ),
+OFFERS_4K = True
+"""Whether Kling's own API takes ``mode: "4k"`` on kling-v3, the one place that decides whether
+``kling`` offers 4K (the rules table has 4K rows only when it does). Uncertain: see :data:`FOUR_K_SOURCE`."""
+FOUR_K_SOURCE = (
+    "mode '4k' on kling-v3 is taken per a direct-API client's capability map "
+    "(https://github.com/magicwang1111/Comfyui-Kling-Wrapper, py/api/capabilities.py) and resellers that forward "
+    "to Kling; the Vercel SDK's enum has only std|pro. A refusal (code 1201) names the field"
 )
-"""Whether Kling's own API takes ``mode: "4k"``: the one place that decides whether ``kling`` offers 4K."""
 
 _ONE_OF = f"Kling's text-to-video page ({DOCS}/model/textToVideo): with multi_shot, prompt is invalid"
 _I2V = f"Kling's image-to-video page ({DOCS}/model/imageToVideo)"
 
 
-def _rules(kind: Kind) -> EndpointRules:
+def _rules(kind: Kind, mode: Mode) -> EndpointRules:
+    source = f"{_ONE_OF}; {_I2V}: image or image_tail, raw base64 or URL, element_list" if kind == "i2v" else _ONE_OF
     return EndpointRules(
-        source=f"{_ONE_OF}; {_I2V}: image or image_tail, raw base64 or URL, element_list" if kind == "i2v" else _ONE_OF,
+        source=f"{source}; {FOUR_K_SOURCE}" if mode == "4k" else source,
         prompt=PromptRule.ONE_OF,
         multi_prompt=True,
         shot_seconds=KLING_SHOT_SECONDS,
@@ -97,9 +91,9 @@ def _rules(kind: Kind) -> EndpointRules:
     )
 
 
-_MODES: tuple[Mode, ...] = ("std", "pro", "4k") if FOUR_K.holds else ("std", "pro")
-KLING_RULES: RulesTable = {(kind, mode): _rules(kind) for kind in ("t2v", "i2v") for mode in _MODES}
-"""Kling v3.0 on Kling's own API, per (kind, mode). 4K rows exist only when :data:`FOUR_K` holds."""
+_MODES: tuple[Mode, ...] = ("std", "pro", "4k") if OFFERS_4K else ("std", "pro")
+KLING_RULES: RulesTable = {(kind, mode): _rules(kind, mode) for kind in ("t2v", "i2v") for mode in _MODES}
+"""Kling v3.0 on Kling's own API, per (kind, mode). 4K rows exist only when :data:`OFFERS_4K` says so."""
 
 _ROUTES: dict[Kind, str] = {"t2v": "text2video", "i2v": "image2video"}
 _SHOT_TYPES = {"customize": "customize", "intelligent": "intelligence"}
@@ -222,7 +216,7 @@ def element_ids(request: GenerationRequest) -> list[dict[str, int]]:
     return items
 
 
-def request_body(request: GenerationRequest, images: dict[str, ImageSource], *, callback_url: str | None = None) -> dict[str, Any]:
+def request_body(request: GenerationRequest, images: dict[str, ImageSource]) -> dict[str, Any]:
     """The JSON body of a Kling v3.0 submit, in Kling's own field names and types."""
     body: dict[str, Any] = {
         "model_name": MODEL_NAME,
@@ -251,8 +245,6 @@ def request_body(request: GenerationRequest, images: dict[str, ImageSource], *, 
         body["shot_type"] = _SHOT_TYPES["intelligent"]
     if request.element_list:
         body["element_list"] = element_ids(request)
-    if callback_url:
-        body["callback_url"] = callback_url
     return body
 
 
@@ -277,37 +269,39 @@ def task_update(data: dict[str, Any]) -> ProviderUpdate:
     )
 
 
-class KlingAdapter(ProviderAdapter):
-    """Kling v3.0 through Kling's own API, signed with an access key and a secret key."""
+class Kling(Provider):
+    """Kling v3.0 through Kling's own API: ``KLING_ACCESS_KEY`` and ``KLING_SECRET_KEY`` sign a JWT."""
 
     name = "kling"
+    label = "Kling"
+    key_variables = KEY_VARIABLES
+    base_url_variable = "KLING_BASE_URL"
+    default_base_url = DEFAULT_BASE_URL
     rules_table = KLING_RULES
+    prices = market_prices()  # Kling bills resource-pack units and publishes no USD price per second
+    webhook = Webhook("body", ("callback_url",), f"Kling's callback protocol ({CALLBACK_DOCS}): unsigned, a nudge to poll")
     min_poll_interval = 5.0
     """Polls do not count against the concurrency limit and have no QPS limit (Rate Limits page); 5 s is gentle."""
 
-    def __init__(
-        self,
-        client: httpx2.AsyncClient,
-        settings: Settings,
-        *,
-        access_key: str,
-        secret_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-    ) -> None:
-        self._http = self._connect(client, settings, base_url=base_url, auth=KlingJWT(access_key, secret_key))
+    def __init__(self, client: httpx2.AsyncClient, settings: Settings) -> None:
+        super().__init__(client, settings)
+        self._routes: dict[str, str] = {}
+        """Each task's creation path, from its submit: Kling polls a task under the path it was made on."""
 
-    @staticmethod
-    def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
+    def authorization(self, keys: tuple[str, ...]) -> httpx2.Auth:
+        access_key, secret_key = keys
+        return KlingJWT(access_key, secret_key)
+
+    def classify_error(self, response: httpx2.Response) -> KlingError:
         """By the envelope ``code`` when there is one; by the HTTP status only when there is none."""
-        if (error := _envelope_error(response, provider)) is not None:
+        if (error := _envelope_error(response, self.label)) is not None:
             return error
         body = json_body(response)
-        return classify_error(response, reason="", message=str(body.get("message") or ""), provider=provider, key_env=key_env)
+        return classify_error(response, reason="", message=str(body.get("message") or ""), provider=self.label, key_env=self.key_hint)
 
-    @staticmethod
-    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+    def body_error(self, response: httpx2.Response) -> KlingError | None:
         """A 200 whose envelope ``code`` is not 0 is that error (Kling: "check code, not message")."""
-        return _envelope_error(response, provider)
+        return _envelope_error(response, self.label)
 
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
@@ -324,9 +318,11 @@ class KlingAdapter(ProviderAdapter):
             UnknownOutcome: an internal error (5000-5002) or no task id: a task may exist.
             KlingError: any other refusal, by :data:`BUSINESS_CODES`.
         """
-        body = request_body(request, images, callback_url=webhook_url)
+        body = request_body(request, images)
+        params = self.webhook_params(webhook_url, body)  # callback_url, into the body
+        path = self.endpoint(request.kind, request.mode)
         try:
-            response = await self._http.submit(self.endpoint(request.kind, request.mode), json=body)
+            response = await self._http.submit(path, json=body, params=params)
         except ProviderError as exc:
             if exc.retryable:
                 raise UnknownOutcome(f"Kling answered the submit with an internal error ({exc.message}); it may still have created a task.") from exc
@@ -334,17 +330,22 @@ class KlingAdapter(ProviderAdapter):
         task_id = (json_body(response).get("data") or {}).get("task_id")
         if not task_id:
             raise UnknownOutcome("Kling accepted the submit but its answer carried no task_id.")
+        self._routes[str(task_id)] = path
         return Submitted(provider_task_id=str(task_id))
 
-    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
-        """``GET {creation path}/{task_id}``. A task adopted by id alone is looked for under
-        text-to-video, then image-to-video: Kling keeps them apart."""
+    async def poll(self, provider_task_id: str) -> ProviderUpdate:
+        """``GET {creation path}/{task_id}``. A task this process did not submit (after a restart,
+        or adopted by id) is looked for under text-to-video, then image-to-video, and remembered."""
         task = quote(provider_task_id, safe="")
+        path = self._routes.get(provider_task_id, self.endpoint("t2v", "std"))
         try:
-            response = await self._http.request("GET", f"{endpoint}/{task}")
+            response = await self._http.request("GET", f"{path}/{task}")
         except NotFound:
-            other = self.endpoint("i2v" if endpoint == self.endpoint("t2v", "std") else "t2v", "std")
-            response = await self._http.request("GET", f"{other}/{task}")
+            if provider_task_id in self._routes:
+                raise
+            path = self.endpoint("i2v", "std")
+            response = await self._http.request("GET", f"{path}/{task}")
+        self._routes[provider_task_id] = path
         data = json_body(response).get("data")
         if not isinstance(data, dict):
             raise ProviderError("Kling answered the poll without a task; asking again later.", retryable=True)

@@ -25,22 +25,22 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx2
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
+import standardwebhooks
 
-from kling_video_mcp.config import Mode, Settings
 from kling_video_mcp.errors import InsufficientBalance, InvalidRequest, KlingError, ProviderError, UnknownOutcome
-from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, ProviderUpdate, TaskStatus, utcnow
+from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, Mode, ProviderUpdate, TaskStatus, utcnow
 from kling_video_mcp.providers.base import (
-    KLING_SHOT_SECONDS, EndpointRules, KeyCheck, PromptRule, ProviderAdapter, RulesTable, Submitted,
+    KLING_SHOT_SECONDS, EndpointRules, KeyCheck, PromptRule, Provider, RulesTable, Submitted, Webhook, market_prices,
 )  # fmt: skip
-from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
-from kling_video_mcp.providers.kling import Fact
+from kling_video_mcp.providers.http import classify_error, json_body
 from kling_video_mcp.providers.novita_family import content_refusal
+
+if TYPE_CHECKING:
+    from kling_video_mcp.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +50,15 @@ SCHEMA = f"https://replicate.com/{MODEL}/api/schema"
 OUTPUT_KEPT = timedelta(hours=1)
 """Replicate removes an API prediction's output files an hour after it ends (data-retention page)."""
 
-FOUR_K = Fact(
-    holds=True,
-    source=f"mode '4k' was added to the model's enum in a later version than the first ({SCHEMA}); a refusal names the field",
-)
-"""Whether the model takes ``mode: "4k"``: the one place that decides whether ``replicate`` offers 4K."""
+OFFERS_4K = True
+"""Whether the model takes ``mode: "4k"``, the one place that decides whether ``replicate`` offers 4K."""
+FOUR_K_SOURCE = f"mode '4k' joined the model's enum in a later version than the first ({SCHEMA}); a refusal names the field"
 
 
-def _rules(kind: Kind) -> EndpointRules:
+def _rules(kind: Kind, mode: Mode) -> EndpointRules:
+    source = f"{MODEL}'s input schema ({SCHEMA}): prompt required; multi_prompt a JSON string of shots of at least 1 s"
     return EndpointRules(
-        source=f"{MODEL}'s input schema ({SCHEMA}): prompt required; multi_prompt a JSON string of shots of at least 1 s",
+        source=f"{source}; {FOUR_K_SOURCE}" if mode == "4k" else source,
         prompt=PromptRule.REQUIRED,
         multi_prompt=True,
         shot_seconds=KLING_SHOT_SECONDS,
@@ -67,8 +66,8 @@ def _rules(kind: Kind) -> EndpointRules:
     )
 
 
-_MODES: tuple[Mode, ...] = ("std", "pro", "4k") if FOUR_K.holds else ("std", "pro")
-REPLICATE_RULES: RulesTable = {(kind, mode): _rules(kind) for kind in ("t2v", "i2v") for mode in _MODES}
+_MODES: tuple[Mode, ...] = ("std", "pro", "4k") if OFFERS_4K else ("std", "pro")
+REPLICATE_RULES: RulesTable = {(kind, mode): _rules(kind, mode) for kind in ("t2v", "i2v") for mode in _MODES}
 """Kling v3.0 on Replicate, per (kind, mode): one model, the tier is its ``mode`` input."""
 
 _MODE_NAMES: dict[Mode, str] = {"std": "standard", "pro": "pro", "4k": "4k"}
@@ -144,31 +143,35 @@ def prediction_update(prediction: Mapping[str, Any]) -> ProviderUpdate:
     )
 
 
-class ReplicateAdapter(ProviderAdapter):
-    """Kling v3.0 through Replicate's predictions API."""
+class Replicate(Provider):
+    """Kling v3.0 through Replicate's predictions API, with ``REPLICATE_API_TOKEN``."""
 
     name = "replicate"
+    label = "Replicate"
+    key_variables = ("REPLICATE_API_TOKEN",)
+    base_url_variable = "REPLICATE_BASE_URL"
+    default_base_url = DEFAULT_BASE_URL
     rules_table = REPLICATE_RULES
-    min_poll_interval = 2.0
+    prices = market_prices()  # published only on the model page, which moves: estimates
+    webhook = Webhook("body", ("webhook",), "https://replicate.com/docs/topics/webhooks: signed (Standard Webhooks)")
+    uploads_images = True
 
-    def __init__(self, client: httpx2.AsyncClient, settings: Settings, *, api_key: str, base_url: str = DEFAULT_BASE_URL) -> None:
-        self._http = self._connect(client, settings, base_url=base_url, api_key=api_key)
-        self._secret: str | None = None
+    def __init__(self, client: httpx2.AsyncClient, settings: Settings) -> None:
+        super().__init__(client, settings)
+        self._verifier: standardwebhooks.Webhook | None = None
 
-    @staticmethod
-    def _classify(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError:
+    def classify_error(self, response: httpx2.Response) -> KlingError:
         message = _message(json_body(response))
         if response.status_code == 402:  # "You have insufficient credit to run this model"
-            return InsufficientBalance(f"Your {provider} account cannot pay for this render ({provider} said: {message}). Top up, then try again.")
-        return classify_error(response, reason="", message=message, provider=provider, key_env=key_env)
+            return InsufficientBalance(f"Your {self.label} account cannot pay for this render ({self.label} said: {message}). Top up, then try again.")
+        return classify_error(response, reason="", message=message, provider=self.label, key_env=self.key_hint)
 
-    @staticmethod
-    def _body_error(response: httpx2.Response, *, provider: str, key_env: str) -> KlingError | None:
+    def body_error(self, response: httpx2.Response) -> KlingError | None:
         """A 2xx carrying an error body instead of a prediction (no ``id``) is that error."""
         body = json_body(response)
         if "id" in body or not body.keys() & {"detail", "error", "title"}:
             return None
-        return classify_body_error(response, code=body.get("status"), reason="", message=_message(body), provider=provider, key_env=key_env)
+        return self.body_error_from(response, code=body.get("status"), reason="", message=_message(body))
 
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
@@ -198,7 +201,8 @@ class ReplicateAdapter(ProviderAdapter):
         urls = {field: image.url or await self.upload(image) for field, image in images.items()}
         body: dict[str, Any] = {"input": request_input(request, urls)}
         if webhook_url:
-            body |= {"webhook": webhook_url, "webhook_events_filter": ["completed"]}
+            self.webhook_params(webhook_url, body)  # "webhook", in the body
+            body["webhook_events_filter"] = ["completed"]  # one call, when it ends
         response = await self._http.submit(self.endpoint(request.kind, request.mode), json=body)
         prediction_id = json_body(response).get("id")
         if not prediction_id:
@@ -208,16 +212,17 @@ class ReplicateAdapter(ProviderAdapter):
             notes=("Replicate deletes the clip an hour after the render ends; this server fetches it at once.",),
         )
 
-    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
+    async def poll(self, provider_task_id: str) -> ProviderUpdate:
         response = await self._http.request("GET", f"/predictions/{quote(provider_task_id, safe='')}")
         prediction = json_body(response)
         if "status" not in prediction:
             raise ProviderError("Replicate answered the poll without a prediction; asking again later.", retryable=True)
         return prediction_update(prediction)
 
-    async def cancel(self, provider_task_id: str) -> None:
-        """``POST /v1/predictions/{id}/cancel``: a running prediction becomes ``canceled``."""
+    async def cancel(self, provider_task_id: str) -> bool:
+        """``POST /v1/predictions/{id}/cancel``: a running prediction becomes ``canceled`` (an answer is a yes)."""
         await self._http.request("POST", f"/predictions/{quote(provider_task_id, safe='')}/cancel")
+        return True
 
     async def check_key(self) -> KeyCheck:
         """``GET /v1/account`` (free): the key works if it answers, and it names the account."""
@@ -225,27 +230,25 @@ class ReplicateAdapter(ProviderAdapter):
         username = json_body(response).get("username")
         return KeyCheck(f"account {username}" if isinstance(username, str) else "")
 
-    async def webhook_secret(self) -> str | None:
-        """The account's ``whsec_`` signing secret, fetched once (``GET /v1/webhooks/default/secret``);
-        ``None`` when it cannot be fetched now (asked again next time)."""
-        if self._secret is None:
+    async def _webhook_verifier(self) -> standardwebhooks.Webhook | None:
+        """A verifier with the account's ``whsec_`` secret, fetched once (``GET /v1/webhooks/default/secret``);
+        ``None`` when it cannot be had now (asked again next time)."""
+        if self._verifier is None:
             try:
                 response = await self._http.request("GET", "/webhooks/default/secret")
-            except KlingError as exc:
-                log.warning("Replicate's webhook secret could not be fetched (%s): webhooks are only nudges for now", exc.code)
-                return None
-            key = json_body(response).get("key")
-            self._secret = key if isinstance(key, str) and key else None
-        return self._secret
+                self._verifier = standardwebhooks.Webhook(str(json_body(response).get("key") or ""))
+            except (KlingError, ValueError, standardwebhooks.webhooks.EmptyWebhookSecretError) as exc:
+                log.warning("Replicate's webhook secret could not be had (%s): webhooks are only nudges for now", type(exc).__name__)
+        return self._verifier
 
     async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool | None:
         """Whether the call carries a valid Standard Webhooks signature from Replicate, made within
-        the last 5 minutes; ``None`` when the secret cannot be fetched (then it is only a nudge)."""
-        secret = await self.webhook_secret()
-        if secret is None:
+        the last 5 minutes; ``None`` when the secret cannot be had (then it is only a nudge)."""
+        verifier = await self._webhook_verifier()
+        if verifier is None:
             return None
         try:
-            Webhook(secret).verify(body, dict(headers), json_parse=False)
-        except WebhookVerificationError:
+            verifier.verify(body, dict(headers), json_parse=False)
+        except standardwebhooks.webhooks.WebhookVerificationError:
             return False
         return True
