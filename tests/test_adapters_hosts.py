@@ -361,14 +361,18 @@ async def test_fal_uploads_local_images_in_two_steps_without_sending_the_key_to_
     assert json.loads(submit.content)["start_image_url"] == "https://v3.fal.media/f/abc.png"
 
 
-async def test_fal_refuses_to_follow_a_url_off_its_queue():
-    def elsewhere(_request):
-        return httpx2.Response(200, json={"request_id": REQUEST_ID, "status_url": "https://evil.test/s",
-                                          "response_url": FOLLOW, "cancel_url": f"{FOLLOW}/cancel"})  # fmt: skip
-
-    host = Host({("POST", "/fal-ai/kling-video/v3/pro/text-to-video"): elsewhere})
-    with pytest.raises(UnknownOutcome, match="status_url"):
-        await fal(host).submit(request(), {})
+@pytest.mark.parametrize("urls", [
+    {"status_url": "https://evil.test/s", "response_url": FOLLOW, "cancel_url": f"{FOLLOW}/cancel"},  # off the queue
+    {"gateway_request_id": REQUEST_ID},  # a submit with fal_webhook may answer with the ids alone
+])  # fmt: skip
+async def test_fal_follows_only_urls_on_its_queue_else_the_documented_layout(urls):
+    host = Host({
+        ("POST", "/fal-ai/kling-video/v3/pro/text-to-video"): lambda sent: queued(sent, urls),
+        ("GET", f"/fal-ai/kling-video/requests/{REQUEST_ID}/status"): fal_status("IN_QUEUE"),
+    })  # fmt: skip
+    adapter = fal(host)
+    await adapter.submit(request(), {})
+    assert (await adapter.poll(REQUEST_ID)).status == "queued"
     assert all(r.url.host == "queue.fal.test" for r in host.requests)
 
 
