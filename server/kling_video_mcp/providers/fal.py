@@ -2,9 +2,9 @@
 
 What it sends and reads (every rule with its public source in ``docs/hosts-adapters.md``):
 
-- Auth: ``Authorization: Key <FAL_KEY>`` (https://docs.fal.ai/model-apis/authentication).
+- Auth: ``Authorization: Key <FAL_KEY>`` (fal-js ``config.ts``, https://github.com/fal-ai/fal-js).
 - Submit: ``POST https://queue.fal.run/<endpoint>[?fal_webhook=<url>]`` with the model input as
-  the whole body (https://docs.fal.ai/model-apis/model-endpoints/queue). The tier is the path;
+  the whole body (https://docs.fal.ai/documentation/model-apis/inference/queue). The tier is the path;
   the input is the model's own (``duration`` a string, ``generate_audio`` always sent, since fal
   defaults it to true and the price follows it; ``start_image_url`` / ``end_image_url``).
 - The answer names ``status_url``, ``response_url`` and ``cancel_url``; they are followed as
@@ -18,7 +18,7 @@ What it sends and reads (every rule with its public source in ``docs/hosts-adapt
   second is passed on (fal-js ``storage.ts``, https://github.com/fal-ai/fal-js).
 - Webhook: ``fal_webhook`` query parameter. fal signs its call with ED25519 over
   ``request_id\\nuser_id\\ntimestamp\\nsha256(body)``, its public keys in a JWKS
-  (https://docs.fal.ai/model-apis/model-endpoints/webhooks): checked where the keys can be
+  (https://docs.fal.ai/model-endpoints/webhooks): checked where the keys can be
   fetched, else the call is only a nudge to poll.
 - Cancel: ``PUT cancel_url``.
 """
@@ -215,7 +215,7 @@ class Fal(Provider):
     default_base_url = DEFAULT_BASE_URL
     rules_table = FAL_RULES
     prices = FAL_PRICES
-    webhook = Webhook("query", ("fal_webhook",), "https://docs.fal.ai/model-apis/model-endpoints/webhooks")
+    webhook = Webhook("query", ("fal_webhook",), "https://docs.fal.ai/model-endpoints/webhooks")
     uploads_images = True
 
     def __init__(self, client: httpx2.AsyncClient, settings: Settings) -> None:

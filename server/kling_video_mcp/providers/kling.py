@@ -59,8 +59,8 @@ DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 MODEL_NAME = "kling-v3"
 """Kling v3.0 on the direct API. ``kling-v3-0`` is refused (code 1201) and an omitted name means ``kling-v1``."""
 KEY_VARIABLES = ("KLING_ACCESS_KEY", "KLING_SECRET_KEY")
-DOCS = "https://app.klingai.com/global/dev/document-api"
-CALLBACK_DOCS = f"{DOCS}/apiReference/callbackProtocol"
+DOCS = "https://app.klingai.com/global/dev/document-api/apiReference"
+CALLBACK_DOCS = f"{DOCS}/callbackProtocol"
 RESULT_KEPT = timedelta(days=30)
 """Kling clears result files after 30 days (its task-query page)."""
 
