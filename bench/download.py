@@ -52,7 +52,7 @@ async def result_url(emulator: EmulatorProcess, work: Path) -> tuple[str, str]:
         adapter = await Providers(provider_settings(emulator, work), client).get("novita")
         request = GenerationRequest(provider="novita", mode="std", kind="t2v", prompt=render_prompt(0, 0), duration=3)
         task_id = (await adapter.submit(request, {})).provider_task_id
-        update = await adapter.fetch(task_id, adapter.endpoint("t2v", "std"))
+        update = await adapter.poll(task_id)
     if not update.video_url:
         raise RuntimeError("the emulator gave no result URL")
     return task_id, update.video_url

@@ -117,10 +117,9 @@ class EmulatorProcess:
 def provider_settings(emulator: EmulatorProcess, work: Path) -> Settings:
     """Settings for driving the provider adapters directly from the bench: no rate gate of their own."""
     return Settings(
-        novita_api_key=KEY, highway_api_key=KEY, wavespeed_api_key=KEY,
-        novita_base_url=emulator.url("novita"), highway_base_url=emulator.url("highway"),
-        wavespeed_base_url=emulator.url("wavespeed"), output_dir=work / "clips", state_dir=work / "state",
-        provider_rate_limit=1e6,
+        provider_keys={"NOVITA_API_KEY": KEY, "HIGHWAY_API_KEY": KEY, "WAVESPEED_API_KEY": KEY},
+        provider_settings={name.upper() + "_BASE_URL": emulator.url(name) for name in ("novita", "highway", "wavespeed")},
+        output_dir=work / "clips", state_dir=work / "state", provider_rate_limit=1e6,
     )  # fmt: skip
 
 

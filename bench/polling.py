@@ -63,10 +63,9 @@ async def fixed_poller(providers: Providers, client: httpx2.AsyncClient, index: 
     adapter = await providers.get(provider)
     request = GenerationRequest(provider=provider, mode="std", kind="t2v", prompt=render_prompt(index, render), duration=3)
     task_id = (await adapter.submit(request, {})).provider_task_id
-    endpoint = adapter.endpoint("t2v", "std")
     while True:
         await anyio.sleep(interval)
-        update = await adapter.fetch(task_id, endpoint)
+        update = await adapter.poll(task_id)
         if update.status == "failed":
             return TaskRun(task_id, None)
         if update.status == "succeeded" and update.video_url:

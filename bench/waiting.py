@@ -20,9 +20,9 @@ from bench.polling import REAL_RATE_LIMIT, PollerResult, TaskRun, run_adaptive, 
 from bench.report import Row, ratio_text
 from bench.sizes import Size
 from bench.stdio_rpc import StdioServer, clean_env
-from kling_video_mcp.providers.base import ProviderAdapter
+from kling_video_mcp.providers.base import Provider
 
-MIN_POLL_INTERVAL = ProviderAdapter.min_poll_interval
+MIN_POLL_INTERVAL = Provider.min_poll_interval
 """Seconds: the real providers' minimum poll interval, the pace of a waited-on task."""
 REQUESTS_BEFORE = 15.0
 """Figure 3's provider requests per task before issue 9 (BENCHMARKS.md, 2026-11-21 full run)."""

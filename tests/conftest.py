@@ -17,6 +17,8 @@ from mcp import Client
 
 from kling_video_mcp.config import Settings
 from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
+from kling_video_mcp.providers import PROVIDERS
+from kling_video_mcp.providers.sandbox import TIME_SCALE_VARIABLE
 from kling_video_mcp.surface.server import build_server
 from pg_server import PostgresUnavailable, fresh_database, postgres_server
 
@@ -47,24 +49,35 @@ def emulator(emulator_server: EmulatorServer) -> EmulatorServer:
 
 
 def make_settings(tmp_path: Path, emulator: EmulatorServer, **overrides: object) -> Settings:
+    """Settings against ``emulator``: every keyed provider's key is ``KEY`` and its base URL the
+    emulator's flavour of the same name. A provider variable may be overridden by keyword in
+    lower case (``novita_api_key=None`` unsets it, ``wavespeed_base_url=...``,
+    ``sandbox_time_scale=...`` for ``KLING_MCP_SANDBOX_TIME_SCALE``); other keywords are settings."""
+    keys: dict[str, object] = {}
+    others: dict[str, object] = {}
+    for provider in PROVIDERS:
+        keys |= dict.fromkeys(provider.key_variables, KEY)
+        if provider.key_variables and provider.base_url_variable:
+            others[provider.base_url_variable] = emulator.url(provider.name)
+    others[TIME_SCALE_VARIABLE] = str(EMULATOR_TIME_SCALE)
     values: dict[str, object] = dict(
-        novita_api_key=KEY,
-        highway_api_key=KEY,
-        wavespeed_api_key=KEY,
-        novita_base_url=emulator.url("novita"),
-        highway_base_url=emulator.url("highway"),
-        wavespeed_base_url=emulator.url("wavespeed"),
         provider="novita",
         mode="4k",
         output_dir=tmp_path / "clips",
         state_dir=tmp_path / "state",
         poll_time_scale=POLL_TIME_SCALE,
-        sandbox_time_scale=EMULATOR_TIME_SCALE,
         submit_retry_seconds=5.0,
         poll_retry_seconds=2.0,
     )
-    values.update(overrides)
-    return Settings(**values)
+    for name, value in overrides.items():
+        variable = next((v for v in (name.upper(), f"KLING_MCP_{name.upper()}") if v in keys or v in others), None)
+        if variable in keys:
+            keys[variable] = value
+        elif variable is not None:
+            others[variable] = None if value is None else str(value)
+        else:
+            values[name] = value
+    return Settings(provider_keys=keys, provider_settings=others, **values)
 
 
 @pytest.fixture

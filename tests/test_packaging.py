@@ -30,6 +30,7 @@ from mcp import Client, StdioServerParameters
 from helpers import wait_done
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
+from kling_video_mcp.providers import PROVIDERS
 from test_http import sandbox_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,7 @@ def test_server_json_agrees_with_the_package():
     variables = package["environmentVariables"]
     fields = Settings.model_fields.values()
     aliases = {name for field in fields if field.validation_alias for name in field.validation_alias.choices}
+    aliases |= {name for provider in PROVIDERS for name in provider.variables()}  # read through Settings too
     assert {variable["name"] for variable in variables} <= aliases  # each is a real setting
     assert all(variable.get("isSecret") for variable in variables if variable["name"].endswith("_API_KEY"))
     assert f"mcp-name: {SERVER_JSON['name']}" in (ROOT / "README.md").read_text()

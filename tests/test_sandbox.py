@@ -19,9 +19,9 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def keyless_settings(tmp_path) -> Settings:
     return Settings(
-        novita_api_key=None, highway_api_key=None, wavespeed_api_key=None, provider=None,
+        provider_keys={"NOVITA_API_KEY": None, "HIGHWAY_API_KEY": None, "WAVESPEED_API_KEY": None}, provider=None,
         output_dir=tmp_path / "clips", state_dir=tmp_path / "state",
-        sandbox_time_scale=EMULATOR_TIME_SCALE, poll_time_scale=POLL_TIME_SCALE,
+        provider_settings={"KLING_MCP_SANDBOX_TIME_SCALE": str(EMULATOR_TIME_SCALE)}, poll_time_scale=POLL_TIME_SCALE,
     )  # fmt: skip
 
 

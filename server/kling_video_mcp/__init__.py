@@ -4,8 +4,8 @@ Layout (data flows one way, top to bottom):
 
 - ``surface/``: the MCP surface (tools, results, resources, server assembly).
 - ``tasks/``: the task domain (journal, watcher, downloads, the service that ties them).
-- ``providers/``: one adapter per hosted provider behind one interface, over HTTP.
-- ``emulator/``: a local emulator of the providers' HTTP APIs (tests and the ``sandbox`` provider).
+- ``providers/``: one self-describing class per hosted provider, registered in one tuple, over HTTP.
+- ``emulator/``: a local emulator of the providers' HTTP APIs (tests, and the free placeholder provider).
 """
 
 __version__ = "0.1.0"

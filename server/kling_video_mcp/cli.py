@@ -21,9 +21,11 @@ TRANSPORTS = ("stdio", "sse", "streamable-http")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kling_video_mcp.providers import PROVIDER_NAMES, PROVIDERS  # what serving imports anyway
+
     parser = argparse.ArgumentParser(
         prog="kling-video-mcp",
-        description="MCP server that makes videos with Kling v3.0 (Novita AI, HighwayAPI, WaveSpeedAI).",
+        description=f"MCP server that makes videos with Kling v3.0 ({', '.join(p.label for p in PROVIDERS if not p.makes_placeholders)}).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--transport", choices=TRANSPORTS, default="stdio", help="default: stdio")
@@ -45,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("prompt", help="what the video shows")
     demo.add_argument("--image", help="animate this image (path or URL) instead of text to video")
-    demo.add_argument("--provider", default="sandbox", choices=("sandbox", "novita", "highway", "wavespeed"))
+    free = next(provider.name for provider in PROVIDERS if provider.makes_placeholders)
+    demo.add_argument("--provider", default=free, choices=PROVIDER_NAMES, help=f"who renders (default {free}: free placeholder clips)")
     demo.add_argument("--mode", choices=("std", "pro", "4k"), help="default: the server's (KLING_MCP_MODE, 4k)")
     demo.add_argument("--duration", type=int, default=5, help="seconds, 3-15 (default 5)")
     demo.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")

@@ -1,9 +1,9 @@
 """``kling-video-mcp doctor``: is my setup right? Checked without spending anything.
 
-For each provider with a key, whether the provider accepts it: WaveSpeedAI through
-``GET /api/v3/balance`` (which also shows the balance), Novita AI and HighwayAPI through a
-task-result lookup of an id that cannot exist, where "not found" means the key works and
-401/403 means it does not. Then the default provider and mode, whether the output and state
+For each registered provider with its keys set, whether the provider accepts them, through
+the free request its class names (:meth:`~kling_video_mcp.providers.base.Provider.check_key`:
+a balance lookup, which also shows the balance, or a task lookup of an id that cannot exist,
+where "not found" means the key works and 401/403 means it does not). Then the default provider and mode, whether the output and state
 folders are writable, and the versions of the server, ``mcp`` and PyAV.
 
 This is a command-line path, so it prints to stdout. It never prints a key. The exit status
@@ -23,9 +23,9 @@ from typing import TextIO
 import anyio
 
 from kling_video_mcp import __version__
-from kling_video_mcp.config import REAL_PROVIDERS, ProviderName, Settings
+from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import AuthError, InsufficientBalance, KlingError
-from kling_video_mcp.providers import KEY_ENV, LABELS, Providers
+from kling_video_mcp.providers import PROVIDERS, Provider, Providers, provider_class
 from kling_video_mcp.providers.http import make_client
 
 CHECK_RETRY_SECONDS = 5.0
@@ -41,9 +41,14 @@ class Finding:
     ok: bool = True
 
 
-async def check_key(providers: Providers, name: ProviderName) -> Finding:
+def _key_subject(provider: type[Provider]) -> str:
+    """``Novita AI key (NOVITA_API_KEY)``; with two variables, ``keys (A, B)``."""
+    return f"{provider.label} key{'s' if len(provider.key_variables) > 1 else ''} ({', '.join(provider.key_variables)})"
+
+
+async def check_key(providers: Providers, name: str) -> Finding:
     """Whether ``name`` accepts its configured key (a free request)."""
-    subject = f"{LABELS[name]} key ({KEY_ENV[name]})"
+    subject = _key_subject(provider_class(name))
     try:
         adapter = await providers.get(name)
         found = await adapter.check_key()
@@ -82,27 +87,33 @@ def versions() -> str:
 
 
 def defaults(settings: Settings) -> str:
-    provider = settings.default_provider
-    why = "KLING_MCP_PROVIDER" if settings.provider else "the first provider with a key" if provider != "sandbox" else "no key set"
-    sandbox = " (free placeholder clips)" if provider == "sandbox" else ""
-    return f"default provider {provider}{sandbox} ({why}); default mode {settings.mode}"
+    provider = provider_class(settings.default_provider)
+    keyed = bool(provider.key_variables)
+    why = "KLING_MCP_PROVIDER" if settings.provider else "the first provider with a key" if keyed else "no key set"
+    free = " (free placeholder clips)" if provider.makes_placeholders else ""
+    return f"default provider {provider.name}{free} ({why}); default mode {settings.mode}"
 
 
 async def findings(settings: Settings) -> list[Finding]:
     """Every check, keys first (made concurrently), then folders."""
     settings = settings.model_copy(update={"poll_retry_seconds": CHECK_RETRY_SECONDS})
-    keyed = [name for name in REAL_PROVIDERS if settings.api_key(name) is not None]
-    results: dict[ProviderName, Finding] = {}
+    real = [provider for provider in PROVIDERS if provider.key_variables]
+    keyed = [provider.name for provider in real if provider.keys(settings) is not None]
+    results: dict[str, Finding] = {}
     async with make_client(settings) as client:
         providers = Providers(settings, client)
 
-        async def one(name: ProviderName) -> None:
+        async def one(name: str) -> None:
             results[name] = await check_key(providers, name)
 
         async with anyio.create_task_group() as group:
             for name in keyed:
                 group.start_soon(one, name)
-    unset = [Finding(f"{LABELS[name]} key ({KEY_ENV[name]})", "not set") for name in REAL_PROVIDERS if name not in keyed]
+    unset = [
+        Finding(_key_subject(provider), "not set" if len(missing) == len(provider.key_variables) else f"{', '.join(missing)} not set")
+        for provider in real
+        if (missing := provider.missing_keys(settings))
+    ]
     folders = [check_folder("output folder", settings.output_dir), check_folder("state folder", settings.state_dir)]
     return [results[name] for name in keyed] + unset + folders
 
@@ -110,7 +121,7 @@ async def findings(settings: Settings) -> list[Finding]:
 def run_doctor(settings: Settings, out: TextIO) -> int:
     """Print the report to ``out``; returns the exit status (0 fine, 1 a problem)."""
     report = anyio.run(findings, settings)
-    secrets = [key.get_secret_value() for name in REAL_PROVIDERS if (key := settings.api_key(name)) is not None]
+    secrets = settings.secrets()
     lines = [versions(), defaults(settings)] + [f"{f.subject}: {f.verdict}" for f in report]
     problems = sum(not finding.ok for finding in report)
     lines.append("All good." if not problems else f"{problems} problem(s) found; see above.")

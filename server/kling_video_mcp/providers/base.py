@@ -209,9 +209,9 @@ class BearerToken(httpx2.Auth):
         yield request
 
 
-def either(items: list[str]) -> str:
-    """``a``, ``a or b``, ``a, b or c``: alternatives in a sentence."""
-    return " or ".join(filter(None, [", ".join(items[:-1]), *items[-1:]]))
+def either(items: list[str], conjunction: str = "or") -> str:
+    """``a``, ``a or b``, ``a, b or c`` (or with ``and``): items in a sentence."""
+    return f" {conjunction} ".join(filter(None, [", ".join(items[:-1]), *items[-1:]]))
 
 
 def uploading_hint() -> str:
@@ -436,6 +436,11 @@ class Provider(ABC):
     @abstractmethod
     async def poll(self, provider_task_id: str) -> ProviderUpdate:
         """Read the task's current state (one logical request, retried on transient errors)."""
+
+    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
+        """Transitional: the old name of :meth:`poll`, with its unused ``endpoint``, kept only while
+        ``tasks/service.py`` calls it; delete it with those calls (issue 16 item 4)."""
+        return await self.poll(provider_task_id)
 
     async def upload(self, image: ImageSource) -> str:
         """Send local image bytes to the provider; returns the URL to pass as the image.

@@ -72,7 +72,7 @@ WEBHOOK_PREFIX = "/webhooks/"
 WEBHOOK_MAX_BYTES = 256 * 1024
 """Largest webhook body read (a task result is a few kB); a longer one gets 413 and changes nothing."""
 _WEBHOOK_TOKEN = re.compile(r"((?:/|%2F)webhooks(?:/|%2F))[^/?&#\s\"%]+", re.IGNORECASE)
-"""A webhook token in a path, or in a URL-encoded query (WaveSpeed's ``?webhook=``)."""
+"""A webhook token in a path, or in a URL-encoded query (a provider that takes ``?webhook=``)."""
 
 
 class StartRefused(Exception):

@@ -7,11 +7,49 @@ providers.md §4), so clients see them in the JSON schema (``minimum: 3, maximum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kling_video_mcp.models import Shot
+from kling_video_mcp.models import KIND_LABELS, Kind, Mode, Shot
+from kling_video_mcp.providers import PROVIDERS, EndpointRules, ProviderName, either
+
+_MODES: dict[Mode, str] = {"std": "Std", "pro": "Pro", "4k": "4K"}
+"""Modes as the descriptions write them."""
+
+
+def _where(takes: Callable[[EndpointRules], bool]) -> str:
+    """The routes whose rules ``takes``, by provider: a provider's label alone when all of its
+    routes do, else its label and those routes (``Novita AI Std and 4K image-to-video``)."""
+    found = []
+    for provider in PROVIDERS:
+        if provider.makes_placeholders:
+            continue
+        routes = {route for route, rules in provider.rules_table.items() if takes(rules)}
+        if routes == set(provider.rules_table):
+            found.append(provider.label)
+            continue
+        kinds: list[Kind] = ["t2v", "i2v"]
+        for kind in kinds:
+            if modes := [_MODES[mode] for mode in _MODES if (kind, mode) in routes]:
+                found.append(f"{provider.label} {either(modes, 'and')} {KIND_LABELS[kind]}")
+    return either(found, "and")
+
+
+def _shot_type_defaults() -> str:
+    """What each provider that takes ``shot_type`` does without it: ``WaveSpeedAI: intelligent on Std and Pro, customize on 4K``."""
+    found = []
+    for provider in PROVIDERS:
+        defaults: dict[str, list[str]] = {}
+        for (kind, mode), rules in provider.rules_table.items():
+            label = _MODES[mode]
+            if kind == "t2v" and rules.shot_type_default is not None and label not in defaults.get(rules.shot_type_default, []):
+                defaults.setdefault(rules.shot_type_default, []).append(label)
+        if defaults and not provider.makes_placeholders:
+            found.append(f"{provider.label}: " + ", ".join(f"{default} on {either(modes, 'and')}" for default, modes in defaults.items()))
+    return "; ".join(found)
+
 
 Prompt = Annotated[
     str | None,
@@ -43,26 +81,34 @@ MultiPrompt = Annotated[
         min_length=1,
         max_length=6,
         description="Multi-shot video: 1 to 6 shots, each {prompt (at most 512 characters), duration in seconds}; "
-        "the shot durations must add up to `duration`. Each shot is at least 3 s on WaveSpeedAI and on Novita/HighwayAPI "
-        "Std and 4K image-to-video (1 s elsewhere). Cannot be combined with end_image. Whether `prompt` may or must be "
+        f"the shot durations must add up to `duration`. Each shot is at least 3 s on "
+        f"{_where(lambda rules: rules.multi_prompt and rules.shot_seconds.shortest == 3)} "
+        "(1 s elsewhere). Cannot be combined with end_image. Whether `prompt` may or must be "
         "given too depends on the provider and mode (an error names the rule and who accepts what).",
     ),
 ]
 ShotTypeParam = Annotated[
     Literal["customize", "intelligent"] | None,
     Field(
-        description="WaveSpeedAI only: how shots are cut. 'intelligent': the model cuts shots itself from prompt "
-        "(WaveSpeedAI's default on Std and Pro); 'customize': your multi_prompt shots (its default on 4K). With "
+        description=f"{_where(lambda rules: rules.shot_type)} only: how shots are cut. 'intelligent': the model cuts "
+        f"shots itself from prompt; 'customize': your multi_prompt shots. Without it: {_shot_type_defaults()}. With "
         "multi_prompt and no shot_type, the server sends 'customize'."
     ),
 ]
 ElementList = Annotated[
     list[str] | None,
-    Field(max_length=3, description="WaveSpeedAI only: up to 3 Kling element ids to keep consistent in the clip."),
+    Field(
+        max_length=3,
+        description=f"{_where(lambda rules: rules.element_list)} only: up to 3 Kling element ids to keep consistent in the clip.",
+    ),
 ]
 ProviderParam = Annotated[
-    Literal["novita", "highway", "wavespeed", "sandbox"],
-    Field(description="Who renders: novita, highway, wavespeed, or sandbox (free local placeholder clips)."),
+    ProviderName,
+    Field(
+        description="Who renders: "
+        + either([f"{p.name} (free local placeholder clips)" if p.makes_placeholders else p.name for p in PROVIDERS])
+        + "."
+    ),
 ]
 ImageRef = Annotated[
     str,
@@ -115,7 +161,7 @@ Decision = Annotated[
 ]
 Limit = Annotated[int, Field(ge=1, le=100, description="At most this many tasks, newest first.")]
 RecoverProvider = Annotated[
-    Literal["novita", "highway", "wavespeed", "sandbox"] | None,
+    ProviderName | None,
     Field(description="Only to recover a task submitted elsewhere: its provider (task_id is then the provider's task id)."),
 ]
 RecoverMode = Annotated[

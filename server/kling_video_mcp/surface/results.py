@@ -16,11 +16,9 @@ from urllib.parse import quote
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
-from kling_video_mcp import pricing
 from kling_video_mcp.errors import Declined, KlingError
 from kling_video_mcp.models import Assembly, ClipFacts, GenerationRequest, TaskRecord
-from kling_video_mcp.providers import LABELS
-from kling_video_mcp.providers.sandbox import PLACEHOLDER_NOTE
+from kling_video_mcp.providers import provider_class
 
 
 PublicStatus = Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"]
@@ -121,7 +119,7 @@ def _model(record: TaskRecord) -> str:
 def _cost_basis(record: TaskRecord) -> str:
     if record.provider is None or record.mode is None or record.request is None:
         return ASSEMBLY_COST_BASIS
-    return pricing.price(record.provider, record.mode, record.request.sound).basis
+    return provider_class(record.provider).price(record.mode, record.request.sound).basis
 
 
 def _next_check(record: TaskRecord, status: str) -> float | None:
@@ -131,13 +129,13 @@ def _next_check(record: TaskRecord, status: str) -> float | None:
         return 2.0
     if record.eta_seconds:
         return round(min(max(record.eta_seconds / 2, 5.0), 60.0))
-    return 5.0 if record.provider == "sandbox" else 30.0
+    return 5.0 if provider_class(record.provider).makes_placeholders else 30.0
 
 
 def _message(record: TaskRecord, status: str, reused: bool) -> str:
     if record.assembly is not None:
         return _assembly_message(record, status)
-    who = f"{_model(record)} on {LABELS[record.provider]}"
+    who = f"{_model(record)} on {provider_class(record.provider).label}"
     if status == "succeeded":
         return f"Done: {who}. The clip is at {record.file_path}."
     if status == "failed":
@@ -193,8 +191,8 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
     """The :class:`TaskReport` of a journaled task (``clip_base_url``: see :func:`clip_uri`)."""
     status = public_status(record)
     notes = list(record.notes)
-    if record.provider == "sandbox":
-        notes.append(PLACEHOLDER_NOTE)
+    if record.provider is not None and (note := provider_class(record.provider).result_note()):
+        notes.append(note)
     return TaskReport(
         task_id=record.task_id,
         status=status,
@@ -221,7 +219,7 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         created_at=record.created_at,
         finished_at=record.finished_at,
         reused_existing=reused,
-        sandbox=record.provider == "sandbox",
+        sandbox=record.provider is not None and provider_class(record.provider).makes_placeholders,
         next_check_seconds=_next_check(record, status),
         message=_message(record, status, reused),
         notes=notes,
@@ -322,11 +320,11 @@ def dry_run_result(request: GenerationRequest, estimate: float, *, asks_first: b
         model=request.model_label,
         duration_seconds=request.duration,
         estimated_cost_usd=estimate,
-        cost_basis=pricing.price(request.provider, request.mode, request.sound).basis,
-        sandbox=request.provider == "sandbox",
+        cost_basis=provider_class(request.provider).price(request.mode, request.sound).basis,
+        sandbox=provider_class(request.provider).makes_placeholders,
         dry_run=True,
         message=(
-            f"Dry run: the request is valid for {request.model_label} on {LABELS[request.provider]} and would cost "
+            f"Dry run: the request is valid for {request.model_label} on {provider_class(request.provider).label} and would cost "
             f"about ${estimate:.2f}. Nothing was sent; call again without dry_run to submit it.{ask if asks_first else ''}"
         ),
     )

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import InvalidRequest
+from kling_video_mcp.providers import PROVIDERS, either
 from kling_video_mcp.providers.http import make_client
 from kling_video_mcp.surface.icons import icons
 from kling_video_mcp.surface.prompts import register_prompts
@@ -32,14 +33,16 @@ from kling_video_mcp.surface.view import screening_room
 from kling_video_mcp.surface.visibility import HideAppOnlyTools
 from kling_video_mcp.tasks.service import TaskService
 
-INSTRUCTIONS = """\
-Makes videos with Kling v3.0 (Standard, Pro, 4K) through Novita AI, HighwayAPI or WaveSpeedAI.
+_RENDERERS = either([provider.label for provider in PROVIDERS if not provider.makes_placeholders])
+_PLACEHOLDERS = either([provider.name for provider in PROVIDERS if provider.makes_placeholders])
+INSTRUCTIONS = f"""\
+Makes videos with Kling v3.0 (Standard, Pro, 4K) through {_RENDERERS}.
 Rendering takes minutes, so generate_video and animate_image return a task_id at once; the
 server then finishes the task and downloads the clip by itself. Call check_task with the
 task_id to get the status, and once it succeeded, the clip as a file on disk (resource link).
 Every result states the estimated cost in USD. If the person running the server set a spend that
 needs their confirmation, a request above it is sent only after they say yes; you cannot answer
-for them. The sandbox provider makes free placeholder clips."""
+for them. The {_PLACEHOLDERS} provider makes free placeholder clips."""
 
 
 def describe_validation_error(error: ValidationError) -> str:

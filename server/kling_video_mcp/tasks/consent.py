@@ -29,7 +29,7 @@ from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import Declined
 from kling_video_mcp.journal import Journal
 from kling_video_mcp.models import MODE_LABELS, GenerationRequest, TaskRecord, utcnow
-from kling_video_mcp.providers import LABELS
+from kling_video_mcp.providers import provider_class
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,14 @@ def needs_confirmation(settings: Settings, estimate_usd: float) -> bool:
 
 
 def question(request: GenerationRequest, estimate_usd: float) -> str:
-    """What the person is asked, e.g. ``Render 10 s of Kling v3.0 4K on WaveSpeedAI for about $4.20?``.
+    """What the person is asked, e.g. ``Render 10 s of Kling v3.0 4K on <provider label> for about $4.20?``.
 
     The prompt (or the shots' prompts) follows on a second line, so they know what they pay for.
     """
     sound = " with sound" if request.sound else ""
     head = (
         f"Render {request.duration} s of Kling v3.0 {MODE_LABELS[request.mode]}{sound} "
-        f"on {LABELS[request.provider]} for about ${estimate_usd:.2f}?"
+        f"on {provider_class(request.provider).label} for about ${estimate_usd:.2f}?"
     )
     prompt = request.prompt or " / ".join(shot.prompt for shot in request.multi_prompt or [])
     if len(prompt) > PROMPT_PREVIEW:

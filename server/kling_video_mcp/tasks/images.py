@@ -1,9 +1,8 @@
 """Input images for image-to-video: find them, read them, and check them before spending.
 
 An image may be given as a local path, a ``file://`` URI, an ``http(s)`` URL or a ``data:``
-URI. Local and inline images are checked against the Kling image rules (Novita Kling v3.0
-image-to-video page, ``shared/specs/novita-kling-v3.0-4k-i2v.txt``; WaveSpeed's is the same,
-providers.md §4): JPEG or PNG, at most 10 MB, both sides at least 300 px, aspect ratio
+URI. Local and inline images are checked against the Kling image rules (the providers' Kling
+v3.0 image-to-video pages agree, providers.md §4): JPEG or PNG, at most 10 MB, both sides at least 300 px, aspect ratio
 between 1:2.5 and 2.5:1, and decodable in full: a truncated or damaged file is refused here,
 before any money is spent, rather than by the provider after the submit. Remote URLs are
 passed on unchanged and checked by the provider.

@@ -1,7 +1,7 @@
 """Cross-field and per-provider rules, checked before anything is sent or spent.
 
 Single-field rules (ranges, enums, lengths) live in the tool schemas; this module checks
-what needs several fields or the provider's endpoint rules (``providers.RULES``, where each
+what needs several fields or the provider's endpoint rules (each provider's ``rules_table``, where each
 rule cites its source).
 """
 
@@ -11,17 +11,17 @@ from collections.abc import Callable
 
 from kling_video_mcp.errors import InvalidRequest
 from kling_video_mcp.models import KIND_LABELS, MODE_LABELS, GenerationRequest
-from kling_video_mcp.providers import LABELS, RULES, EndpointRules, PromptRule
+from kling_video_mcp.providers import PROVIDERS, EndpointRules, PromptRule, provider_class
 
 
 def _who_takes(request: GenerationRequest, takes: Callable[[EndpointRules], bool]) -> str:
     """Where ``takes`` holds for the request's kind, as ``provider mode`` pairs (this mode first)."""
     modes = sorted(MODE_LABELS, key=lambda mode: mode != request.mode)
     routes = [
-        f"{name} {mode}"
+        f"{provider.name} {mode}"
         for mode in modes
-        for name, table in RULES.items()
-        if name != "sandbox" and takes(table[(request.kind, mode)])
+        for provider in PROVIDERS
+        if not provider.makes_placeholders and takes(provider.rules(request.kind, mode))
     ]
     what = KIND_LABELS[request.kind]
     return f"for {what} it is taken by: {', '.join(routes)}" if routes else f"no provider takes it for {what}"
@@ -68,8 +68,9 @@ def _prompt_problems(request: GenerationRequest, rules: EndpointRules, endpoint:
 
 def problems(request: GenerationRequest) -> list[str]:
     """Every rule ``request`` breaks, each naming the field and the rule (empty if none)."""
-    rules = RULES[request.provider][(request.kind, request.mode)]
-    endpoint = f"{LABELS[request.provider]} {MODE_LABELS[request.mode]} {KIND_LABELS[request.kind]}"
+    provider = provider_class(request.provider)
+    rules = provider.rules(request.kind, request.mode)
+    endpoint = f"{provider.label} {MODE_LABELS[request.mode]} {KIND_LABELS[request.kind]}"
     found = _prompt_problems(request, rules, endpoint)
     if request.multi_prompt and rules.multi_prompt:
         found += _shot_problems(request, rules, endpoint)
