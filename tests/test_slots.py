@@ -8,7 +8,7 @@ import uuid
 import anyio
 import pytest
 
-from conftest import make_settings
+from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import ConcurrencyLimited
 from kling_video_mcp.journal import open_journal
 from kling_video_mcp.models import GenerationRequest, TaskRecord
@@ -68,8 +68,8 @@ async def submit_all(journal, held: HeldSubmits, account: Account, count: int) -
     return ids
 
 
-async def test_five_submits_on_two_slots_all_go_oldest_first_never_more_than_two(tmp_path, emulator):
-    async with open_journal(make_settings(tmp_path, emulator)) as journal:
+async def test_five_submits_on_two_slots_all_go_oldest_first_never_more_than_two(tmp_path):
+    async with open_journal(Settings(state_dir=tmp_path)) as journal:
         account = Account(journal, slots=2)
         held = HeldSubmits(journal, account.resend, retry_seconds=3600)  # only task endings wake it here
         ids = await submit_all(journal, held, account, 5)
@@ -92,8 +92,8 @@ async def test_five_submits_on_two_slots_all_go_oldest_first_never_more_than_two
             assert not [warning for warning in record.warnings if warning.startswith("Waiting for a free slot")]
 
 
-async def test_a_slot_freed_elsewhere_is_found_by_the_periodic_retry(tmp_path, emulator):
-    async with open_journal(make_settings(tmp_path, emulator)) as journal:
+async def test_a_slot_freed_elsewhere_is_found_by_the_periodic_retry(tmp_path):
+    async with open_journal(Settings(state_dir=tmp_path)) as journal:
         account = Account(journal, slots=1)
         held = HeldSubmits(journal, account.resend, retry_seconds=0.05)
         ids = await submit_all(journal, held, account, 2)
@@ -107,9 +107,9 @@ async def test_a_slot_freed_elsewhere_is_found_by_the_periodic_retry(tmp_path, e
         assert account.sent == ids
 
 
-async def test_a_held_submit_is_claimed_once(tmp_path, emulator):
+async def test_a_held_submit_is_claimed_once(tmp_path):
     """Two releases racing (two workers, or an ending and the retry) send a held submit once."""
-    async with open_journal(make_settings(tmp_path, emulator)) as journal:
+    async with open_journal(Settings(state_dir=tmp_path)) as journal:
         account = Account(journal, slots=0)
         held = HeldSubmits(journal, account.resend)
         await submit_all(journal, held, account, 1)
