@@ -27,11 +27,12 @@ RECORD_PID_AND_SERVE = (
 )
 
 
-async def submit_then_kill(emulator, tmp_path: Path, arguments: dict, kill_when: Callable[[], bool]) -> str:
-    """Submit through a first server process, wait until ``kill_when()``, then SIGKILL it."""
+async def submit_then_kill(emulator, tmp_path: Path, arguments: dict, kill_when: Callable[[], bool], **env: str) -> str:
+    """Submit through a first server process, wait until ``kill_when()``, then SIGKILL it.
+    ``env`` is added to the server's environment (another provider's variables)."""
     pid_file = tmp_path / "server.pid"
     params = StdioServerParameters(
-        command=sys.executable, args=["-c", RECORD_PID_AND_SERVE, str(pid_file)], env=server_env(emulator, tmp_path)
+        command=sys.executable, args=["-c", RECORD_PID_AND_SERVE, str(pid_file)], env=server_env(emulator, tmp_path, **env)
     )
     submitted: list[str] = []
     killed = anyio.Event()
@@ -58,8 +59,8 @@ async def submit_then_kill(emulator, tmp_path: Path, arguments: dict, kill_when:
     return submitted[0]
 
 
-async def deliver_after_restart(emulator, tmp_path: Path, task_id: str) -> dict:
-    params = StdioServerParameters(command=console_script(), args=[], env=server_env(emulator, tmp_path))
+async def deliver_after_restart(emulator, tmp_path: Path, task_id: str, **env: str) -> dict:
+    params = StdioServerParameters(command=console_script(), args=[], env=server_env(emulator, tmp_path, **env))
     async with Client(params) as client:
         done = await wait_done(client, task_id, timeout=60)
     return done.structured_content
