@@ -9,6 +9,7 @@ Kling's concurrency limit and Replicate's output deletion.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import threading
@@ -316,3 +317,226 @@ def test_kling_external_task_id_finds_the_task_and_must_be_unique(emu):
     assert [task["task_id"] for task in listed["data"]] == [created["data"]["task_id"]]
     [pack] = costs["data"]["resource_pack_subscribe_infos"]
     assert pack["status"] == "online" and pack["remaining_quantity"] > 0
+
+
+# -- fal.ai ---------------------------------------------------------------------------------------
+
+FAL_APP = "/fal-ai/kling-video"
+
+
+def fal(emu: EmulatorServer, key: str = KEY) -> httpx2.Client:
+    return httpx2.Client(base_url=emu.url("fal"), headers={"Authorization": f"Key {key}"}, timeout=10)
+
+
+def fal_submit(client: httpx2.Client, route: str = "pro/text-to-video", **fields: Any) -> dict[str, Any]:
+    answer = client.post(f"{FAL_APP}/v3/{route}", json={"prompt": "a red fox in fresh snow", **fields})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def poll_fal(client: httpx2.Client, status_url: str, timeout: float = 10.0) -> list[httpx2.Response]:
+    """Every status answer until ``COMPLETED``."""
+    seen: list[httpx2.Response] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.append(client.get(status_url))
+        if seen[-1].json()["status"] == "COMPLETED":
+            return seen
+        time.sleep(0.01)
+    raise AssertionError(f"request did not complete: {seen[-1].json()}")
+
+
+def test_fal_queue_reply_urls_leave_out_the_submit_path_and_statuses_run_to_completed(emu, tmp_path):
+    emu.config.time_scale = 0.1
+    with fal(emu) as client:
+        queued = fal_submit(client, "standard/text-to-video", duration="3", aspect_ratio="1:1")
+        request_id = queued["request_id"]
+        base = f"{emu.url('fal')}{FAL_APP}/requests/{request_id}"
+        assert (queued["status"], queued["queue_position"]) == ("IN_QUEUE", 0)
+        assert (queued["response_url"], queued["status_url"], queued["cancel_url"]) == (
+            base, f"{base}/status", f"{base}/cancel"
+        )
+        early = client.get(queued["response_url"])
+        assert (early.status_code, early.json()) == (400, {"detail": "Request is still in progress"})
+
+        seen = poll_fal(client, queued["status_url"] + "?logs=1")
+        assert list(dict.fromkeys(a.json()["status"] for a in seen)) == ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+        assert {a.status_code for a in seen[:-1]} == {202} and seen[-1].status_code == 200
+        assert seen[-1].json()["metrics"]["inference_time"] > 0 and seen[-1].json()["logs"]
+        result = client.get(queued["response_url"])
+    assert result.status_code == 200 and result.json()["video"]["content_type"] == "video/mp4"
+    clip = probe(httpx2.get(result.json()["video"]["url"]).content, tmp_path)
+    # generate_audio defaults to true on fal: the clip has sound although nobody asked.
+    assert clip["codec"] == "h264" and clip["size"] == (320, 320) and clip["frames"] == 3 * 24
+    assert clip["audio"] == ["aac"]
+
+
+def test_fal_completed_hides_a_failure_that_only_the_result_shows(emu):
+    with fal(emu) as client:
+        queued = fal_submit(client, prompt="x [[fail:moderation]]")
+        assert poll_fal(client, queued["status_url"])[-1].status_code == 200
+        result = client.get(queued["response_url"])
+    assert result.status_code == 422 and result.headers["x-fal-retryable"] == "false"
+    [detail] = result.json()["detail"]
+    assert detail["type"] == "content_policy_violation" and detail["loc"] == ["body", "prompt"]
+
+
+@pytest.mark.parametrize("moment", ["result", "submit"])
+@pytest.mark.parametrize(
+    ("route", "fields", "location"),
+    [
+        pytest.param("pro/text-to-video", {"duration": 5}, ["body", "duration"], id="duration-as-integer"),
+        pytest.param(
+            "pro/text-to-video", {"multi_prompt": [{"prompt": "a", "duration": "5"}]}, ["body", "prompt"],
+            id="prompt-and-multi-prompt",
+        ),
+        pytest.param(
+            "4k/image-to-video",
+            {
+                "prompt": None,
+                "start_image_url": "https://example.com/a.png",
+                "end_image_url": "https://example.com/b.png",
+                "multi_prompt": [{"prompt": "a", "duration": "2"}, {"prompt": "b"}],
+                "duration": "7",
+            },
+            ["body", "end_image_url"], id="end-image-with-shots",
+        ),
+        pytest.param("pro/image-to-video", {}, ["body", "start_image_url"], id="no-start-image"),
+    ],
+)
+def test_fal_names_the_refused_field_in_a_422_at_the_configured_moment(emu, moment, route, fields, location):
+    emu.config.fal_validation_at = moment
+    body = {k: v for k, v in {"prompt": "a fox", **fields}.items() if v is not None}
+    with fal(emu) as client:
+        submitted = client.post(f"{FAL_APP}/v3/{route}", json=body)
+        if moment == "submit":
+            refusal = submitted
+        else:
+            assert submitted.status_code == 200
+            assert poll_fal(client, submitted.json()["status_url"])[-1].json()["status"] == "COMPLETED"
+            refusal = client.get(submitted.json()["response_url"])
+    assert refusal.status_code == 422
+    [detail] = refusal.json()["detail"]
+    assert detail["loc"] == location and detail["msg"].startswith(location[-1])
+
+
+def test_fal_two_step_upload_feeds_image_to_video(emu, tmp_path):
+    image = png(400, 600)
+    with fal(emu) as client:
+        slot = client.post(
+            "/storage/upload/initiate", params={"storage_type": "fal-cdn-v3"},
+            json={"content_type": "image/png", "file_name": "boat.png"},
+        )
+        assert slot.status_code == 200 and set(slot.json()) == {"upload_url", "file_url"}
+        put = httpx2.put(slot.json()["upload_url"], content=image, headers={"Content-Type": "image/png"})
+        assert put.status_code == 200 and httpx2.get(slot.json()["file_url"]).content == image
+        queued = fal_submit(
+            client, "4k/image-to-video", start_image_url=slot.json()["file_url"], duration="3", generate_audio=False
+        )
+        poll_fal(client, queued["status_url"])
+        result = client.get(queued["response_url"]).json()
+    clip = probe(httpx2.get(result["video"]["url"]).content, tmp_path)
+    assert clip["size"] == (214, 320) and clip["audio"] == []
+
+
+def fal_signature_holds(headers: dict[str, str], body: bytes, jwks: dict[str, Any]) -> bool:
+    """A receiver's check (hosts.md §2.7): ED25519 over request id, user id, timestamp and the
+    body's SHA-256, with a key of fal's JWK set, and a timestamp within 300 s."""
+    if abs(time.time() - int(headers["x-fal-webhook-timestamp"])) > 300:
+        return False
+    message = "\n".join(
+        (
+            headers["x-fal-webhook-request-id"],
+            headers["x-fal-webhook-user-id"],
+            headers["x-fal-webhook-timestamp"],
+            hashlib.sha256(body).hexdigest(),
+        )
+    ).encode()
+    signature = bytes.fromhex(headers["x-fal-webhook-signature"])
+    algorithm = jwt.algorithms.OKPAlgorithm()
+    return any(algorithm.verify(message, algorithm.from_jwk(key), signature) for key in jwks["keys"])
+
+
+def test_fal_webhook_is_signed_with_a_key_from_the_served_key_set(emu):
+    jwks = httpx2.get(f"{emu.url('fal')}/.well-known/jwks.json").json()
+    assert [(key["kty"], key["crv"]) for key in jwks["keys"]] == [("OKP", "Ed25519")]
+    with Receiver() as receiver, fal(emu) as client:
+        hooked = {"fal_webhook": receiver.url}
+        done = client.post(f"{FAL_APP}/v3/pro/text-to-video", params=hooked, json={"prompt": "a"})
+        failed = client.post(f"{FAL_APP}/v3/pro/text-to-video", params=hooked, json={"prompt": "x [[fail:moderation]]"})
+        deliveries = receiver.wait_for(2)
+        emu.inject_fault("fal", "webhook", "bad_signature")
+        emu.inject_fault("fal", "webhook", "stale_timestamp")
+        for _ in range(2):
+            client.post(f"{FAL_APP}/v3/pro/text-to-video", params=hooked, json={"prompt": "a"})
+        spoiled = receiver.wait_for(4)[2:]
+    assert done.json()["gateway_request_id"] == done.json()["request_id"] and "status_url" in done.json()
+    bodies = {json.loads(body)["request_id"]: (headers, body) for headers, body in deliveries}
+    ok_headers, ok_body = bodies[done.json()["request_id"]]
+    error_headers, error_body = bodies[failed.json()["request_id"]]
+    assert fal_signature_holds(ok_headers, ok_body, jwks) and fal_signature_holds(error_headers, error_body, jwks)
+    assert json.loads(ok_body)["status"] == "OK" and json.loads(ok_body)["payload"]["video"]["url"]
+    error = json.loads(error_body)
+    assert error["status"] == "ERROR" and error["error"] == "Invalid status code: 422"
+    assert error["payload"]["detail"][0]["type"] == "content_policy_violation"
+    assert not any(fal_signature_holds(headers, body, jwks) for headers, body in spoiled)
+
+
+def test_fal_reply_to_a_webhook_submit_can_carry_only_the_ids(emu):
+    emu.config.fal_webhook_reply_ids_only = True
+    with fal(emu) as client:
+        hooked = {"fal_webhook": "http://127.0.0.1:9/x"}
+        reply = client.post(f"{FAL_APP}/v3/pro/text-to-video", params=hooked, json={"prompt": "a"})
+    assert set(reply.json()) == {"request_id", "gateway_request_id"}
+
+
+def test_fal_cancel_stops_a_queued_request_and_not_a_finished_one(emu):
+    with fal(emu) as client:
+        queued = fal_submit(client, prompt="a [[slow]]")
+        # A slow request never leaves the queue's hands on its own; cancel it while it waits or runs.
+        emu.config.fal_cancel_stops_running = True
+        cancelled = client.put(queued["cancel_url"])
+        assert (cancelled.status_code, cancelled.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
+        assert poll_fal(client, queued["status_url"])[-1].json()["status"] == "COMPLETED"
+        result = client.get(queued["response_url"])
+        assert (result.status_code, result.json()) == (400, {"detail": "Request was cancelled"})
+
+        done = fal_submit(client)
+        poll_fal(client, done["status_url"])
+        again = client.put(done["cancel_url"])
+        unknown = client.put(f"{FAL_APP}/requests/00000000-0000-4000-8000-000000000000/cancel")
+        missing_status = client.get(f"{FAL_APP}/requests/00000000-0000-4000-8000-000000000000/status")
+    assert (again.status_code, again.json()) == (400, {"status": "ALREADY_COMPLETED"})
+    assert (unknown.status_code, unknown.json()) == (404, {"status": "NOT_FOUND"})
+    assert missing_status.status_code == 404
+
+
+def test_fal_cancel_of_a_running_request_is_only_a_signal_by_default(emu):
+    emu.config.time_scale = 0.1
+    with fal(emu) as client:
+        queued = fal_submit(client)
+        while client.get(queued["status_url"]).json()["status"] == "IN_QUEUE":
+            time.sleep(0.01)
+        assert client.put(queued["cancel_url"]).status_code == 202
+        poll_fal(client, queued["status_url"])
+        assert client.get(queued["response_url"]).status_code == 200
+
+
+def test_fal_errors_keep_fals_shapes(emu):
+    url = f"{emu.url('fal')}{FAL_APP}/v3/pro/text-to-video"
+    bearer = httpx2.post(url, json={"prompt": "a"}, headers={"Authorization": f"Bearer {KEY}"})
+    nobody = httpx2.post(url, json={"prompt": "a"})
+    with fal(emu, "zero-balance-key") as broke, fal(emu, "ratelimited-key") as throttled, fal(emu) as client:
+        locked = broke.post(f"{FAL_APP}/v3/pro/text-to-video", json={"prompt": "a"})
+        slowed = throttled.post(f"{FAL_APP}/v3/pro/text-to-video", json={"prompt": "a"})
+        polled = fal_submit(client, prompt="a [[ok_error:poll]]")
+        in_a_200 = client.get(polled["status_url"])
+        emu.inject_fault("fal", "poll", "status", status=503)
+        scheduling = client.get(polled["status_url"])
+    assert (bearer.status_code, bearer.json()) == (401, {"detail": "No user found for Key ID and Secret"})
+    assert nobody.status_code == 401
+    assert locked.status_code == 403 and "Exhausted balance" in locked.json()["detail"]
+    assert slowed.status_code == 429
+    assert in_a_200.status_code == 200 and set(in_a_200.json()) == {"detail"}
+    assert scheduling.status_code == 503 and scheduling.headers["x-fal-error-type"] == "runner_scheduling_failure"
+    assert scheduling.json()["error_type"] == "runner_scheduling_failure"
