@@ -103,7 +103,7 @@ class Receiver:
         while len(self.deliveries) < count:
             assert time.monotonic() < deadline, f"only {len(self.deliveries)} of {count} webhooks arrived"
             time.sleep(0.01)
-        return self.deliveries
+        return list(self.deliveries)
 
 
 # -- Kling's official API --------------------------------------------------------------------------
@@ -540,3 +540,219 @@ def test_fal_errors_keep_fals_shapes(emu):
     assert in_a_200.status_code == 200 and set(in_a_200.json()) == {"detail"}
     assert scheduling.status_code == 503 and scheduling.headers["x-fal-error-type"] == "runner_scheduling_failure"
     assert scheduling.json()["error_type"] == "runner_scheduling_failure"
+
+
+# -- Replicate -------------------------------------------------------------------------------------
+
+REPLICATE_CREATE = "/models/kwaivgi/kling-v3-video/predictions"
+
+
+def replicate(emu: EmulatorServer, key: str = KEY) -> httpx2.Client:
+    """A client on the API's ``/v1`` base, as Replicate's own clients are."""
+    return httpx2.Client(base_url=f"{emu.url('replicate')}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+def predict(client: httpx2.Client, headers: dict[str, str] | None = None, **body: Any) -> dict[str, Any]:
+    inputs = {"prompt": "a red fox in fresh snow", **body.pop("input", {})}
+    answer = client.post(REPLICATE_CREATE, json={"input": inputs, **body}, headers=headers or {})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def poll_replicate(client: httpx2.Client, url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.append(client.get(url).json())
+        if seen[-1]["status"] in ("succeeded", "failed", "canceled", "aborted"):
+            return seen
+        time.sleep(0.01)
+    raise AssertionError(f"prediction did not end: {seen[-1]}")
+
+
+def test_replicate_prediction_runs_starting_processing_succeeded_with_one_output_url(emu, tmp_path):
+    emu.config.time_scale = 0.1
+    with replicate(emu) as client:
+        created = predict(client, input={"duration": 3})
+        assert created["status"] == "starting" and created["output"] is None and len(created["id"]) == 26
+        assert created["model"] == "kwaivgi/kling-v3-video" and created["input"]["duration"] == 3
+        assert created["urls"]["get"] == f"{emu.url('replicate')}/v1/predictions/{created['id']}"
+        seen = poll_replicate(client, created["urls"]["get"])
+    assert list(dict.fromkeys(p["status"] for p in seen)) == ["starting", "processing", "succeeded"]
+    final = seen[-1]
+    assert isinstance(final["output"], str) and final["error"] is None and not final["data_removed"]
+    assert final["started_at"] and final["completed_at"] and final["metrics"]["predict_time"] > 0
+    clip = probe(httpx2.get(final["output"]).content, tmp_path)
+    # generate_audio defaults to false on Replicate.
+    assert clip["codec"] == "h264" and clip["frames"] == 3 * 24 and clip["audio"] == []
+
+
+def test_replicate_prefer_wait_answers_once_the_prediction_ends(emu):
+    with replicate(emu) as client:
+        held = predict(client, headers={"Prefer": "wait=30"}, input={"generate_audio": True, "mode": "standard"})
+        pinned = client.post(
+            "/predictions", json={"version": held["version"], "input": {"prompt": "a boat"}}, headers={"Prefer": "wait"}
+        )
+        unknown = client.post("/predictions", json={"version": "0" * 64, "input": {"prompt": "a boat"}})
+    assert held["status"] == "succeeded" and held["output"]
+    assert pinned.status_code == 201 and pinned.json()["status"] == "succeeded"
+    assert unknown.status_code == 422 and unknown.json()["title"] == "Invalid version or not permitted"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "kind"),
+    [
+        pytest.param(
+            {"duration": 6, "multi_prompt": [{"prompt": "a", "duration": 3}, {"prompt": "b", "duration": 3}]},
+            "input.multi_prompt", "invalid_type", id="multi-prompt-as-array",
+        ),
+        pytest.param({"multi_prompt": "[{not json"}, "input.multi_prompt", "value_error", id="multi-prompt-not-json"),
+        pytest.param({"duration": "5"}, "input.duration", "invalid_type", id="duration-as-string"),
+        pytest.param({"mode": "std"}, "input.mode", "enum", id="mode-std"),
+        pytest.param({"seed": 7}, "input.seed", "additional_property_not_allowed", id="unknown-input"),
+        pytest.param({"prompt": None}, "input.prompt", "required", id="no-prompt"),
+        pytest.param(
+            {"end_image": "https://example.com/b.png"}, "input.end_image", "value_error", id="end-without-start"
+        ),
+    ],
+)
+def test_replicate_refuses_inputs_with_a_422_listing_the_field(emu, inputs, field, kind):
+    body = {k: v for k, v in {"prompt": "a fox", **inputs}.items() if v is not None}
+    with replicate(emu) as client:
+        answer = client.post(REPLICATE_CREATE, json={"input": body})
+    assert answer.status_code == 422
+    refusal = answer.json()
+    assert refusal["title"] == "Input validation failed" and refusal["detail"].startswith(f"- {field}: ")
+    [invalid] = refusal["invalid_fields"]
+    assert (invalid["type"], invalid["field"]) == (kind, field) and invalid["description"]
+
+
+def test_replicate_takes_multi_prompt_as_a_json_string_and_4k_per_the_switch(emu, tmp_path):
+    shots = json.dumps([{"prompt": "a fox wakes", "duration": 2}, {"prompt": "it runs", "duration": 3}])
+    with replicate(emu) as client:
+        done = predict(client, headers={"Prefer": "wait"}, input={"duration": 5, "multi_prompt": shots, "mode": "4k"})
+        emu.config.replicate_4k_mode = False
+        refused = client.post(REPLICATE_CREATE, json={"input": {"prompt": "a", "mode": "4k"}})
+    assert done["status"] == "succeeded" and probe(httpx2.get(done["output"]).content, tmp_path)["frames"] == 5 * 24
+    assert refused.status_code == 422 and refused.json()["invalid_fields"][0]["description"] == (
+        "mode must be one of standard, pro"
+    )
+
+
+def test_replicate_file_upload_feeds_start_image(emu, tmp_path):
+    image = png(600, 400)
+    with replicate(emu) as client:
+        content = {"content": ("boat.png", image, "image/png")}
+        uploaded = client.post("/files", files=content, data={"metadata": '{"a": 1}'})
+        assert uploaded.status_code == 201
+        file = uploaded.json()
+        assert file["size"] == len(image) and file["checksums"]["sha256"] == hashlib.sha256(image).hexdigest()
+        assert file["metadata"] == {"a": 1} and httpx2.get(file["urls"]["get"]).content == image
+        done = predict(client, headers={"Prefer": "wait"}, input={"start_image": file["urls"]["get"], "duration": 3})
+    assert done["status"] == "succeeded"
+    assert probe(httpx2.get(done["output"]).content, tmp_path)["size"] == (320, 214)
+
+
+def test_replicate_webhooks_are_signed_with_standard_webhooks_under_the_account_secret(emu):
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    with replicate(emu) as client:
+        secret = client.get("/webhooks/default/secret").json()["key"]
+    assert secret.startswith("whsec_")
+    verifier = Webhook(secret)
+    with Receiver() as receiver, replicate(emu) as client:
+        done = predict(client, webhook=receiver.url, webhook_events_filter=["completed"])
+        both = predict(client, webhook=receiver.url, webhook_events_filter=["start", "completed"])
+        deliveries = receiver.wait_for(3)
+        emu.inject_fault("replicate", "webhook", "bad_signature")
+        emu.inject_fault("replicate", "webhook", "stale_timestamp")
+        for _ in range(2):
+            predict(client, webhook=receiver.url, webhook_events_filter=["completed"])
+        spoiled = receiver.wait_for(5)[3:]
+    verified = [verifier.verify(body, headers) for headers, body in deliveries]
+    assert [p["status"] for p in verified if p["id"] == done["id"]] == ["succeeded"]
+    assert [p["status"] for p in verified if p["id"] == both["id"]] == ["starting", "succeeded"]
+    assert all(p["output"] for p in verified if p["status"] == "succeeded")
+    reasons = set()
+    for headers, body in spoiled:
+        with pytest.raises(WebhookVerificationError) as refused:
+            verifier.verify(body, headers)
+        reasons.add(str(refused.value))
+    assert reasons == {"No matching signature found", "Message timestamp too old"}
+
+
+def test_replicate_removes_the_output_after_the_retention_time(emu):
+    emu.config.replicate_retention_seconds = 10.0  # 0.5 s at this clock
+    with replicate(emu) as client:
+        done = predict(client, headers={"Prefer": "wait"})
+        assert done["status"] == "succeeded" and httpx2.get(done["output"]).status_code == 200
+        time.sleep(0.6)
+        later = client.get(done["urls"]["get"]).json()
+    assert httpx2.get(done["output"]).status_code == 404
+    assert later["data_removed"] is True and later["output"] is None and later["input"] == {}
+    assert later["status"] == "succeeded"
+
+
+def test_replicate_cancel_and_deadlines_end_predictions(emu):
+    with replicate(emu) as client:
+        slow = predict(client, input={"prompt": "a [[slow]]"})
+        cancelled = client.post(slow["urls"]["cancel"])
+        aborted = predict(client, headers={"Cancel-After": "500ms"})  # 25 ms here: before it leaves the queue
+        overrun = predict(client, headers={"Cancel-After": "2s"}, input={"prompt": "a [[slow]]"})
+        bad_deadline = client.post(REPLICATE_CREATE, json={"input": {"prompt": "a"}}, headers={"Cancel-After": "soon"})
+        ended = [poll_replicate(client, p["urls"]["get"])[-1] for p in (aborted, overrun)]
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "canceled"
+    assert cancelled.json()["error"] is None
+    assert [p["status"] for p in ended] == ["aborted", "canceled"]
+    assert ended[0]["started_at"] is None and ended[1]["started_at"] is not None
+    assert bad_deadline.status_code == 400
+
+
+def test_replicate_errors_keep_replicates_shapes(emu):
+    with replicate(emu, "not-a-token") as stranger, replicate(emu, "zero-balance-key") as broke:
+        refused = stranger.post(REPLICATE_CREATE, json={"input": {"prompt": "a"}})
+        unpaid = broke.post(REPLICATE_CREATE, json={"input": {"prompt": "a"}})
+    with replicate(emu, "ratelimited-key") as throttled, replicate(emu) as client:
+        slowed = throttled.post(REPLICATE_CREATE, json={"input": {"prompt": "a"}})
+        flagged = predict(client, headers={"Prefer": "wait"}, input={"prompt": "a [[reject:illegal_prompt]]"})
+        in_a_200 = client.post(REPLICATE_CREATE, json={"input": {"prompt": "a [[ok_error:submit]]"}})
+        account = client.get("/account")
+    assert (refused.status_code, refused.json()["title"]) == (401, "Unauthenticated")
+    assert refused.json()["detail"] == "You did not pass a valid authentication token"
+    assert (unpaid.status_code, unpaid.json()["title"]) == (402, "Insufficient credit")
+    assert slowed.status_code == 429 and "throttled" in slowed.json()["detail"]
+    assert flagged["status"] == "failed" and "(E005)" in flagged["error"]
+    assert in_a_200.status_code == 200 and in_a_200.json()["status"] == 402 and "id" not in in_a_200.json()
+    assert account.status_code == 200 and account.json()["type"] == "user"
+
+
+# -- every host: downloads that lie ------------------------------------------------------------------
+
+
+def finished_output(emu: EmulatorServer, flavor: str) -> str:
+    """A finished clip's URL on ``flavor``."""
+    if flavor == "kling":
+        with kling(emu) as client:
+            task_id = client.post("/v1/videos/text2video", json=kling_body(duration="3")).json()["data"]["task_id"]
+            return poll_kling(client, "text2video", task_id)[-1]["task_result"]["videos"][0]["url"]
+    if flavor == "fal":
+        with fal(emu) as client:
+            queued = fal_submit(client, duration="3")
+            poll_fal(client, queued["status_url"])
+            return client.get(queued["response_url"]).json()["video"]["url"]
+    with replicate(emu) as client:
+        return predict(client, headers={"Prefer": "wait"}, input={"duration": 3})["output"]
+
+
+@pytest.mark.parametrize("flavor", ["kling", "fal", "replicate"])
+def test_every_host_serves_html_pages_and_short_bodies_when_told(emu, flavor):
+    url = finished_output(emu, flavor)
+    full = httpx2.get(url)
+    assert full.status_code == 200 and full.headers["content-type"] == "video/mp4"
+    emu.inject_fault(flavor, "media", "html")
+    page = httpx2.get(url)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    emu.inject_fault(flavor, "media", "truncated", fraction=0.5)
+    short = httpx2.get(url)
+    assert short.status_code == 200 and "content-length" not in short.headers
+    assert 0 < len(short.content) < len(full.content)

@@ -196,10 +196,14 @@ class Flavor(ABC):
         if payload is None:
             raise self.error("bad_body")
         submission = self.read_submission(request, payload, model)
-        directives = read_directives(submission.texts())
+        return submission, self.screen(read_directives(submission.texts()))
+
+    def screen(self, directives: Directives) -> Directives:
+        """Content the provider refuses at the submit (``[[reject:...]]``) is refused here; hosts
+        that check content while rendering override this to fail the task instead."""
         if directives.reject is not None:
             raise self.error(directives.reject)
-        return submission, directives
+        return directives
 
     def read_submission(self, request: Request, payload: dict[str, Any], model: Model) -> Submission:
         """The fields of a submit body under this flavor's rules (hosts with their own dialect override)."""
