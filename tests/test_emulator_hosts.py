@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import av
 import httpx2
 import jwt
 import pytest
+
 from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
-from PIL import Image
+from test_emulator import png, probe
 
 KEY = "test-key"
 KLING_SECRET = EmulatorConfig().kling_secret_key
 TIME_SCALE = 0.05
 """1 s queue + 3 s render take 0.2 s."""
+Answer = TypeVar("Answer")
 
 
 @pytest.fixture(scope="module")
@@ -50,23 +49,16 @@ def emu(shared_server: EmulatorServer) -> Iterator[EmulatorServer]:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), "teal").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def probe(video: bytes, tmp_path: Path) -> dict[str, Any]:
-    path = tmp_path / "clip.mp4"
-    path.write_bytes(video)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return {
-            "codec": stream.codec_context.name,
-            "size": (stream.codec_context.width, stream.codec_context.height),
-            "frames": sum(1 for _ in container.decode(video=0)),
-            "audio": [s.codec_context.name for s in container.streams.audio],
-        }
+def poll_until(fetch: Callable[[], Answer], finished: Callable[[Answer], bool], timeout: float = 10.0) -> list[Answer]:
+    """Every answer of ``fetch`` (every 10 ms) up to the first that is ``finished``."""
+    seen: list[Answer] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.append(fetch())
+        if finished(seen[-1]):
+            return seen
+        time.sleep(0.01)
+    raise AssertionError(f"never finished; last answer: {seen[-1]}")
 
 
 class Receiver:
@@ -124,18 +116,15 @@ def kling_body(**fields: Any) -> dict[str, Any]:
     return {"model_name": "kling-v3", "prompt": "a red fox in fresh snow", **fields}
 
 
-def poll_kling(client: httpx2.Client, endpoint: str, task_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+def poll_kling(client: httpx2.Client, endpoint: str, task_id: str) -> list[dict[str, Any]]:
     """Every ``data`` until the task is terminal."""
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def query() -> dict[str, Any]:
         answer = client.get(f"/v1/videos/{endpoint}/{task_id}")
         assert answer.status_code == 200 and answer.json()["code"] == 0, answer.text
-        seen.append(answer.json()["data"])
-        if seen[-1]["task_status"] in ("succeed", "failed"):
-            return seen
-        time.sleep(0.01)
-    raise AssertionError(f"task {task_id} did not finish: {seen[-1]}")
+        return answer.json()["data"]
+
+    return poll_until(query, lambda data: data["task_status"] in ("succeed", "failed"))
 
 
 def test_kling_text2video_runs_submitted_processing_succeed_and_yields_a_real_clip(emu, tmp_path):
@@ -334,16 +323,9 @@ def fal_submit(client: httpx2.Client, route: str = "pro/text-to-video", **fields
     return answer.json()
 
 
-def poll_fal(client: httpx2.Client, status_url: str, timeout: float = 10.0) -> list[httpx2.Response]:
+def poll_fal(client: httpx2.Client, status_url: str) -> list[httpx2.Response]:
     """Every status answer until ``COMPLETED``."""
-    seen: list[httpx2.Response] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen.append(client.get(status_url))
-        if seen[-1].json()["status"] == "COMPLETED":
-            return seen
-        time.sleep(0.01)
-    raise AssertionError(f"request did not complete: {seen[-1].json()}")
+    return poll_until(lambda: client.get(status_url), lambda answer: answer.json()["status"] == "COMPLETED")
 
 
 def test_fal_queue_reply_urls_leave_out_the_submit_path_and_statuses_run_to_completed(emu, tmp_path):
@@ -559,15 +541,10 @@ def predict(client: httpx2.Client, headers: dict[str, str] | None = None, **body
     return answer.json()
 
 
-def poll_replicate(client: httpx2.Client, url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen.append(client.get(url).json())
-        if seen[-1]["status"] in ("succeeded", "failed", "canceled", "aborted"):
-            return seen
-        time.sleep(0.01)
-    raise AssertionError(f"prediction did not end: {seen[-1]}")
+def poll_replicate(client: httpx2.Client, url: str) -> list[dict[str, Any]]:
+    """Every prediction until it ended."""
+    ended = ("succeeded", "failed", "canceled", "aborted")
+    return poll_until(lambda: client.get(url).json(), lambda prediction: prediction["status"] in ended)
 
 
 def test_replicate_prediction_runs_starting_processing_succeeded_with_one_output_url(emu, tmp_path):

@@ -19,6 +19,8 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import anyio
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -324,6 +326,14 @@ def _kept_headers(response: Response) -> dict[str, str]:
     return {
         name: value for name, value in response.headers.items() if name not in ("content-length", "content-type")
     }
+
+
+async def read_form(request: Request) -> FormData | None:
+    """The multipart (or url-encoded) form of ``request``, or ``None`` when its body is not one."""
+    try:
+        return await request.form()
+    except HTTPException:
+        return None
 
 
 def parse_object(body: bytes) -> dict[str, Any] | None:

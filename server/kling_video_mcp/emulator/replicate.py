@@ -38,7 +38,6 @@ from typing import Any
 
 from standardwebhooks import Webhook
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -46,7 +45,7 @@ from starlette.routing import BaseRoute, Route
 from . import downloads
 from .errors import ApiError
 from .faults import webhook_tampering
-from .flavor import ErrorCatalogue, Flavor, parse_object
+from .flavor import ErrorCatalogue, Flavor, parse_object, read_form
 from .media import sniff_image
 from .rules import REPLICATE_HOST_RULES, FieldError, Model, Submission, read_fields
 from .tasks import Outcome, Phase, Task
@@ -271,10 +270,7 @@ class Replicate(Flavor):
     async def _upload(self, request: Request, _body: bytes) -> Response:
         """``POST /v1/files`` (§3.2): multipart ``content`` and optional JSON ``metadata``."""
         self.admit(request, submission=False)
-        try:
-            form = await request.form()
-        except HTTPException:
-            form = None
+        form = await read_form(request)
         upload = form.get("content") if form is not None else None
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "Bad request", "content is required: the file, as multipart form data")
