@@ -733,3 +733,22 @@ def test_every_host_serves_html_pages_and_short_bodies_when_told(emu, flavor):
     short = httpx2.get(url)
     assert short.status_code == 200 and "content-length" not in short.headers
     assert 0 < len(short.content) < len(full.content)
+
+
+def test_injected_statuses_take_each_hosts_envelope(emu):
+    with kling(emu) as kling_client, fal(emu) as fal_client, replicate(emu) as replicate_client:
+        kling_id = kling_client.post("/v1/videos/text2video", json=kling_body()).json()["data"]["task_id"]
+        queued = fal_submit(fal_client)
+        prediction = predict(replicate_client)
+        emu.inject_fault("kling", "poll", "status", status=502)
+        emu.inject_fault("fal", "result", "status", status=502)
+        emu.inject_fault("replicate", "poll", "status", status=502)
+        emu.inject_fault("replicate", "cancel", "status", status=500)
+        kling_answer = kling_client.get(f"/v1/videos/text2video/{kling_id}")
+        fal_answer = fal_client.get(queued["response_url"])
+        replicate_answer = replicate_client.get(prediction["urls"]["get"])
+        cancel_answer = replicate_client.post(prediction["urls"]["cancel"])
+    assert (kling_answer.status_code, kling_answer.json()["code"]) == (502, 5000)
+    assert (fal_answer.status_code, fal_answer.json()) == (502, {"detail": "Bad Gateway"})
+    assert replicate_answer.status_code == 502 and replicate_answer.json()["title"] == "Bad Gateway"
+    assert (cancel_answer.status_code, cancel_answer.json()["status"]) == (500, 500)

@@ -91,6 +91,8 @@ WEBHOOK_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"kling-video-
 WEBHOOK_KEY_ID = "kling-emulator-fal-webhooks"
 
 UPLOAD_EXTENSION = re.compile(r"^[a-z0-9]{2,5}$")
+ERROR_TYPE = re.compile(r"[a-z]+(?:_[a-z]+)*")
+"""fal's ``error_type`` words (``request_timeout``); an injected fault's HTTP name (``BAD_GATEWAY``) is not one."""
 
 
 class Fal(Flavor):
@@ -313,7 +315,7 @@ def _answer(error: ApiError) -> tuple[int, dict[str, Any], dict[str, str]]:
         location: list[str | int] = ["body", *_path(error.field)]
         item = {"loc": location, "msg": error.message, "type": error.kind, "url": f"{ERRORS_DOC}#{error.kind}"}
         return 422, {"detail": [item]}, {**error.headers, "X-Fal-Retryable": "false"}
-    if error.reason:
+    if ERROR_TYPE.fullmatch(error.reason):
         headers = {**error.headers, "X-Fal-Error-Type": error.reason}
         return error.status, {"detail": error.message, "error_type": error.reason}, headers
     return error.status, {"detail": error.message}, error.headers

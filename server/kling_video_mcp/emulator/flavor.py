@@ -50,6 +50,7 @@ _FAULT_KINDS: dict[tuple[int, str | None], str] = {
     (429, None): "rate_limited",
     (500, "submit"): "create_failed",
     (500, "poll"): "result_failed",
+    (500, "result"): "result_failed",
     (503, None): "unavailable",
 }
 """Which catalogue entry words a ``status`` fault (any target when the target is ``None``)."""

@@ -34,6 +34,7 @@ import secrets
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from standardwebhooks import Webhook
@@ -297,7 +298,10 @@ class Replicate(Flavor):
 
 
 def _problem(error: ApiError) -> dict[str, Any]:
-    return {"title": error.reason or "Error", "detail": error.message, "status": error.status}
+    """``{"title", "detail", "status"}``; an injected fault's HTTP name (``BAD_GATEWAY``) becomes its phrase."""
+    status = HTTPStatus(error.status)
+    title = status.phrase if error.reason in ("", status.name) else error.reason
+    return {"title": title, "detail": error.message, "status": error.status}
 
 
 def _invalid(field: str, description: str, kind: str) -> ApiError:
