@@ -93,6 +93,14 @@ ANSWER_FIELDS: dict[str, dict[str, tuple[str | int, ...]]] = {
 """Where each rewrite kind finds its field in a host's JSON answer."""
 
 
+def webhook_tampering(faults: FaultBook, flavor: str) -> tuple[bool, int]:
+    """How to spoil the next signed webhook of ``flavor``, as an armed ``webhook`` fault says:
+    (sign other bytes than those sent?, seconds to backdate the timestamp)."""
+    fault = faults.take(flavor, "webhook")
+    kind = fault.kind if fault is not None else None
+    return kind == "bad_signature", STALE_WEBHOOK_SECONDS if kind == "stale_timestamp" else 0
+
+
 def _set_path(body: Any, path: tuple[str | int, ...], value: str) -> None:
     """Set ``body[path...]`` to ``value`` when every step exists (a field missing or null stays so)."""
     *parents, last = path

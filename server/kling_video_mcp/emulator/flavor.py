@@ -19,6 +19,8 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import anyio
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -48,6 +50,7 @@ _FAULT_KINDS: dict[tuple[int, str | None], str] = {
     (429, None): "rate_limited",
     (500, "submit"): "create_failed",
     (500, "poll"): "result_failed",
+    (500, "result"): "result_failed",
     (503, None): "unavailable",
 }
 """Which catalogue entry words a ``status`` fault (any target when the target is ``None``)."""
@@ -196,10 +199,14 @@ class Flavor(ABC):
         if payload is None:
             raise self.error("bad_body")
         submission = self.read_submission(request, payload, model)
-        directives = read_directives(submission.texts())
+        return submission, self.screen(read_directives(submission.texts()))
+
+    def screen(self, directives: Directives) -> Directives:
+        """Content the provider refuses at the submit (``[[reject:...]]``) is refused here; hosts
+        that check content while rendering override this to fail the task instead."""
         if directives.reject is not None:
             raise self.error(directives.reject)
-        return submission, directives
+        return directives
 
     def read_submission(self, request: Request, payload: dict[str, Any], model: Model) -> Submission:
         """The fields of a submit body under this flavor's rules (hosts with their own dialect override)."""
@@ -320,6 +327,14 @@ def _kept_headers(response: Response) -> dict[str, str]:
     return {
         name: value for name, value in response.headers.items() if name not in ("content-length", "content-type")
     }
+
+
+async def read_form(request: Request) -> FormData | None:
+    """The multipart (or url-encoded) form of ``request``, or ``None`` when its body is not one."""
+    try:
+        return await request.form()
+    except HTTPException:
+        return None
 
 
 def parse_object(body: bytes) -> dict[str, Any] | None:
