@@ -508,7 +508,7 @@ PREDICTIONS = "/v1/models/kwaivgi/kling-v3-video/predictions"
 
 
 def replicate(host: Host) -> Replicate:
-    return Replicate(client_for(host), settings(REPLICATE_API_TOKEN=TOKEN, REPLICATE_BASE_URL="https://replicate.test/v1"))
+    return Replicate(client_for(host), settings(REPLICATE_API_TOKEN=TOKEN, REPLICATE_BASE_URL="https://replicate.test"))
 
 
 def prediction(status: str = "starting", **fields) -> httpx2.Response:

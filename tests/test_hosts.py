@@ -14,6 +14,9 @@ marked ``xfail(strict=True)`` naming the hook: they pass once it is called.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -21,11 +24,14 @@ import httpx2
 import pytest
 from mcp import Client
 
-from conftest import KEY, make_settings
+from conftest import KEY, POLL_TIME_SCALE, make_settings
 from helpers import clip_duration, wait_done
-from test_restart import deliver_after_restart, submit_then_kill
 from kling_video_mcp.providers import provider_class
 from kling_video_mcp.surface.server import build_server
+from test_http import free_port, http_server
+from test_restart import deliver_after_restart, submit_then_kill
+from test_stdio import server_env
+from workers import connect
 
 pytestmark = pytest.mark.anyio
 
@@ -156,8 +162,16 @@ async def test_a_depleted_account_is_insufficient_balance_and_final(tmp_path, em
 
 @pytest.mark.parametrize("host", HOSTS)
 async def test_a_content_refusal(tmp_path, emulator, host):
-    error = await refused(tmp_path, emulator, host, prompt="something forbidden [[reject:illegal_prompt]]")
-    assert error["code"] == "content_policy", error
+    """Kling refuses at the submit (1301); fal's queue takes it and its result is the 422, behind a
+    COMPLETED status; Replicate fails the prediction while it runs (E005). Each is content_policy."""
+    arguments = {"prompt": "something forbidden [[reject:illegal_prompt]]", "provider": host, "mode": "pro"}
+    async with Client(build_server(host_settings(tmp_path, emulator))) as client:
+        result = await client.call_tool("generate_video", arguments)
+        if not result.is_error:
+            result = await wait_done(client, result.structured_content["task_id"])
+            assert result.structured_content["status"] == "failed", result.structured_content
+        await anyio.sleep(0.3)
+    assert result.structured_content["error"]["code"] == "content_policy", result.structured_content
     assert len(submits(emulator, host)) == 1
 
 
@@ -241,3 +255,80 @@ async def test_kling_concurrency_limit_holds_submits_until_a_slot_frees(tmp_path
     assert concurrency["peak"][KEY] == 2  # the limit was reached, never passed
     assert len(submits(emulator, "kling")) > 5  # the three over the limit were refused once, held, then sent
 
+
+
+# -- webhooks ----------------------------------------------------------------------------------------
+
+WEBHOOK_FIELD = {"kling": ("json", "callback_url"), "fal": ("query", "fal_webhook"), "replicate": ("json", "webhook")}
+
+
+def webhook_url(emulator, host: str) -> str:
+    """The webhook URL the (only) submit carried, read from what the emulator received."""
+    (submit,) = submits(emulator, host)
+    where, field = WEBHOOK_FIELD[host]
+    return submit[where][field]
+
+
+@contextmanager
+def public_server(emulator, tmp_path: Path, host: str) -> Iterator:
+    """An HTTP server whose public URL is its own address, so each submit asks for a webhook."""
+    port = free_port()
+    env = server_env(emulator, tmp_path, **host_env(emulator, host), KLING_MCP_PUBLIC_URL=f"http://127.0.0.1:{port}")
+    with http_server(env, log_dir=tmp_path, port=port) as server:
+        yield server
+
+
+async def submit_and_time_delivery(server, tmp_path: Path, host: str) -> float:
+    """Seconds from the submit's answer to the clip on disk, watched on disk: ``check_task`` would poll."""
+    async with connect(server) as client:
+        # [[render:20]]: a 1 s render, so the watcher's first poll (at once) finds it unfinished
+        arguments = {"prompt": "a hummingbird [[render:20]]", "provider": host, "mode": "pro", "duration": 3}
+        submitted = await client.call_tool("generate_video", arguments)
+    assert not submitted.is_error, submitted.structured_content
+    started = time.monotonic()
+    with anyio.fail_after(60):
+        while not list((tmp_path / "clips").glob("*.mp4")):
+            await anyio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def deliveries(emulator, host: str) -> list[int]:
+    """How our server answered each webhook the emulator sent for this test's task (0: not reached)."""
+    url = webhook_url(emulator, host)
+    return [delivery["status"] for delivery in emulator.emulator.webhooks if delivery["url"] == url]
+
+
+SAFETY_NET_SECONDS = 150 * POLL_TIME_SCALE
+"""When the first poll of a task that expects a webhook is due at the tests' pace, at the earliest: the
+usual end of a Pro render of up to 5 s (150 s, ``Provider.expected_render_seconds``), scaled."""
+
+
+@pytest.mark.parametrize("host", HOSTS)
+async def test_a_webhook_makes_delivery_prompt(tmp_path, emulator, host):
+    """Kling's unsigned callback and fal's and Replicate's signed calls each make the watcher poll at once."""
+    with public_server(emulator, tmp_path, host) as server:
+        took = await submit_and_time_delivery(server, tmp_path, host)
+    assert webhook_url(emulator, host).startswith(f"{server.base}/webhooks/")
+    assert any(200 <= status < 300 for status in deliveries(emulator, host))
+    assert took < SAFETY_NET_SECONDS, f"delivered after {took:.2f} s: polled, not called back"
+
+
+@pytest.mark.xfail(
+    reason="needs the webhook receiver (surface/http.py webhook_endpoint) to pass the request's headers and raw body "
+    "through the service to Provider.verify_webhook and answer 401 without nudging when it returns False",
+    strict=True,
+)
+@pytest.mark.parametrize("host", ["replicate", "fal"])
+@pytest.mark.parametrize("spoiled", ["bad_signature", "stale_timestamp"])
+async def test_a_forged_or_stale_webhook_is_refused_and_changes_nothing(tmp_path, emulator, host, spoiled):
+    emulator.inject_fault(host, "webhook", spoiled, times=10)  # every delivery of this task, retries too
+    with public_server(emulator, tmp_path, host) as server:
+        async with httpx2.AsyncClient() as http:  # and one with no signature at all, from anyone
+            took = await submit_and_time_delivery(server, tmp_path, host)
+            forged = await http.post(webhook_url(emulator, host), json={"id": "x", "status": "succeeded", "output": "http://evil.test/x.mp4"})
+    assert forged.status_code in (401, 403)
+    answers = deliveries(emulator, host)
+    # every spoiled delivery refused (the emulator retries them; 0: retried after the server stopped)
+    assert any(status in (401, 403) for status in answers) and all(status in (0, 401, 403) for status in answers), answers
+    assert took >= SAFETY_NET_SECONDS  # no nudge: the clip came by the safety-net poll alone
+    assert len(submits(emulator, host)) == 1
