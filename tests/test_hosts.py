@@ -136,9 +136,9 @@ async def test_first_and_last_frame_from_local_files(tmp_path, emulator, png_fil
 KEY_OVERRIDES = {"kling": "kling_access_key", "fal": "fal_key", "replicate": "replicate_api_token"}
 
 
-async def refused(tmp_path, emulator, host: str, prompt: str = "a quiet lake", **overrides: object) -> dict:
+async def refused(tmp_path, emulator, host: str, prompt: str = "a quiet lake", mode: str = "pro", **overrides: object) -> dict:
     async with Client(build_server(host_settings(tmp_path, emulator, **overrides))) as client:
-        result = await client.call_tool("generate_video", {"prompt": prompt, "provider": host, "mode": "pro"})
+        result = await client.call_tool("generate_video", {"prompt": prompt, "provider": host, "mode": mode})
         assert result.is_error, result.structured_content
         await anyio.sleep(0.3)  # a re-send, if any, would come now
     return result.structured_content["error"]
@@ -332,3 +332,46 @@ async def test_a_forged_or_stale_webhook_is_refused_and_changes_nothing(tmp_path
     assert any(status in (401, 403) for status in answers) and all(status in (0, 401, 403) for status in answers), answers
     assert took >= SAFETY_NET_SECONDS  # no nudge: the clip came by the safety-net poll alone
     assert len(submits(emulator, host)) == 1
+
+
+# -- uncertain facts, either way -----------------------------------------------------------------
+
+
+@pytest.fixture
+def emulator_config(emulator) -> Iterator:
+    """Changes the shared emulator's settings for one test and puts them back after."""
+    before = emulator.config.public()
+    changed: list[str] = []
+
+    def change(**values: object) -> None:
+        changed.extend(values)
+        emulator.config.update(values)
+
+    yield change
+    emulator.config.update({name: before[name] for name in changed})
+
+
+@pytest.mark.parametrize(("host", "setting"), [("kling", "kling_4k_mode"), ("replicate", "replicate_4k_mode")])
+async def test_a_host_without_4k_refuses_it_naming_mode_and_charging_nothing(tmp_path, emulator, emulator_config, host, setting):
+    """Whether 4K exists there is uncertain: offered, and a host that lacks it gives a clear refusal."""
+    emulator_config(**{setting: False})
+    error = await refused(tmp_path, emulator, host, mode="4k")
+    assert error["code"] == "validation_error" and "mode" in error["message"], error
+    assert len(submits(emulator, host)) == 1
+
+
+async def test_fal_refusing_content_at_the_submit_is_content_policy_too(tmp_path, emulator, emulator_config):
+    emulator_config(fal_validation_at="submit")
+    error = await refused(tmp_path, emulator, "fal", prompt="something forbidden [[reject:illegal_prompt]]")
+    assert error["code"] == "content_policy", error
+    assert len(submits(emulator, "fal")) == 1
+
+
+async def test_fal_answering_a_webhook_submit_with_ids_alone_still_delivers(tmp_path, emulator, emulator_config):
+    """fal's webhook page shows a submit with fal_webhook answered by the ids alone: no URLs to follow."""
+    emulator_config(fal_webhook_reply_ids_only=True)
+    with public_server(emulator, tmp_path, "fal") as server:
+        took = await submit_and_time_delivery(server, tmp_path, "fal")
+    assert took < SAFETY_NET_SECONDS
+    polled = [r["path"] for r in emulator.requests("fal") if r["method"] == "GET" and "/requests/" in r["path"]]
+    assert polled and all(path.startswith("/fal-ai/kling-video/requests/") for path in polled)  # the app, not the submit path
