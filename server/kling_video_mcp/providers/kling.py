@@ -96,8 +96,8 @@ KLING_RULES: RulesTable = {(kind, mode): _rules(kind, mode) for kind in ("t2v", 
 """Kling v3.0 on Kling's own API, per (kind, mode). 4K rows exist only when :data:`OFFERS_4K` says so."""
 
 _ROUTES: dict[Kind, str] = {"t2v": "text2video", "i2v": "image2video"}
-_SHOT_TYPES = {"customize": "customize", "intelligent": "intelligence"}
-"""Our spelling to Kling's: Kling writes ``intelligence`` where fal and WaveSpeed write ``intelligent``."""
+INTELLIGENT_SHOTS = "intelligence"
+"""Kling's ``shot_type`` for "the model cuts the prompt into shots": our ``intelligent`` (fal's and WaveSpeed's spelling)."""
 
 _STATUSES: dict[str, TaskStatus] = {"submitted": "queued", "processing": "running", "succeed": "succeeded", "failed": "failed"}
 """Kling's ``task_status`` values (task-query page); any other counts as still running."""
@@ -242,7 +242,7 @@ def request_body(request: GenerationRequest, images: dict[str, ImageSource]) -> 
         ]
     elif request.shot_type == "intelligent":
         body["multi_shot"] = True  # the model cuts the prompt into shots itself
-        body["shot_type"] = _SHOT_TYPES["intelligent"]
+        body["shot_type"] = INTELLIGENT_SHOTS
     if request.element_list:
         body["element_list"] = element_ids(request)
     return body

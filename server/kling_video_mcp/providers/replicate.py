@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+DEFAULT_BASE_URL = "https://api.replicate.com"
+"""Paths start with ``/v1`` (the HTTP reference; the JS client's base URL includes it)."""
 MODEL = "kwaivgi/kling-v3-video"
 SCHEMA = f"https://replicate.com/{MODEL}/api/schema"
 OUTPUT_KEPT = timedelta(hours=1)
@@ -175,14 +176,14 @@ class Replicate(Provider):
 
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
-        return f"/models/{MODEL}/predictions"
+        return f"/v1/models/{MODEL}/predictions"
 
     async def upload(self, image: ImageSource) -> str:
         """``POST /v1/files`` (multipart ``content``): the returned ``urls.get`` is usable as an input."""
         assert image.data is not None
         extension = (image.mime_type or "image/png").split("/")[-1]
         response = await self._http.request(
-            "POST", "/files", files={"content": (f"image.{extension}", image.data, image.mime_type or "application/octet-stream")}
+            "POST", "/v1/files", files={"content": (f"image.{extension}", image.data, image.mime_type or "application/octet-stream")}
         )
         url = (json_body(response).get("urls") or {}).get("get")
         if not isinstance(url, str):
@@ -213,7 +214,7 @@ class Replicate(Provider):
         )
 
     async def poll(self, provider_task_id: str) -> ProviderUpdate:
-        response = await self._http.request("GET", f"/predictions/{quote(provider_task_id, safe='')}")
+        response = await self._http.request("GET", f"/v1/predictions/{quote(provider_task_id, safe='')}")
         prediction = json_body(response)
         if "status" not in prediction:
             raise ProviderError("Replicate answered the poll without a prediction; asking again later.", retryable=True)
@@ -221,12 +222,12 @@ class Replicate(Provider):
 
     async def cancel(self, provider_task_id: str) -> bool:
         """``POST /v1/predictions/{id}/cancel``: a running prediction becomes ``canceled`` (an answer is a yes)."""
-        await self._http.request("POST", f"/predictions/{quote(provider_task_id, safe='')}/cancel")
+        await self._http.request("POST", f"/v1/predictions/{quote(provider_task_id, safe='')}/cancel")
         return True
 
     async def check_key(self) -> KeyCheck:
         """``GET /v1/account`` (free): the key works if it answers, and it names the account."""
-        response = await self._http.request("GET", "/account")
+        response = await self._http.request("GET", "/v1/account")
         username = json_body(response).get("username")
         return KeyCheck(f"account {username}" if isinstance(username, str) else "")
 
@@ -235,7 +236,7 @@ class Replicate(Provider):
         ``None`` when it cannot be had now (asked again next time)."""
         if self._verifier is None:
             try:
-                response = await self._http.request("GET", "/webhooks/default/secret")
+                response = await self._http.request("GET", "/v1/webhooks/default/secret")
                 self._verifier = standardwebhooks.Webhook(str(json_body(response).get("key") or ""))
             except (KlingError, ValueError, standardwebhooks.webhooks.EmptyWebhookSecretError) as exc:
                 log.warning("Replicate's webhook secret could not be had (%s): webhooks are only nudges for now", type(exc).__name__)
