@@ -9,7 +9,7 @@ each provider's variables  its key(s) and base URL, named by its class in ``prov
                             the first that needs none (the free placeholder provider).
 ``KLING_MCP_MODE``          default mode: ``std``, ``pro`` or ``4k`` (default ``4k``).
 ``KLING_MCP_OUTPUT_DIR``    where finished clips land (default: ``<videos>/kling-video-mcp``).
-``KLING_MCP_STATE_DIR``     where the server keeps its own files (journal, sandbox state).
+``KLING_MCP_STATE_DIR``     where the server keeps its own files (journal, the placeholder provider's state).
 ``KLING_MCP_DATABASE_URL``  ``postgresql://…``: keep the journal in PostgreSQL (several workers);
                             unset: an SQLite file in ``KLING_MCP_STATE_DIR``.
 ``KLING_MCP_WEBHOOKS``      ``off`` stops asking providers for webhooks (default: on when
@@ -78,12 +78,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KLING_MCP_", extra="ignore", populate_by_name=True)
 
     provider_keys: dict[str, SecretStr] = Field(default_factory=dict)
-    """Every registered provider's key variables that are set, by name (``{"NOVITA_API_KEY": ...}``).
+    """Every registered provider's key variables that are set, by name (``{"<NAME>_API_KEY": ...}``).
     Read from the environment; given by keyword they win (``None`` there: unset, whatever the
     environment says). Read them through the provider: ``provider_class(name).keys(settings)``."""
     provider_settings: dict[str, str] = Field(default_factory=dict)
     """Every registered provider's other variables that are set (base URLs, e.g.
-    ``{"NOVITA_BASE_URL": ...}``, and extras), by name; filled like :attr:`provider_keys`.
+    ``{"<NAME>_BASE_URL": ...}``, and extras), by name; filled like :attr:`provider_keys`.
     Read them through the provider: ``provider_class(name).base_url(settings)``."""
 
     provider: ProviderName | None = Field(None, validation_alias=_env("KLING_MCP_PROVIDER"))

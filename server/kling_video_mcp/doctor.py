@@ -42,7 +42,7 @@ class Finding:
 
 
 def _key_subject(provider: type[Provider]) -> str:
-    """``Novita AI key (NOVITA_API_KEY)``; with two variables, ``keys (A, B)``."""
+    """``<label> key (<NAME>_API_KEY)``; with two variables, ``<label> keys (A, B)``."""
     return f"{provider.label} key{'s' if len(provider.key_variables) > 1 else ''} ({', '.join(provider.key_variables)})"
 
 

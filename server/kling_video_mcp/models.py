@@ -16,9 +16,6 @@ from pydantic import BaseModel, Field
 
 Mode = Literal["std", "pro", "4k"]
 """Kling v3.0's tiers: Standard, Pro, 4K."""
-ProviderName = str
-"""A registered provider's name (``kling_video_mcp.providers.PROVIDERS``, which imports this
-module): checked where it enters, in tool parameters and ``KLING_MCP_PROVIDER``."""
 Kind = Literal["t2v", "i2v"]
 """``t2v`` text to video, ``i2v`` image to video."""
 TaskKind = Literal["t2v", "i2v", "assemble"]
@@ -52,7 +49,9 @@ class Shot(BaseModel):
 class GenerationRequest(BaseModel):
     """A render request as the tools received it, before any provider's wire format."""
 
-    provider: ProviderName
+    provider: str
+    """A registered provider's name (``kling_video_mcp.providers.PROVIDERS``, which imports this
+    module, so the name is checked where it enters: the tools' ``provider`` parameter)."""
     mode: Mode
     kind: Kind
     prompt: str | None = None
@@ -150,7 +149,8 @@ class TaskRecord(BaseModel):
     task_id: str
     owner: str = LOCAL_OWNER
     """Who made it (``tasks/owners.py``); only they see it. Tasks from before owners are local."""
-    provider: ProviderName | None = None
+    provider: str | None = None
+    """A registered provider's name (see :attr:`GenerationRequest.provider`)."""
     mode: Mode | None = None
     kind: TaskKind
     endpoint: str | None = None

@@ -30,16 +30,22 @@ A new provider touches these files and nothing else:
    (the first provider with its keys set is the default). Everything else (config and its
    environment variables, secrets redaction, prices, the tools' ``provider`` enum, ``doctor``,
    the CLI's choices, the server's instructions, ``server.json``) reads the registry.
-3. ``server/kling_video_mcp/emulator/<name>.py``: the emulator's flavour of the provider's HTTP
-   API (a :class:`~kling_video_mcp.emulator.flavor.Flavor` subclass, mounted under ``/<name>``
-   in ``emulator/app.py``), with its route rules in ``emulator/rules.py``: that is what every
-   test talks to, since no test reaches a real provider.
+3. The emulator (every test talks to it; no test reaches a real provider): its flavour of the
+   provider's HTTP API, ``server/kling_video_mcp/emulator/<name>.py`` (a
+   :class:`~kling_video_mcp.emulator.flavor.Flavor` subclass whose ``name`` is the provider's),
+   its route rules in ``emulator/rules.py``, and its name in ``emulator/config.py``'s ``FLAVORS``
+   and ``emulator/app.py``'s ``FLAVOR_CLASSES`` (mounted under ``/<name>``). A provider that speaks
+   an existing flavour's protocol by subclassing that provider's class (as the sandbox does
+   WaveSpeed's) needs none of this.
 4. Tests: its adapter in ``tests/test_adapters.py`` (submit, poll, check_key and error
-   classification against ``httpx2.MockTransport``); its rules in ``tests/test_rules_agree.py``
-   (the emulator's route table agrees with ``rules_table``); and its end-to-end path through
-   ``mcp.Client`` against its emulator flavour. ``server.json``'s environment variables are
-   regenerated from the registry (``python -m kling_video_mcp.providers.manifest``, checked by
-   ``tests/test_packaging.py``).
+   classification against ``httpx2.MockTransport``), and its end-to-end path through
+   ``mcp.Client`` against its emulator flavour (``tests/conftest.py``'s ``make_settings`` points
+   every keyed provider at the flavour of its name). Checked with no edit: its rules against the
+   emulator's (``tests/test_rules_agree.py``), its description (``tests/test_adapters.py``), that
+   nothing outside ``providers/`` and ``emulator/`` names it (``tests/test_provider_names.py``),
+   and ``server.json`` (``tests/test_server_json.py``; regenerate the file with
+   ``python -m kling_video_mcp.providers.manifest server.json``).
+5. ``docs/providers.md``: its contract as the code implements it, each rule with its public source.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ _MODES: dict[Mode, str] = {"std": "Std", "pro": "Pro", "4k": "4K"}
 
 def _where(takes: Callable[[EndpointRules], bool]) -> str:
     """The routes whose rules ``takes``, by provider: a provider's label alone when all of its
-    routes do, else its label and those routes (``Novita AI Std and 4K image-to-video``)."""
+    routes do, else its label and those routes (``<label> Std and 4K image-to-video``)."""
     found = []
     for provider in PROVIDERS:
         if provider.makes_placeholders:
@@ -38,7 +38,7 @@ def _where(takes: Callable[[EndpointRules], bool]) -> str:
 
 
 def _shot_type_defaults() -> str:
-    """What each provider that takes ``shot_type`` does without it: ``WaveSpeedAI: intelligent on Std and Pro, customize on 4K``."""
+    """What each provider that takes ``shot_type`` does without it: ``<label>: intelligent on Std and Pro, customize on 4K``."""
     found = []
     for provider in PROVIDERS:
         defaults: dict[str, list[str]] = {}
