@@ -752,3 +752,12 @@ def test_injected_statuses_take_each_hosts_envelope(emu):
     assert (fal_answer.status_code, fal_answer.json()) == (502, {"detail": "Bad Gateway"})
     assert replicate_answer.status_code == 502 and replicate_answer.json()["title"] == "Bad Gateway"
     assert (cancel_answer.status_code, cancel_answer.json()["status"]) == (500, 500)
+
+
+def test_every_host_rule_names_its_public_source():
+    from kling_video_mcp.emulator.rules import FAL_HOST_RULES, KLING_HOST_RULES, REPLICATE_HOST_RULES
+
+    for table in (KLING_HOST_RULES, FAL_HOST_RULES, REPLICATE_HOST_RULES):
+        rules = [*table.fields, *table.cross_rules]
+        assert rules and all(rule.source.startswith("https://") for rule in rules)
+        assert table.image_source.startswith("https://")

@@ -32,7 +32,7 @@ class RequestLog:
         path = request.url.path
         entry = {
             "method": request.method,
-            "path": path.removeprefix(mount),
+            "path": path[len(mount) :] if path.startswith(mount) else path,
             "query": dict(request.query_params),
             "json": _parse_json(body),
             "headers": {name: value for name, value in request.headers.items() if name != "authorization"},

@@ -10,6 +10,12 @@ tables below; :func:`validate` is the one implementation. Unknown fields are
 ignored. Every failure is an :class:`ApiError` 400 whose message names the
 field, with a Novita reason (INVALID_REQUEST_BODY, IMAGE_FILE_EXCEEDS_MAX_SIZE,
 INVALID_IMAGE_FORMAT, INVALID_IMAGE_SIZE).
+
+Kling's official API, fal.ai and Replicate write the same fields in dialects of their own
+(strings for seconds, ``sound: "on"``, indexed or JSON-encoded shots, other image encodings):
+each is a :class:`HostRules` table at the end of this module, one :class:`FieldRule` per field
+with the public source of its rule, read by :func:`read_fields`; their refusals are
+:class:`FieldError`, which names the field for envelopes that list it.
 """
 
 from __future__ import annotations
