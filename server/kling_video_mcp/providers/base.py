@@ -223,8 +223,9 @@ def either(items: list[str], conjunction: str = "or") -> str:
 def uploading_hint() -> str:
     """``, or use provider='x', which uploads local files first`` naming the registered providers
     that upload local images (:attr:`Provider.uploads_images`), or ``""`` when none does."""
-    names = either([f"provider='{cls.name}'" for cls in Provider.registry if cls.uploads_images and not cls.makes_placeholders])
-    return f", or use {names}, which uploads local files first" if names else ""
+    uploading = [f"provider='{cls.name}'" for cls in Provider.registry if cls.uploads_images and not cls.makes_placeholders]
+    verb = "uploads" if len(uploading) == 1 else "upload"
+    return f", or use {either(uploading)}, which {verb} local files first" if uploading else ""
 
 
 class Provider(ABC):

@@ -306,7 +306,7 @@ class Kling(Provider):
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
         """The creation path, which is also the poll path's prefix (the Vercel SDK polls ``{path}/{id}``)."""
-        return f"/v1/videos/{_ROUTES[kind]}"
+        return f"v1/videos/{_ROUTES[kind]}"
 
     async def submit(
         self, request: GenerationRequest, images: dict[str, ImageSource], *, webhook_url: str | None = None
@@ -322,7 +322,7 @@ class Kling(Provider):
         params = self.webhook_params(webhook_url, body)  # callback_url, into the body
         path = self.endpoint(request.kind, request.mode)
         try:
-            response = await self._http.submit(path, json=body, params=params)
+            response = await self._http.submit(f"/{path}", json=body, params=params)
         except ProviderError as exc:
             if exc.retryable:
                 raise UnknownOutcome(f"Kling answered the submit with an internal error ({exc.message}); it may still have created a task.") from exc
@@ -339,12 +339,12 @@ class Kling(Provider):
         task = quote(provider_task_id, safe="")
         path = self._routes.get(provider_task_id, self.endpoint("t2v", "std"))
         try:
-            response = await self._http.request("GET", f"{path}/{task}")
+            response = await self._http.request("GET", f"/{path}/{task}")
         except NotFound:
             if provider_task_id in self._routes:
                 raise
             path = self.endpoint("i2v", "std")
-            response = await self._http.request("GET", f"{path}/{task}")
+            response = await self._http.request("GET", f"/{path}/{task}")
         self._routes[provider_task_id] = path
         data = json_body(response).get("data")
         if not isinstance(data, dict):

@@ -176,7 +176,7 @@ class Replicate(Provider):
 
     @staticmethod
     def endpoint(kind: Kind, mode: Mode) -> str:
-        return f"/v1/models/{MODEL}/predictions"
+        return f"v1/models/{MODEL}/predictions"
 
     async def upload(self, image: ImageSource) -> str:
         """``POST /v1/files`` (multipart ``content``): the returned ``urls.get`` is usable as an input."""
@@ -204,7 +204,7 @@ class Replicate(Provider):
         if webhook_url:
             self.webhook_params(webhook_url, body)  # "webhook", in the body
             body["webhook_events_filter"] = ["completed"]  # one call, when it ends
-        response = await self._http.submit(self.endpoint(request.kind, request.mode), json=body)
+        response = await self._http.submit(f"/{self.endpoint(request.kind, request.mode)}", json=body)
         prediction_id = json_body(response).get("id")
         if not prediction_id:
             raise UnknownOutcome("Replicate accepted the submit but its answer carried no prediction id.")
