@@ -26,6 +26,7 @@ from mcp import Client
 
 from conftest import KEY, POLL_TIME_SCALE, make_settings
 from helpers import clip_duration, wait_done
+from kling_video_mcp.cli import main
 from kling_video_mcp.providers import provider_class
 from kling_video_mcp.surface.server import build_server
 from test_http import free_port, http_server
@@ -375,3 +376,26 @@ async def test_fal_answering_a_webhook_submit_with_ids_alone_still_delivers(tmp_
     assert took < SAFETY_NET_SECONDS
     polled = [r["path"] for r in emulator.requests("fal") if r["method"] == "GET" and "/requests/" in r["path"]]
     assert polled and all(path.startswith("/fal-ai/kling-video/requests/") for path in polled)  # the app, not the submit path
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+
+
+def test_doctor_checks_each_host_key_without_spending(monkeypatch, tmp_path, emulator, capsys):
+    """Kling: its free account-costs read; fal: a lookup of a request that cannot exist; Replicate: its account."""
+    for name in ("KLING_MCP_PROVIDER", "KLING_MCP_MODE", "NOVITA_API_KEY", "HIGHWAY_API_KEY", "WAVESPEED_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    variables = {"KLING_MCP_OUTPUT_DIR": str(tmp_path / "clips"), "KLING_MCP_STATE_DIR": str(tmp_path / "state")}
+    for host in HOSTS:
+        variables |= host_env(emulator, host)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        main(["doctor"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0, out
+    assert "Kling keys (KLING_ACCESS_KEY, KLING_SECRET_KEY): accepted, 1 live resource pack(s), 1000 units left" in out
+    assert "fal.ai key (FAL_KEY): accepted" in out
+    assert "Replicate key (REPLICATE_API_TOKEN): accepted, account " in out
+    assert KEY not in out and emulator.config.kling_secret_key not in out
+    assert all(submits(emulator, host) == [] for host in HOSTS)
