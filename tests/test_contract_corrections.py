@@ -96,7 +96,7 @@ async def test_novita_pro_i2v_refuses_prompt_with_multi_prompt(client, emulator,
     )
     message = error_of(result)["message"]
     assert "prompt and multi_prompt" in message and "not both" in message
-    assert "taken by: novita std, highway std, novita 4k." in message  # where both together are taken
+    assert "taken by: replicate pro, novita std, highway std, replicate std, novita 4k, replicate 4k." in message  # where both together are taken
     assert total_requests(emulator) == 0
 
 

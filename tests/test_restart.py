@@ -66,8 +66,8 @@ async def submit_then_kill(
     return submitted[0]
 
 
-async def deliver_after_restart(emulator, tmp_path: Path, task_id: str) -> dict:
-    params = StdioServerParameters(command=console_script(), args=[], env=server_env(emulator, tmp_path))
+async def deliver_after_restart(emulator, tmp_path: Path, task_id: str, **env: str) -> dict:
+    params = StdioServerParameters(command=console_script(), args=[], env=server_env(emulator, tmp_path, **env))
     async with Client(params) as client:
         done = await wait_done(client, task_id, timeout=60)
     return done.structured_content

@@ -202,6 +202,9 @@ class TaskRecord(BaseModel):
     """``True`` when *we* stopped watching (ceiling, lost key, unreachable provider) rather than
     the provider failing the task: checking it again resumes watching."""
     notes: list[str] = Field(default_factory=list)
+    waiting_for_slot: str | None = None
+    """While ``queued`` and unsent: why the provider could not take it yet (its account runs as many
+    tasks as it may); sent again when one of them ends (``tasks/slots.py``)."""
     confirm_by: datetime | None = None
     """While ``awaiting_confirmation``: when it ends as declined if no one has answered."""
     webhook_token_sha256: str | None = None

@@ -43,18 +43,18 @@ class Caller:
         return self.key == ZERO_BALANCE_KEY
 
 
-def identify(authorization: str | None, valid_keys: frozenset[str]) -> Caller:
+def identify(authorization: str | None, valid_keys: frozenset[str], scheme: str = "bearer") -> Caller:
     """Classify a raw ``Authorization`` header value against ``valid_keys``.
 
-    Only ``Bearer <key>`` is accepted (§1.1, §3.1); any other scheme is an
-    unknown key, an empty header a missing one.
+    Only ``<scheme> <key>`` is accepted: ``Bearer`` (§1.1, §3.1), ``Key`` on fal.ai; any other
+    scheme is an unknown key, an empty header a missing one.
     """
     raw = (authorization or "").strip()
     if not raw:
         return Caller("", KeyStatus.MISSING)
-    scheme, _, key = raw.partition(" ")
+    sent_scheme, _, key = raw.partition(" ")
     key = key.strip()
-    if scheme.lower() != "bearer":
+    if sent_scheme.lower() != scheme:
         return Caller(raw, KeyStatus.UNKNOWN)
     if not key:
         return Caller("", KeyStatus.MISSING)

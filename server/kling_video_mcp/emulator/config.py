@@ -12,10 +12,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-FLAVORS: tuple[str, ...] = ("novita", "highway", "wavespeed")
+FLAVORS: tuple[str, ...] = ("novita", "highway", "wavespeed", "kling", "fal", "replicate")
 """The emulated providers; each is mounted at ``/<flavor>``."""
 
 HighwayBalanceStyle = Literal["novita", "jiekou", "bare"]
+FalValidationMoment = Literal["result", "submit"]
 
 
 @dataclass
@@ -67,6 +68,30 @@ class EmulatorConfig:
     webhook_retry_seconds: float = 2.0
     """Pause before re-sending a webhook that got no 2xx (scaled by ``time_scale``); §1.5 gives no interval."""
 
+    # -- Kling's official API, fal.ai and Replicate (docs/hosts-emulated.md) --
+    kling_secret_key: str = "test-secret-key-of-the-kling-emulator"
+    """The secret key paired with every valid access key: Kling JWTs must be HS256-signed with it
+    (32 bytes or more, as RFC 7518 §3.2 asks of an HS256 key)."""
+    kling_max_running: int | None = None
+    """Tasks one Kling account may have between ``submitted`` and their end; past it a submit
+    answers 429 / 1303. ``None``: no limit (the real limit depends on the resource pack)."""
+    kling_4k_mode: bool = True
+    """Whether ``mode: "4k"`` exists on Kling's official API (uncertain; most sources say it does).
+    ``False`` refuses it with 400 / 1201 naming ``mode``."""
+    fal_validation_at: FalValidationMoment = "result"
+    """When fal refuses a bad input: ``result`` (the queue takes it, the request ends ``COMPLETED``
+    and its result is the 422) or ``submit`` (the 422 answers the submit itself)."""
+    fal_webhook_reply_ids_only: bool = False
+    """Answer a submit carrying ``fal_webhook`` with only ``request_id`` and ``gateway_request_id``,
+    as fal's webhook page shows, instead of the queue's full reply with the three URLs."""
+    fal_cancel_stops_running: bool = False
+    """Whether cancelling an ``IN_PROGRESS`` fal request stops it (fal only signals the app)."""
+    replicate_4k_mode: bool = True
+    """Whether the Replicate model takes ``mode: "4k"`` (added in a later model version)."""
+    replicate_retention_seconds: float = 3600.0
+    """How long after a Replicate prediction ends its output (file and fields) stays; scaled by
+    ``time_scale``. Replicate removes API predictions' data after an hour."""
+
     def __post_init__(self) -> None:
         if self.state_dir is not None:
             self.state_dir = Path(self.state_dir)
@@ -75,6 +100,10 @@ class EmulatorConfig:
             raise ValueError("time_scale must be >= 0")
         if self.video_long_side < 16 or self.fps < 1:
             raise ValueError("video_long_side must be >= 16 and fps >= 1")
+        if self.kling_max_running is not None and self.kling_max_running < 1:
+            raise ValueError("kling_max_running must be >= 1, or None for no limit")
+        if self.fal_validation_at not in ("result", "submit"):
+            raise ValueError('fal_validation_at must be "result" or "submit"')
 
     def scaled(self, seconds: float) -> float:
         """Real seconds for ``seconds`` of emulated provider time."""
@@ -87,10 +116,14 @@ class EmulatorConfig:
         Raises ``ValueError`` for unknown or immutable fields.
         """
         settable = {f.name for f in fields(self)} - {"state_dir"}
+        optional = {f.name for f in fields(self) if f.default is None}
         for name, value in changes.items():
             if name not in settable:
                 raise ValueError(f"cannot set {name!r}")
             current = getattr(self, name)
+            if value is None and name in optional:
+                setattr(self, name, None)
+                continue
             if isinstance(current, frozenset):
                 value = frozenset(value)
             elif isinstance(current, bool):

@@ -31,6 +31,17 @@ is spent after ``times`` matching requests. Kinds and their parameters:
 - ``odd_status`` (poll): the task's status in the answer becomes ``value`` (an undocumented one).
 - ``result_url`` (poll): a finished task's result URL in the answer becomes ``value``.
 - ``task_id`` (submit): the created task's id in the answer becomes ``value`` (an odd one).
+
+Kling's official API, fal.ai and Replicate (docs/hosts-emulated.md) add targets ``result`` (fal's
+``response_url`` fetch, apart from its status poll) and ``cancel`` (fal's and Replicate's cancel),
+both taking ``status``, ``hang`` and ``echo_key`` (``result`` also ``ok_error`` and ``result_url``),
+and the target ``webhook`` (fal's and Replicate's signed deliveries) with two kinds:
+
+- ``bad_signature`` (webhook): the delivery carries a signature that does not match its body;
+- ``stale_timestamp`` (webhook): the delivery is correctly signed, but with a timestamp ten
+  minutes old, past the five minutes a verifier accepts.
+
+The rewrite kinds find their field in each host's answer (see ``ANSWER_FIELDS``).
 """
 
 from __future__ import annotations
@@ -61,6 +72,57 @@ KIND_TARGETS: dict[str, frozenset[str]] = {
     "result_url": frozenset({"poll"}),
     "task_id": frozenset({"submit"}),
 }
+
+# -- Kling's official API, fal.ai and Replicate ------------------------------------------------
+HOST_TARGETS = frozenset({"result", "cancel"})
+KIND_TARGETS.update(
+    status=KIND_TARGETS["status"] | HOST_TARGETS,
+    hang=KIND_TARGETS["hang"] | HOST_TARGETS,
+    echo_key=KIND_TARGETS["echo_key"] | HOST_TARGETS,
+    ok_error=KIND_TARGETS["ok_error"] | {"result"},
+    result_url=KIND_TARGETS["result_url"] | {"result"},
+    bad_signature=frozenset({"webhook"}),
+    stale_timestamp=frozenset({"webhook"}),
+)
+STALE_WEBHOOK_SECONDS = 600
+"""How old a ``stale_timestamp`` delivery claims to be (verifiers allow 300 s either way)."""
+ANSWER_FIELDS: dict[str, dict[str, tuple[str | int, ...]]] = {
+    "kling": {
+        "task_id": ("data", "task_id"),
+        "odd_status": ("data", "task_status"),
+        "result_url": ("data", "task_result", "videos", 0, "url"),
+    },
+    "fal": {"task_id": ("request_id",), "odd_status": ("status",), "result_url": ("video", "url")},
+    "replicate": {"task_id": ("id",), "odd_status": ("status",), "result_url": ("output",)},
+}
+"""Where each rewrite kind finds its field in a host's JSON answer."""
+
+
+def webhook_tampering(faults: FaultBook, flavor: str) -> tuple[bool, int]:
+    """How to spoil the next signed webhook of ``flavor``, as an armed ``webhook`` fault says:
+    (sign other bytes than those sent?, seconds to backdate the timestamp)."""
+    fault = faults.take(flavor, "webhook")
+    kind = fault.kind if fault is not None else None
+    return kind == "bad_signature", STALE_WEBHOOK_SECONDS if kind == "stale_timestamp" else 0
+
+
+def _set_path(body: Any, path: tuple[str | int, ...], value: str) -> None:
+    """Set ``body[path...]`` to ``value`` when every step exists (a field missing or null stays so)."""
+    *parents, last = path
+    for step in parents:
+        if not _holds(body, step):
+            return
+        body = body[step]
+    if _holds(body, last):
+        body[last] = value
+
+
+def _holds(container: Any, key: str | int) -> bool:
+    if isinstance(key, int):
+        return isinstance(container, list) and len(container) > key
+    return isinstance(container, dict) and container.get(key) is not None
+
+
 BODY_ONLY_KINDS = frozenset({"truncate", "truncated", "wrong_length"})
 """Kinds that cut or misdescribe a body: a HEAD (which has none) must not use them up."""
 ECHO_KINDS = frozenset({"echo_key", "echo_key_escaped"})
@@ -126,9 +188,15 @@ class Fault:
         return asdict(self)
 
 
-def rewrite_answer(body: dict[str, Any], kind: str, value: str) -> None:
+def rewrite_answer(body: dict[str, Any], kind: str, value: str, flavor: str | None = None) -> None:
     """Apply a rewrite fault to a provider's JSON answer, in place, in either envelope:
-    Novita's ``{task_id}`` / ``{task, videos}`` or WaveSpeed's ``{data: {id, status, outputs}}``."""
+    Novita's ``{task_id}`` / ``{task, videos}`` or WaveSpeed's ``{data: {id, status, outputs}}``;
+    for the hosts of ``ANSWER_FIELDS``, at that host's field."""
+    if flavor in ANSWER_FIELDS:
+        path = ANSWER_FIELDS[flavor].get(kind)
+        if path is not None:
+            _set_path(body, path, value)
+        return
     data = body.get("data") if isinstance(body.get("data"), dict) else None
     task = body.get("task") if isinstance(body.get("task"), dict) else data
     if kind == "task_id":

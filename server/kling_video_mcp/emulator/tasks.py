@@ -9,7 +9,7 @@ restart when the store is persistent. Flavors translate :class:`Phase` and
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -30,6 +30,10 @@ class Outcome(StrEnum):
     MEDIA = "media"
     """An input image could not be fetched (§3.5 code 1402)."""
     TIMEOUT = "timeout"
+    CANCELED = "canceled"
+    """Stopped by the caller (fal's cancel, Replicate's cancel or ``Cancel-After`` while running)."""
+    ABORTED = "aborted"
+    """Replicate's ``Cancel-After`` deadline passed before the task started (not billed)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class Task:
     """Report ``eta`` 0 however long is left (``[[eta:zero]]``)."""
     ok_error_polls: bool = False
     """Answer every poll with an error inside an HTTP 200 (``[[ok_error:poll]]``)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Facts one flavor keeps with the task (JSON values): e.g. Kling's endpoint and
+    ``external_task_id``, Replicate's echoed input, fal's deferred validation error."""
 
     @property
     def finishes_at(self) -> float:
@@ -116,6 +123,14 @@ class Task:
             return 0
         end = self.finishes_at if math.isfinite(self.finishes_at) else self.starts_at + self.run_seconds
         return max(0, math.ceil((end - now) / self.time_scale))
+
+    def cancel(self, at: float, outcome: Outcome = Outcome.CANCELED) -> None:
+        """End the task at ``at`` (now, or a future deadline) as ``outcome``; a task that would
+        end before then on its own is left alone."""
+        if self.forced_at is not None or at >= self.finishes_at:
+            return
+        self.outcome, self.slow = outcome, False
+        self.run_seconds = at - self.starts_at  # negative when it ends before leaving the queue
 
     def force_success(self, now: float) -> None:
         """Make the task succeed at ``now``, or at its own end if that has already passed."""

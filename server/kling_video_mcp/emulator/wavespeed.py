@@ -24,13 +24,12 @@ from typing import Any
 
 import anyio
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .errors import ApiError
-from .flavor import ErrorCatalogue, Flavor, parse_object
+from .flavor import ErrorCatalogue, Flavor, parse_object, read_form
 from .media import sniff_image
 from .rules import WAVESPEED_MODELS, WAVESPEED_RULES, Model
 from .tasks import Outcome, Phase, Task
@@ -170,10 +169,7 @@ class WaveSpeed(Flavor):
     async def _upload(self, request: Request, _body: bytes) -> Response:
         """§3.7: multipart ``file``; unsupported types are HTTP 200 with ``code`` 500."""
         self.admit(request, submission=False)
-        try:
-            form = await request.form()
-        except HTTPException:
-            form = None
+        form = await read_form(request)
         upload = form.get("file") if form is not None else None
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "", 'field "file" is required')

@@ -223,8 +223,9 @@ def either(items: list[str], conjunction: str = "or") -> str:
 def uploading_hint() -> str:
     """``, or use provider='x', which uploads local files first`` naming the registered providers
     that upload local images (:attr:`Provider.uploads_images`), or ``""`` when none does."""
-    names = either([f"provider='{cls.name}'" for cls in Provider.registry if cls.uploads_images and not cls.makes_placeholders])
-    return f", or use {names}, which uploads local files first" if names else ""
+    uploading = [f"provider='{cls.name}'" for cls in Provider.registry if cls.uploads_images and not cls.makes_placeholders]
+    verb = "uploads" if len(uploading) == 1 else "upload"
+    return f", or use {either(uploading)}, which {verb} local files first" if uploading else ""
 
 
 class Provider(ABC):
@@ -447,6 +448,16 @@ class Provider(ABC):
         """Send local image bytes to the provider; returns the URL to pass as the image.
         Only providers with :attr:`uploads_images` implement it."""
         raise NotImplementedError(f"{self.label} takes no uploads")
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool | None:
+        """Whether a call to this provider's webhook URL was signed by the provider.
+
+        ``headers`` and ``body`` are the request's own, the body exactly as received (signatures
+        cover its bytes). ``True``: signed and fresh; ``False``: forged or stale, so refuse it and
+        change nothing; ``None`` (the default): the provider signs nothing, or its keys cannot be
+        had now, so the call is only a nudge to poll, trusted for nothing.
+        """
+        return None
 
     async def cancel(self, provider_task_id: str) -> bool:
         """Ask the provider to stop the task; ``True`` when it agreed.

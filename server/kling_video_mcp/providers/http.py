@@ -191,7 +191,9 @@ class ProviderHTTP:
     async def _send(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
         await self.gate.wait()
         with anyio.fail_after(self._settings.request_deadline):
-            response = await self._client.request(method, self._base_url + path, auth=self._auth, **kwargs)
+            # An absolute URL is one the provider handed out to follow (fal's status_url), its origin checked.
+            url = path if path.startswith(("https://", "http://")) else self._base_url + path
+            response = await self._client.request(method, url, auth=self._auth, **kwargs)
         # The edge where provider text enters: nothing downstream ever sees a configured secret,
         # raw or JSON-escaped (kling_video_mcp.redact).
         return redacted_response(response, self._secrets)
