@@ -1,14 +1,11 @@
 """Kling's own API, fal.ai and Replicate end to end: the real MCP server through ``mcp.Client``
-against each host's emulator flavour (issue 17).
+against each host's emulator flavour.
 
 Every mode each rules table allows, text and image to video, multi-shot, sound and an end
 frame land a clip on disk; a bad key, a content refusal, an empty account, a rate limit and an
 HTTP-200 error each give their error code with nothing re-sent; a server killed mid-render
 delivers the clip once after restart; Kling's concurrency limit holds submits instead of failing
 them; Replicate's signed webhook makes delivery prompt and a forged one changes nothing.
-
-Tests that need the task domain's wiring (held submits, the webhook receiver's verification) are
-marked ``xfail(strict=True)`` naming the hook: they pass once it is called.
 """
 
 from __future__ import annotations
@@ -232,11 +229,6 @@ def kling_two_slots(emulator):
     emulator.config.update({"kling_max_running": None})
 
 
-@pytest.mark.xfail(
-    reason="needs tasks/slots.HeldSubmits wired in: the service's send must call hold() on ConcurrencyLimited "
-    "instead of deleting the record, and start HeldSubmits.run() beside the watcher",
-    strict=True,
-)
 async def test_kling_concurrency_limit_holds_submits_until_a_slot_frees(tmp_path, emulator, kling_two_slots):
     async with Client(build_server(host_settings(tmp_path, emulator))) as client:
         answers = []
@@ -314,11 +306,6 @@ async def test_a_webhook_makes_delivery_prompt(tmp_path, emulator, host):
     assert took < SAFETY_NET_SECONDS, f"delivered after {took:.2f} s: polled, not called back"
 
 
-@pytest.mark.xfail(
-    reason="needs the webhook receiver (surface/http.py webhook_endpoint) to pass the request's headers and raw body "
-    "through the service to Provider.verify_webhook and answer 401 without nudging when it returns False",
-    strict=True,
-)
 @pytest.mark.parametrize("host", ["replicate", "fal"])
 @pytest.mark.parametrize("spoiled", ["bad_signature", "stale_timestamp"])
 async def test_a_forged_or_stale_webhook_is_refused_and_changes_nothing(tmp_path, emulator, host, spoiled):

@@ -231,23 +231,27 @@ def webhook_endpoint(mcp: KlingMCPServer) -> Callable[[Request], Awaitable[Respo
     """``POST /webhooks/{token}``: a provider says a task ended; its watcher polls it now.
 
     The body is read (up to :data:`WEBHOOK_MAX_BYTES`, else 413) and never trusted: the poll
-    asks the provider itself, so a forged call can at most cause one early poll. An unknown
-    token gets 404 and changes nothing; a known one 202 at once. The token never reaches a log.
+    asks the provider itself, so a forged call can at most cause one early poll; a provider that
+    signs its calls has the signature checked, and a bad one gets 401 and changes nothing. An
+    unknown token gets 404 and changes nothing; a known one 202 at once. The token never reaches a log.
     """
 
     async def webhook(request: Request) -> Response:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > WEBHOOK_MAX_BYTES:
             return PlainTextResponse("Webhook body too large.", status_code=413)
-        size = 0
+        body = bytearray()
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > WEBHOOK_MAX_BYTES:
+            body += chunk
+            if len(body) > WEBHOOK_MAX_BYTES:
                 return PlainTextResponse("Webhook body too large.", status_code=413)
         if mcp.live is None:
             return PlainTextResponse("Starting up; send it again.", status_code=503)  # providers retry non-2xx
-        if not await mcp.live.service.webhook(request.path_params["token"]):
+        verdict = await mcp.live.service.webhook(request.path_params["token"], request.headers, bytes(body))
+        if verdict == "unknown":
             return PlainTextResponse("No such webhook.", status_code=404)
+        if verdict == "refused":
+            return PlainTextResponse("Bad webhook signature.", status_code=401)
         return JSONResponse({"accepted": True}, status_code=202)
 
     return webhook

@@ -25,9 +25,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
@@ -39,12 +40,16 @@ from kling_video_mcp.models import AudioChoice, GenerationRequest, PublicStatus,
 from kling_video_mcp.providers import Providers
 from kling_video_mcp.errors import KlingError
 from kling_video_mcp.tasks import cancellation, consent
+from kling_video_mcp.tasks.adoption import Adoption
 from kling_video_mcp.tasks.consent import ConsentAnswer
 from kling_video_mcp.tasks.delivery import Delivery
 from kling_video_mcp.tasks.submission import TASK_REFERENCE, SubmitOptions, SubmitResult, Submission
 from kling_video_mcp.tasks.watcher import Pace, Watcher
 
-__all__ = ["TASK_REFERENCE", "SubmitOptions", "TaskService"]
+__all__ = ["TASK_REFERENCE", "SubmitOptions", "TaskService", "WebhookVerdict"]
+
+WebhookVerdict = Literal["nudged", "unknown", "refused"]
+"""What became of a webhook call: its task polled now, no task has its token, or its signature was bad."""
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ class TaskService:
         self._delivery = delivery
         self._watcher = watcher
         self._submission = submission
+        self._adoption = Adoption(journal, submission.providers, delivery)
 
     @classmethod
     @asynccontextmanager
@@ -92,6 +98,7 @@ class TaskService:
                         task_group.start_soon(watcher.keep_leases, name="leases")
                     task_group.start_soon(service._recover, name="start-up recovery")
                     task_group.start_soon(submission.consent.sweep, name="expire unanswered spend confirmations")
+                    task_group.start_soon(submission.held.run, name="submits held for a free provider slot")
                     yield service
                     task_group.cancel_scope.cancel()
             finally:
@@ -241,14 +248,14 @@ class TaskService:
         (``gave_up``) is watched again; a submit cut off by a crash is settled as an unknown
         outcome; a finished clip's missing companions are made again. With ``provider``, one id
         that is none of ``owner``'s tasks is taken for a provider task id and adopted
-        (:meth:`Submission.adopt`, in ``mode``, default ``KLING_MCP_MODE``).
+        (:class:`~kling_video_mcp.tasks.adoption.Adoption`, in ``mode``, default ``KLING_MCP_MODE``).
 
         Raises:
             NotFound: an id is in neither the journal nor, as a provider task id, any record.
             InvalidRequest: an adopted id is not a plain token.
         """
         if provider is not None and len(task_ids) == 1 and await self._journal.get(task_ids[0], owner) is None:
-            adopted = await self._submission.adopt(task_ids[0], provider, mode or self.settings.mode, owner=owner)
+            adopted = await self._adoption(task_ids[0], provider, mode or self.settings.mode, owner=owner)
             task_ids = [adopted.task_id]
         pending = []
         resumed: dict[str, str] = {}
@@ -298,18 +305,24 @@ class TaskService:
                 records[index] = await self.get(record.task_id)
         return [record for record in records if status in (None, record.public_status)][:limit]
 
-    async def webhook(self, token: str) -> bool:
+    async def webhook(self, token: str, headers: Mapping[str, str], body: bytes) -> WebhookVerdict:
         """A provider called the webhook URL carrying ``token``: the task's watcher polls it now.
 
-        Nothing in the call is trusted (anyone may post anything to a URL): the poll that
-        follows asks the provider itself. Returns ``False`` for a token no task has.
+        ``headers`` and ``body`` are the call's own. A provider that signs its webhooks has the
+        signature checked (:meth:`Provider.verify_webhook`); a forged or stale one is ``"refused"``
+        and changes nothing. Nothing else in the call is trusted (anyone may post anything to a
+        URL): the poll that follows asks the provider itself. ``"unknown"``: no task has ``token``.
         """
         record = await self._journal.find_webhook(token)
         if record is None:
-            return False
+            return "unknown"
+        provider = await self._submission.providers.get(record.provider)
+        if await provider.verify_webhook(headers, body) is False:
+            log.warning("task %s: a webhook call with a bad signature was refused", record.task_id)
+            return "refused"
         if not record.finished:
             await self._watcher.nudge(record.task_id)
-        return True
+        return "nudged"
 
     def previews_folder(self, record: TaskRecord) -> Path:
         """Where the task's preview proxy lives (see :meth:`Delivery.previews_folder`)."""

@@ -6,7 +6,7 @@ paying twice, journal the new task under a submit lock, ask for a person's yes a
 ``KLING_MCP_CONFIRM_ABOVE_USD`` (:mod:`kling_video_mcp.tasks.consent`), and send it with a
 webhook URL when webhooks are on. A submit whose answer never came (a timeout, a crash) is an
 *unknown outcome*: never re-sent, counted against the budget, and linked to the provider's
-task when the user finds it in the dashboard (:meth:`Submission.adopt`).
+task when the user finds it in the dashboard (:class:`~kling_video_mcp.tasks.adoption.Adoption`).
 
 Every method that acts for a caller takes their ``owner`` and sees only their tasks.
 """
@@ -14,7 +14,6 @@ Every method that acts for a caller takes their ``owner`` and sees only their ta
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -28,8 +27,8 @@ import anyio
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
-from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.errors import InvalidRequest, KlingError, NotFound, UnknownOutcome
+from kling_video_mcp.config import Settings
+from kling_video_mcp.errors import ConcurrencyLimited, InvalidRequest, KlingError, UnknownOutcome
 from kling_video_mcp.journal import Journal, token_digest
 from kling_video_mcp.models import GenerationRequest, ImageSource, TaskRecord, utcnow
 from kling_video_mcp.providers import Provider, Providers, Submitted, provider_class
@@ -38,18 +37,12 @@ from kling_video_mcp.tasks.budgets import Budgets
 from kling_video_mcp.tasks.consent import ConsentAnswer, ConsentDesk
 from kling_video_mcp.tasks.delivery import Delivery
 from kling_video_mcp.tasks.images import frame_image, resolve_image
+from kling_video_mcp.tasks.slots import RETRY_SECONDS, HeldSubmits, is_held
 from kling_video_mcp.tasks.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
 TASK_REFERENCE = "task:"
-ADOPTION_LOOKBACK = timedelta(days=2)
-"""How old an unknown-outcome submit adoption may still link to (our bound: an orphan is looked
-for within hours of the restart that reported it; the bound keeps the scan small)."""
-ADOPTED = "recovered:"
-"""Fingerprint prefix of a task made by adopting a provider task id no submit of ours claimed."""
-PROVIDER_TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-"""What a provider task id given for adoption must look like: a plain token, safe in a URL path."""
 ORPHAN_AFTER = timedelta(minutes=10)
 """On a shared journal (several machines, whose submit lock files cannot be seen), a journaled
 submit with no provider task id this old was cut off by a crash: a live submit answers within
@@ -86,6 +79,10 @@ class Submission:
         self._delivery = delivery
         self._watcher = watcher
         self._submitting: dict[str, FileLock] = {}
+        self.held = HeldSubmits(journal, self._resend, retry_seconds=RETRY_SECONDS * settings.poll_time_scale)
+        """Submits waiting for a free slot at a provider that limits running tasks (:mod:`.slots`)."""
+        self._held_images: dict[str, dict[str, ImageSource]] = {}
+        """The checked images of this process's held submits, sent as they were checked."""
 
     # -- checks and prices ------------------------------------------------------------
 
@@ -320,15 +317,61 @@ class Submission:
         finally:
             self.release_submit(record.task_id)  # only once the answer (or the unknown outcome) is journaled
 
-    async def _send(self, record: TaskRecord, images: dict[str, ImageSource], adapter: Provider) -> TaskRecord:
+    async def _resend(self, record: TaskRecord) -> None:
+        """Send a held submit that :class:`HeldSubmits` claimed, under its submit lock as a first
+        submit is (see :data:`~kling_video_mcp.tasks.slots.Resend`).
+
+        Its images are the ones checked at submit time; after a restart they are read again from
+        the same references, which passed the caller's checks (folders, owner) when it was submitted.
+
+        Raises:
+            ConcurrencyLimited: the account is still full (held again by the caller).
+        """
+        lock = FileLock(self._submit_lock_path(record.task_id), timeout=0)
+        lock.acquire()
+        self._submitting[record.task_id] = lock
+        try:
+            assert record.request is not None
+            images = self._held_images.get(record.task_id)
+            if images is None:
+                images = await self.prepare(record.request, owner=record.owner)
+            adapter = await self.providers.get(record.provider)
+        except KlingError as exc:
+            await self._delivery.record_error(record.task_id, exc, final=True)
+            self.release_submit(record.task_id)
+            return
+        try:
+            await self._send(record, images, adapter, resending=True)
+            self._held_images.pop(record.task_id, None)
+        except ConcurrencyLimited:
+            raise
+        except UnknownOutcome:
+            self._held_images.pop(record.task_id, None)  # _send journaled it on the task
+        except KlingError as exc:
+            # Refused outright after waiting: the task fails with the reason rather than vanishing.
+            self._held_images.pop(record.task_id, None)
+            await self._delivery.record_error(record.task_id, exc, final=True)
+        finally:
+            self.release_submit(record.task_id)
+
+    async def _send(
+        self, record: TaskRecord, images: dict[str, ImageSource], adapter: Provider, *, resending: bool = False
+    ) -> TaskRecord:
         try:
             submitted = await self._submit(record, images, adapter)
+        except ConcurrencyLimited as exc:
+            if resending:
+                raise  # HeldSubmits holds it again, in its place
+            # The account runs as many tasks as it may: the task waits for a slot, nothing sent.
+            self._held_images[record.task_id] = images
+            return await self.held.hold(record, exc)
         except UnknownOutcome as exc:
             error = UnknownOutcome(self._unknown_outcome_advice(exc.message, record), task_id=record.task_id)
             await self._delivery.record_error(record.task_id, error, final=True)
             raise error from exc
         except KlingError:
-            await self.journal.delete(record.task_id)
+            if not resending:
+                await self.journal.delete(record.task_id)
             raise
         except BaseException:
             # Cancelled or crashed mid-submit: it may have been sent, and the record says so.
@@ -396,9 +439,9 @@ class Submission:
         Its outcome is unknown: the provider may have made (and billed) a task. No provider
         lists its tasks, so the record asks the user to look in the dashboard, and adopting the
         task found there (``check_task`` with its id, ``provider`` and ``mode``) links it back
-        to this record (see :meth:`adopt`).
+        to this record (see :class:`~kling_video_mcp.tasks.adoption.Adoption`).
         """
-        if record.status != "queued" or record.task_id in self._submitting:
+        if record.status != "queued" or record.task_id in self._submitting or is_held(record):
             return  # settled already, or a request parked for a person's confirmation (nothing sent)
         if self.journal.shared:
             # Another worker, perhaps on another machine, may be sending it: its lock file is not
@@ -415,75 +458,3 @@ class Submission:
             lock_path.unlink(missing_ok=True)
         advice = self._unknown_outcome_advice("The server stopped while this submit was in flight.", record)
         await self._delivery.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
-
-    async def adopt(self, provider_task_id: str, provider: ProviderName, mode: Mode, *, owner: str) -> TaskRecord:
-        """Start tracking, as ``owner``'s, a task submitted elsewhere that ``owner`` has no record of
-        yet; returns the record (the caller polls it).
-
-        ``owner``'s one unknown-outcome submit on the same provider and mode, if there is exactly
-        one, is taken to be that task: the provider task id is linked to it. A provider task id
-        already linked to another user's record stays theirs: "not found" for ``owner``, in the
-        words of an id the provider does not know, unless it was merely adopted by that user and
-        ``owner``'s own orphan claims it (the orphan's owner can always adopt their task).
-
-        Raises:
-            InvalidRequest: ``provider_task_id`` is not a plain token (``[A-Za-z0-9_.-]{1,128}``).
-            NotFound: the provider does not know the task, or it is another user's (same words,
-                and the provider is asked all the same, so not even the time differs).
-        """
-        if not PROVIDER_TASK_ID.fullmatch(provider_task_id):
-            raise InvalidRequest(
-                "task_id: a provider task id is a plain token of letters, digits, '_', '.' and '-' "
-                "(at most 128); nothing was sent."
-            )
-        linked = await self.journal.find_provider_task(provider, provider_task_id)
-        adapter = await self.providers.get(provider)
-        not_found = NotFound(
-            f"No task {provider_task_id!r} among your tasks, and {adapter.label} does not know it under that "
-            "id for this mode. Check the task id, provider and mode."
-        )
-        try:
-            update = await adapter.poll(provider_task_id)
-        except NotFound as exc:
-            raise not_found from exc
-        orphan = await self._lone_unknown_submit(provider, mode, owner)
-        if linked is not None and linked.owner != owner and (orphan is None or not linked.fingerprint.startswith(ADOPTED)):
-            raise not_found
-        if orphan is not None:
-            orphan.provider_task_id = provider_task_id
-            orphan.provider_requests += 1
-            orphan.gave_up = False
-            orphan.finished_at = None
-            orphan.notes.append("Found at the provider after its submit's outcome was unknown, and adopted.")
-            self._delivery.apply(orphan, update)
-            orphan.watched_since = utcnow()
-            return await self.journal.save(orphan)
-        request = GenerationRequest(provider=provider, mode=mode, kind="t2v")
-        record = TaskRecord(
-            task_id=uuid.uuid4().hex,
-            owner=owner,
-            provider=provider,
-            mode=mode,
-            kind="t2v",
-            endpoint=adapter.endpoint("t2v", mode),
-            request=request,
-            fingerprint=f"{ADOPTED}{provider}:{provider_task_id}",
-            provider_task_id=provider_task_id,
-            provider_requests=1,
-            notes=["Recovered from a provider task id; its parameters are unknown to this server."],
-        )
-        self._delivery.apply(record, update)
-        record.watched_since = utcnow()
-        await self.journal.save(record)
-        log.info("task %s (user %s): adopted %s task %s", record.task_id, owner, provider, provider_task_id)
-        return record
-
-    async def _lone_unknown_submit(self, provider: ProviderName, mode: Mode, owner: str) -> TaskRecord | None:
-        """``owner``'s one unknown-outcome submit without a provider task id for ``provider`` and ``mode``."""
-        candidates = [
-            record
-            for record in await self.journal.created_since(utcnow() - ADOPTION_LOOKBACK, owner)
-            if record.provider == provider and record.mode == mode and record.provider_task_id is None
-            and record.error_code == UnknownOutcome.code
-        ]  # fmt: skip
-        return candidates[0] if len(candidates) == 1 else None
