@@ -1,4 +1,4 @@
-"""The provider emulator keeps the contracts of shared/reference/providers.md §6.
+"""The provider emulator keeps the contracts of docs/providers.md#the-emulator.
 
 These tests talk to the emulator over real HTTP (loopback only) and check the
 shapes a client depends on: task lifecycle and result bodies, envelopes,

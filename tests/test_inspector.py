@@ -6,7 +6,7 @@ passes (the Inspector finds no schema-portability problem, else it exits 6) and 
 ``tools/call`` of every tool succeeds (exit 0; a tool result with ``isError`` exits 5); over
 HTTP ``check_task`` then returns the finished clip's link, which works. And a
 server with a token takes the Inspector only with ``--header "Authorization: Bearer ..."``.
-Facts about the Inspector CLI: shared/reference/mcp-sdk.md §4.1.
+Facts about the Inspector CLI: https://modelcontextprotocol.io/docs/2026-07-28/tools/inspector/cli.
 
 The Inspector is a Node program: ``.ci/run`` installs it (with Node 22) and puts it on PATH;
 elsewhere ``npx`` fetches the same version from the npm registry. Without Node the tests skip.

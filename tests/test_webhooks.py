@@ -163,12 +163,12 @@ async def test_the_emulator_retries_a_webhook_until_it_gets_a_2xx(emulator):
         receiver.close()
     assert [hook["status"] for hook in emulator.emulator.webhooks] == [500, 500, 204]
     event = receiver.received[-1]
-    assert event["event_type"] == "ASYNC_TASK_RESULT"  # providers.md §1.5: the Task Result, wrapped
+    assert event["event_type"] == "ASYNC_TASK_RESULT"  # docs/providers.md#novita-webhooks: the Task Result, wrapped
     assert event["payload"]["task"]["status"] == "TASK_STATUS_SUCCEED" and event["payload"]["videos"][0]["video_url"]
 
 
 async def test_a_refused_webhook_url_is_dropped_and_the_task_polled(emulator, tmp_path):
-    """WaveSpeed documents a public HTTPS webhook URL (providers.md §3.8); if it refuses ours, the
+    """WaveSpeed documents a public HTTPS webhook URL (docs/providers.md#wavespeed-webhooks); if it refuses ours, the
     refusal created nothing, so the submit goes once more without it."""
     from mcp import Client
 

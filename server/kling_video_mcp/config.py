@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     clip_resource_max_bytes: int = 50 * 1024 * 1024
     """Largest clip served whole through ``resources/read`` (base64 in one JSON-RPC message)."""
 
-    # HTTP timeouts, in seconds. Every call has all three (providers.md §7: never hang).
+    # HTTP timeouts, in seconds. Every call has all three (docs/providers.md#timeouts).
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     request_deadline: float = 120.0

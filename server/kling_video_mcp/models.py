@@ -2,7 +2,7 @@
 
 Field names follow the providers' own (``prompt``, ``negative_prompt``, ``aspect_ratio``,
 ``cfg_scale``, ``multi_prompt``, ...); the ranges are those of the Kling v3.0 API pages
-(``shared/specs``, providers.md §4).
+(docs/providers.md#common-fields).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def utcnow() -> datetime:
 
 
 class Shot(BaseModel):
-    """One shot of a multi-shot video (Kling ``multi_prompt`` item, providers.md §4)."""
+    """One shot of a multi-shot video (Kling ``multi_prompt`` item, docs/providers.md#multi-shot-prompts)."""
 
     prompt: str = Field(min_length=1, max_length=512, description="What happens in this shot (at most 512 characters).")
     duration: int = Field(ge=1, le=15, description="Length of this shot in seconds; the shots' durations add up to `duration`.")

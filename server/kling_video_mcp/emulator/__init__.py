@@ -2,7 +2,7 @@
 Kling's official API, fal.ai and Replicate.
 
 Tests never call a real provider; they point the clients at this emulator,
-which follows the contracts in ``shared/reference/providers.md`` §6 (routes,
+which follows the contracts in docs/providers.md#the-emulator (routes,
 validation order, envelopes, task clock, result media) and, for the last three,
 ``docs/hosts-emulated.md``, and adds control hooks (request log, fault injection,
 forced completion).

@@ -8,7 +8,7 @@ is spent after ``times`` matching requests. Kinds and their parameters:
   ``reason`` / ``message`` override the envelope text.
 - ``created_then_status`` (submit): create the task, then answer ``status``.
 - ``ok_error`` (submit, poll, upload): answer HTTP 200 whose body carries the error of
-  ``status`` instead of a result, without doing the work (providers.md §10.5): WaveSpeed's
+  ``status`` instead of a result, without doing the work (docs/providers.md#http-200-errors): WaveSpeed's
   envelope with ``code`` = ``status``; Novita/HighwayAPI a bare ``{"message": ...}`` with no
   ``task_id`` or ``task``.
 - ``hang`` (any target): do the work, then wait ``seconds`` before answering.

@@ -1,4 +1,4 @@
-"""What every emulated provider has in common (providers.md §6.0).
+"""What every emulated provider has in common (docs/providers.md#the-emulator).
 
 A :class:`Flavor` turns the shared :class:`~.state.Emulator` into one
 provider's HTTP surface. This base class owns the parts that do not vary:
@@ -63,7 +63,7 @@ class Flavor(ABC):
     rules: ClassVar[FlavorRules | HostRules]
     errors: ClassVar[ErrorCatalogue]
     balance_before_fields: ClassVar[bool]
-    """WaveSpeed checks balance right after the rate limit (§6.3 step 3); Novita after content (§6.1 step 6)."""
+    """WaveSpeed checks balance right after the rate limit, Novita after content (docs/providers.md#emulator-validation)."""
 
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
@@ -85,7 +85,7 @@ class Flavor(ABC):
 
     @abstractmethod
     def render_ok_error(self, error: ApiError) -> Response:
-        """``error`` carried by an HTTP 200, as this provider sends some failures (providers.md §10.5)."""
+        """``error`` carried by an HTTP 200, as this provider sends some failures (docs/providers.md#http-200-errors)."""
 
     def error(self, kind: str) -> ApiError:
         """The catalogue error of ``kind``; subclasses override for configurable variants."""
@@ -173,7 +173,7 @@ class Flavor(ABC):
         return identify(request.headers.get("authorization"), self.config.valid_keys)
 
     def admit(self, request: Request, *, submission: bool) -> Caller:
-        """Steps 1-2 of §6.1/§6.3: a usable key, and under its per-minute limit when submitting."""
+        """Validation steps 1-2 (docs/providers.md#emulator-validation): a usable key, and under its per-minute limit when submitting."""
         caller = self.identify(request)
         refusal = {
             KeyStatus.MISSING: "missing_key",
@@ -233,7 +233,7 @@ class Flavor(ABC):
             raise self.carried("balance")
 
     def carried(self, kind: str) -> ApiError:
-        """The catalogue error of ``kind``, to be sent inside an HTTP 200 (§10.5)."""
+        """The catalogue error of ``kind``, to be sent inside an HTTP 200 (docs/providers.md#http-200-errors)."""
         error = self.error(kind)
         return ApiError(error.status, error.reason, error.message, error.headers, in_ok=True)
 
@@ -255,7 +255,7 @@ class Flavor(ABC):
         return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
 
     def result_url(self, request: Request, task: Task, now: float) -> str:
-        """A fresh presigned-style URL for the clip, valid ``task.url_ttl`` seconds from now (§6.0)."""
+        """A fresh presigned-style URL for the clip, valid ``task.url_ttl`` seconds from now (docs/providers.md#emulator-result-media)."""
         expires = math.ceil(now) + task.url_ttl
         return f"{self.flavor_base(request)}/__fake/media/{task.id}.mp4?expires={expires}"
 
@@ -342,7 +342,7 @@ async def read_form(request: Request) -> FormData | None:
 
 
 def parse_object(body: bytes) -> dict[str, Any] | None:
-    """The JSON object in ``body``, or ``None`` when it is not one (§6.1 step 3)."""
+    """The JSON object in ``body``, or ``None`` when it is not one (docs/providers.md#emulator-validation, step 3)."""
     try:
         value = json.loads(body)
     except ValueError:

@@ -1,11 +1,11 @@
-"""Request-body validation, data-driven per flavor (providers.md §6.1 step 4, §6.2, §6.3 step 4).
+"""Request-body validation, data-driven per flavor (docs/providers.md#emulator-validation).
 
-All three providers share the Kling v3.0 field rules of §4; they differ per
+All three providers share the Kling v3.0 field rules (docs/providers.md#common-fields); they differ per
 route in which of ``prompt`` / ``multi_prompt`` is required, whether
-``multi_prompt`` is taken at all (always as ``[{prompt, duration}]``, §10.1),
-the shortest shot (§10.4) and WaveSpeed's ``shot_type`` default (§10.3); and
+``multi_prompt`` is taken at all (always as ``[{prompt, duration}]``),
+the shortest shot and WaveSpeed's ``shot_type`` default; and
 per provider in WaveSpeed's extra fields, which image encodings they take
-(§10.6), and wording. Those differences are the :class:`FlavorRules`
+(each in docs/providers.md), and wording. Those differences are the :class:`FlavorRules`
 tables below; :func:`validate` is the one implementation. Unknown fields are
 ignored. Every failure is an :class:`ApiError` 400 whose message names the
 field, with a Novita reason (INVALID_REQUEST_BODY, IMAGE_FILE_EXCEEDS_MAX_SIZE,
@@ -35,7 +35,7 @@ from .tasks import Shot
 
 TIERS = ("std", "pro", "4k")
 ASPECT_RATIOS = {"16:9": 16 / 9, "9:16": 9 / 16, "1:1": 1.0}
-SHOT_TYPES = frozenset({"customize", "intelligent", "intelligence"})  # §3.3: accept both spellings
+SHOT_TYPES = frozenset({"customize", "intelligent", "intelligence"})  # docs/providers.md#wavespeed-shot-type: accept both spellings
 PROMPT_MAX = 2500
 SHOT_PROMPT_MAX = 512
 MAX_SHOTS = 6
@@ -54,7 +54,7 @@ class PromptPolicy(Enum):
 
 class ShotStyle(Enum):
     NONE = "no multi_prompt"
-    OBJECTS = "multi_prompt is [{prompt, duration}]; string items are refused (§10.1)"
+    OBJECTS = "multi_prompt is [{prompt, duration}]; string items are refused (docs/providers.md#multi-shot-prompts)"
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ class FlavorRules:
 
     policies: Mapping[tuple[str, str], RouteRules]
     inline_images: bool
-    """Novita family takes data URIs and raw base64 as well as URLs (§1.3; on 4k-i2v see
-    ``EmulatorConfig.inline_images_4k_i2v``, §10.6); WaveSpeed only URLs (§3.3)."""
+    """Novita family takes data URIs and raw base64 as well as URLs (docs/providers.md#novita-images; on 4k-i2v see
+    ``EmulatorConfig.inline_images_4k_i2v``); WaveSpeed only URLs (docs/providers.md#wavespeed-uploads)."""
     wavespeed_fields: bool
-    """``shot_type``, ``element_list`` and ``enable_sync_mode`` exist (§3.3)."""
+    """``shot_type``, ``element_list`` and ``enable_sync_mode`` exist (docs/providers.md#wavespeed-fields-sent)."""
     field_message: Callable[[str, str], str]
     """Wording of a single-field problem: (field, problem) -> message."""
     both_prompts: str
@@ -107,9 +107,9 @@ _R, _E, _X = PromptPolicy.REQUIRED, PromptPolicy.EITHER, PromptPolicy.EXACTLY_ON
 _N, _O = ShotStyle.NONE, ShotStyle.OBJECTS
 
 NOVITA_RULES = FlavorRules(
-    # std/4k t2v pages have no multi_prompt (shared/specs); pro t2v objects exclusive with prompt
-    # (§1.3, §10.1); pro i2v objects exclusive with prompt (§10.1, §10.2); std/4k i2v mark prompt
-    # required (§10.7) and take shots of 3-15 s (§10.4).
+    # docs/providers.md#novita-rules: std/4k t2v pages have no multi_prompt; pro t2v objects exclusive
+    # with prompt; pro i2v objects exclusive with prompt; std/4k i2v mark prompt
+    # required and take shots of 3-15 s.
     policies={
         ("std", "t2v"): RouteRules(_R, _N), ("4k", "t2v"): RouteRules(_R, _N), ("pro", "t2v"): RouteRules(_X, _O),
         ("std", "i2v"): RouteRules(_R, _O, 3), ("4k", "i2v"): RouteRules(_R, _O, 3), ("pro", "i2v"): RouteRules(_X, _O),
@@ -123,8 +123,8 @@ NOVITA_RULES = FlavorRules(
 )
 
 HIGHWAY_RULES = FlavorRules(
-    # §2.3 / §6.2: objects everywhere (§10.1); 4k+pro exclusive with prompt; std t2v has no
-    # multi_prompt; std/4k i2v shots 3-15 s (§10.4).
+    # docs/providers.md#highway-rules: objects everywhere; 4k+pro exclusive with prompt; std t2v has no
+    # multi_prompt; std/4k i2v shots 3-15 s.
     policies={
         ("std", "t2v"): RouteRules(_R, _N), ("4k", "t2v"): RouteRules(_X, _O), ("pro", "t2v"): RouteRules(_X, _O),
         ("std", "i2v"): RouteRules(_E, _O, 3), ("4k", "i2v"): RouteRules(_X, _O, 3), ("pro", "i2v"): RouteRules(_X, _O),
@@ -138,9 +138,9 @@ HIGHWAY_RULES = FlavorRules(
 )
 
 WAVESPEED_RULES = FlavorRules(
-    # §3.3: std/pro exactly one of prompt and multi_prompt, as is every i2v; 4K t2v requires prompt
-    # (§10.7). Shots 3-15 s (§10.4). shot_type defaults to intelligent on Std/Pro and customize on
-    # 4K, and only customize reads multi_prompt (§10.3).
+    # docs/providers.md#wavespeed-rules: std/pro exactly one of prompt and multi_prompt, as is every i2v; 4K t2v requires prompt
+    # too. Shots 3-15 s. shot_type defaults to intelligent on Std/Pro and customize on
+    # 4K, and only customize reads multi_prompt.
     policies={
         (tier, mode): RouteRules(
             _R if (tier, mode) == ("4k", "t2v") else _X, _O, 3, "customize" if tier == "4k" else "intelligent"
@@ -161,21 +161,21 @@ NOVITA_MODELS: dict[str, Model] = {
     for tier in TIERS
     for mode in ("t2v", "i2v")
 }
-"""§1.2: the six ``/v3/async/<name>`` routes (Novita and HighwayAPI)."""
+"""The six ``/v3/async/<name>`` routes of Novita and HighwayAPI (docs/providers.md#novita-submit-routes)."""
 
 WAVESPEED_MODELS: dict[str, Model] = {
     f"kwaivgi/kling-v3.0-{tier}/{task}": Model(f"kwaivgi/kling-v3.0-{tier}/{task}", tier, mode)
     for tier in TIERS
     for mode, task in (("t2v", "text-to-video"), ("i2v", "image-to-video"))
 }
-"""§3.2: the six ``/api/v3/<model id>`` routes."""
+"""The six ``/api/v3/<model id>`` routes (docs/providers.md#wavespeed-submit-routes)."""
 
 
 @dataclass(frozen=True)
 class ImageInput:
     """An image field after decoding: the URL it came from (``""`` when inline) and, when the
     emulator could see them, its bytes and pixel size. ``unreachable`` marks a URL the provider
-    would fail to download (§6.0)."""
+    would fail to download (docs/providers.md#emulator-validation)."""
 
     url: str
     data: bytes | None = None
@@ -203,7 +203,7 @@ class Submission:
     sync: bool
 
     def texts(self) -> list[str]:
-        """Where prompt tokens may hide: the prompt, every shot prompt, and image URLs (§6.0)."""
+        """Where prompt tokens may hide: the prompt, every shot prompt, and image URLs (docs/providers.md#emulator-prompt-tokens)."""
         texts = [self.prompt or ""] + [shot.text for shot in self.shots]
         return texts + [image.url for image in (self.image, self.end_image) if image is not None]
 
@@ -218,7 +218,7 @@ def validate(
     """Check ``body`` for ``model`` under ``rules``; return the normalised request or raise ``ApiError``.
 
     Order: prompt/multi_prompt presence, scalar fields, shots, WaveSpeed extras,
-    then images (the costly checks) last, as listed in §6.1 step 4.
+    then images (the costly checks) last, as listed in docs/providers.md#emulator-validation.
     """
     route = rules.policies[(model.tier, model.mode)]
     inline = rules.inline_images and (config.inline_images_4k_i2v or (model.tier, model.mode) != ("4k", "i2v"))
@@ -328,8 +328,8 @@ class _Checker:
         return value
 
     def shots(self, raw: Any, shortest: int, duration: int, config: EmulatorConfig) -> tuple[Shot, ...]:
-        """§4: 1-6 shots ``{prompt, duration}``, prompts 1-512 chars, each shot ``shortest``..15 whole
-        seconds (§10.4), adding up to ``duration``. String items are refused (§10.1)."""
+        """1-6 shots ``{prompt, duration}``, prompts 1-512 chars, each shot ``shortest``..15 whole
+        seconds, adding up to ``duration``; string items are refused (docs/providers.md#multi-shot-prompts)."""
         if not isinstance(raw, list):
             raise self.error("multi_prompt", "must be an array")
         if len(raw) > MAX_SHOTS:
@@ -357,7 +357,7 @@ class _Checker:
         return value
 
     def elements(self, raw: Any) -> None:
-        """§3.3: up to 3 items, each ``{"element_id": str}`` or a bare string."""
+        """Up to 3 items, each ``{"element_id": str}`` or a bare string (docs/providers.md#wavespeed-element-list)."""
         if raw is None:
             return
         if not isinstance(raw, list) or len(raw) > MAX_ELEMENTS:
@@ -368,7 +368,7 @@ class _Checker:
                 raise self.error("element_list", "items must be element ids or {element_id} objects")
 
     def image(self, value: Any, field: str, resolve_url: UrlResolver, required: bool) -> ImageInput | None:
-        """Decode an image field (URL, data URI, or raw base64) and check what can be seen of it (§6.0)."""
+        """Decode an image field (URL, data URI, or raw base64) and check what can be seen of it (docs/providers.md#emulator-validation)."""
         if value is None or value == "":
             if required:
                 raise self.error(field, "is required")
@@ -404,7 +404,7 @@ class _Checker:
             raise self.error(field, "must be an http(s) URL, a data URI or base64 image data") from None
 
     def _inspect(self, data: bytes, field: str) -> tuple[int, int]:
-        """§1.3 image rules: ≤10 MB, JPEG/PNG, sides ≥300 px, 0.4 ≤ w/h ≤ 2.5."""
+        """Image rules (docs/providers.md#input-images): ≤10 MB, JPEG/PNG, sides ≥300 px, 0.4 ≤ w/h ≤ 2.5."""
         if len(data) > IMAGE_MAX_BYTES:
             raise self.error(field, "file size must not exceed 10MB", "IMAGE_FILE_EXCEEDS_MAX_SIZE")
         size = image_size(data) if sniff_image(data) in ("jpeg", "png") else None

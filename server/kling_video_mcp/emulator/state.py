@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 
 UNREACHABLE_HOST = "unreachable.invalid"
 EXPIRE_TOKEN_TTL = 1
-"""Seconds a result URL lives when the prompt carries ``[[expire]]`` (§6.0)."""
+"""Seconds a result URL lives when the prompt carries ``[[expire]]`` (docs/providers.md#emulator-prompt-tokens)."""
 WEBHOOK_RETRIES = 5
-"""Novita: "up to 5 retries" after a timeout or a non-2xx answer (providers.md §1.5)."""
+"""Novita: "up to 5 retries" after a timeout or a non-2xx answer (docs/providers.md#novita-webhooks)."""
 WEBHOOK_TIMEOUT_SECONDS = 5.0
-"""Novita: a webhook not answered within 5 s counts as failed (§1.5)."""
+"""Novita: a webhook not answered within 5 s counts as failed (docs/providers.md#novita-webhooks)."""
 WEBHOOK_WATCH_SECONDS = 0.02
 """How often a pending webhook looks whether its task has ended."""
 
@@ -95,7 +95,7 @@ class Emulator:
     # -- tasks -------------------------------------------------------------
 
     def find_task(self, flavor: str, task_id: str, key: str | None = None) -> Task | None:
-        """The task ``task_id`` of ``flavor`` (and of ``key``, when given: other keys' tasks do not exist, §6.1)."""
+        """The task ``task_id`` of ``flavor`` (and of ``key``, when given: other keys' tasks do not exist, docs/providers.md#emulator-routes)."""
         task = self.store.get(task_id)
         if task is None or task.flavor != flavor or (key is not None and task.key != key):
             return None
@@ -104,7 +104,7 @@ class Emulator:
     async def create_task(
         self, flavor: str, task_id: str, key: str, submission: Submission, directives: Directives
     ) -> Task:
-        """Register a task for an accepted submission, freezing its timings now (§6.0 "Task clock").
+        """Register a task for an accepted submission, freezing its timings now (docs/providers.md#emulator-task-clock).
 
         A download failure ends the task as soon as it leaves the queue; otherwise
         it renders for ``run_seconds`` (or ``[[render:N]]``), both scaled.
@@ -240,7 +240,7 @@ class Emulator:
     # -- media -------------------------------------------------------------
 
     def resolve_image_url(self, url: str, own_netloc: str) -> ImageInput:
-        """What a provider would find at an image URL (§6.0 image validation).
+        """What a provider would find at an image URL (docs/providers.md#emulator-validation).
 
         URLs on this emulator's media routes are read from the store (an unknown
         name cannot be downloaded); ``unreachable.invalid`` cannot be downloaded;

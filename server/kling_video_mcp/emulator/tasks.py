@@ -1,9 +1,9 @@
 """One emulated generation task and its clock.
 
 A task's state is never stored: it is computed from wall-clock time against the
-instants frozen at creation (providers.md §6.0 "Task clock"), so it survives a
+instants frozen at creation (docs/providers.md#emulator-task-clock), so it survives a
 restart when the store is persistent. Flavors translate :class:`Phase` and
-:class:`Outcome` into their own vocabularies (§1.4, §3.5).
+:class:`Outcome` into their own vocabularies (each provider's task-result section of docs/providers.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Outcome(StrEnum):
     MODERATION = "moderation"
     INTERNAL = "internal"
     MEDIA = "media"
-    """An input image could not be fetched (§3.5 code 1402)."""
+    """An input image could not be fetched (WaveSpeed's task code 1402)."""
     TIMEOUT = "timeout"
     CANCELED = "canceled"
     """Stopped by the caller (fal's cancel, Replicate's cancel or ``Cancel-After`` while running)."""
@@ -102,7 +102,7 @@ class Task:
         return Outcome.SUCCESS if self.forced_at is not None else self.outcome
 
     def progress(self, now: float) -> int:
-        """Percent done: 0 queued, 1..99 running (linear in render time), 100 succeeded, 0 failed (§6.1)."""
+        """Percent done: 0 queued, 1..99 running (linear in render time), 100 succeeded, 0 failed (docs/providers.md#emulator-task-clock)."""
         phase = self.phase(now)
         if phase is Phase.SUCCEEDED:
             return 100
@@ -114,7 +114,7 @@ class Task:
         return max(1, min(99, 1 + int(98 * done)))
 
     def eta(self, now: float) -> int:
-        """Whole seconds until the nominal end of the render, never negative (§1.4 ``task.eta``).
+        """Whole seconds until the nominal end of the render, never negative (Novita's ``task.eta``).
 
         In the emulated provider's seconds (real seconds divided by ``time_scale``), as a real
         provider at that speed would say; a client scales them back like every other duration.

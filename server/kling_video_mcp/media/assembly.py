@@ -47,7 +47,7 @@ AUDIO_BIT_RATE = 192_000
 AAC_FRAME = 1024
 """Samples per AAC frame: the sound is encoded in chunks of this size."""
 DEFAULT_RATE = Fraction(24)
-"""Frames per second when the first clip states none (Kling renders 24 fps, providers.md §4)."""
+"""Frames per second when the first clip states none (Kling renders 24 fps, docs/providers.md#common-fields)."""
 PROGRESS_EVERY = 48
 """Frames or packets between progress callbacks."""
 

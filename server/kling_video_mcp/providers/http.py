@@ -1,6 +1,6 @@
 """HTTP plumbing shared by the adapters: one client, explicit timeouts, bounded retries.
 
-Retry policy (providers.md §7.3-4, and the WaveSpeed SDK's rule never to re-send a submit):
+Retry policy (docs/providers.md#retries, and the WaveSpeed SDK's rule never to re-send a submit):
 
 - a submit answered 429 is retried, honouring ``Retry-After``: nothing was created;
 - a submit that may have reached the provider (read timeout, 5xx, dropped connection) is
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 ErrorClassifier = Callable[[httpx2.Response], KlingError]
 BodyErrorReader = Callable[[httpx2.Response], KlingError | None]
-"""The error a successful (2xx) answer carries in its body, if any (providers.md §10.5)."""
+"""The error a successful (2xx) answer carries in its body, if any (docs/providers.md#http-200-errors)."""
 
 
 def make_client(settings: Settings) -> httpx2.AsyncClient:
@@ -210,7 +210,7 @@ class ProviderHTTP:
             ) from exc
         if response.is_success:
             if (carried := self._body_error(response)) is not None:
-                raise carried  # an explicit refusal in a 200: nothing was created (§10.5)
+                raise carried  # an explicit refusal in a 200: nothing was created (docs/providers.md#http-200-errors)
             return response
         error = self._classify(response)
         if isinstance(error, RateLimited):
@@ -249,8 +249,8 @@ def classify_error(
 
     ``reason`` is Novita's ``reason`` enum or WaveSpeed's ``error_code`` (``""`` if none);
     ``message`` is the provider's text; ``status`` replaces the HTTP status when the answer
-    carries its real one in the body (a 200 with an error ``code``, providers.md §10.5).
-    Rules from providers.md §1.6, §2.5, §3.9: balance errors are recognised by reason or by
+    carries its real one in the body (a 200 with an error ``code``, docs/providers.md#http-200-errors).
+    Rules from docs/providers.md#error-classification: balance errors are recognised by reason or by
     the words "balance"/"credit", since the status differs between providers (400, 402 or 403).
     """
     status = response.status_code if status is None else status
@@ -281,7 +281,7 @@ def classify_error(
 def classify_body_error(
     response: httpx2.Response, *, code: object, reason: str, message: str, provider: str, key_env: str
 ) -> KlingError:
-    """The error an HTTP 200 carries in its body (providers.md §10.5), classified like its ``code``.
+    """The error an HTTP 200 carries in its body (docs/providers.md#http-200-errors), classified like its ``code``.
 
     With an HTTP-like ``code`` (400-599) it is classified exactly as that status would be. With
     none, by ``reason`` and ``message`` alone (balance, key, content), and otherwise as a

@@ -22,7 +22,7 @@ the first only: providers cannot send a bearer token, and the URL's token is the
    The MCP transports spec says servers "MUST validate the ``Origin`` header on all incoming
    connections" and answer 403 when it is invalid (spec 2025-11-25 and 2026-07-28,
    ``basic/transports``); the SDK turns this on by itself only for loopback binds and only on
-   the MCP endpoint (mcp-sdk.md §2.3), so it is applied here to the whole app.
+   the MCP endpoint (https://github.com/modelcontextprotocol/python-sdk, ``mcp/server/transport_security.py``), so it is applied here to the whole app.
 2. When sign-in is configured (``KLING_MCP_HTTP_TOKEN``, ``KLING_MCP_HTTP_TOKENS_FILE`` or
    ``KLING_MCP_OAUTH_ISSUER``), a verified bearer token with the needed scope
    (:mod:`kling_video_mcp.surface.auth`), else 401 or 403; with an issuer, the protected-resource

@@ -1,6 +1,6 @@
 """``wait_seconds``: wait for tasks inside a tool call, with MCP progress notifications.
 
-The wait is capped at 50 s, under Claude Desktop's 60 s tool-call limit (mcp-sdk.md §1.10);
+The wait is capped at 50 s, under Claude Desktop's 60 s tool-call limit (https://github.com/anthropics/claude-code/issues/22542);
 while it lasts, a progress notification goes out at least every :data:`PROGRESS_INTERVAL`
 seconds (``ctx.report_progress`` is a no-op when the client sent no progress token), with the
 provider's percent where it gives one and an estimate from the model's usual render time

@@ -36,7 +36,7 @@ from kling_video_mcp.tasks.watcher import Pace
 log = logging.getLogger(__name__)
 
 MIN_SHOTS, MAX_SHOTS = 2, 20
-"""How many tasks one assembly joins (issue 11 §1)."""
+"""How many tasks one assembly joins."""
 MAX_NESTING = 3
 """How deep films may nest: 1 is a film of clips, 2 a film of such films (scenes into a story), 3
 one more. Each level can multiply the length by :data:`MAX_SHOTS` at no cost, so it is bounded,

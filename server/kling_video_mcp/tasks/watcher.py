@@ -59,7 +59,7 @@ class Pace:
 
         The provider's ETA where it gives one above 0; else, while the task runs, an estimate
         from its progress and how long it has been running (a provider may report ``eta: 0``
-        near the end, issue 9); else what is left of the model's usual time.
+        near the end); else what is left of the model's usual time.
         """
         if record.eta_seconds is not None and record.eta_seconds > 0:
             return record.eta_seconds * self.time_scale
