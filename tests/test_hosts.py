@@ -27,6 +27,7 @@ from kling_video_mcp.cli import main
 from kling_video_mcp.providers import provider_class
 from kling_video_mcp.surface.server import build_server
 from test_http import free_port, http_server
+from test_mcp_tasks import ask, create, opt_in
 from test_restart import deliver_after_restart, submit_then_kill
 from test_stdio import server_env
 from workers import connect
@@ -386,3 +387,18 @@ def test_doctor_checks_each_host_key_without_spending(monkeypatch, tmp_path, emu
     assert "Replicate key (REPLICATE_API_TOKEN): accepted, account " in out
     assert KEY not in out and emulator.config.kling_secret_key not in out
     assert all(submits(emulator, host) == [] for host in HOSTS)
+
+
+@pytest.mark.parametrize("host", ["replicate", "fal"])
+async def test_tasks_cancel_stops_the_render_at_a_host_that_can(tmp_path, emulator, host):
+    """``tasks/cancel`` (MCP tasks, 2026-07-28) asks fal or Replicate to stop the render: the host
+    receives the cancel, and the task says the host agreed (the render may still be billed in part)."""
+    arguments = {"prompt": "never ends [[slow]]", "duration": 3, "provider": host, "mode": "std"}
+    async with Client(build_server(host_settings(tmp_path, emulator)), mode="auto", extensions=opt_in("auto")) as client:
+        task = await create(client, "auto", "generate_video", arguments)
+        await ask(client, "tasks/cancel", taskId=task["taskId"])
+        cancelled = await ask(client, "tasks/get", taskId=task["taskId"])
+    cancels = [r for r in emulator.requests(host) if r["method"] in ("POST", "PUT") and "/cancel" in r["path"]]
+    assert len(cancels) == 1, [r["path"] for r in emulator.requests(host)]
+    assert cancelled["status"] == "cancelled"
+    assert "agreed to stop the render" in cancelled["statusMessage"], cancelled["statusMessage"]
