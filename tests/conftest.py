@@ -3,6 +3,12 @@
 Every test drives the real provider code over HTTP against the emulator, and the real MCP
 server through ``mcp.Client``, in both protocol eras (``auto`` = 2026-07-28, ``legacy`` =
 the 2025-11-25 initialize handshake that Claude Desktop speaks).
+
+The suite runs on pytest-xdist workers (``-n logical --dist loadgroup`` in ``pyproject.toml``;
+``-n 0`` runs it in one process). Each worker has its own emulator and PostgreSQL server (free
+ports, temporary folders), and every test its own ``tmp_path``, so workers share nothing. The
+tests of a module with a module-scoped fixture (a server started once for the module, a built
+wheel) run on one worker, so that fixture is made once (:func:`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ EMULATOR_TIME_SCALE = 0.05
 POLL_TIME_SCALE = 0.02
 """Server polling pace, scaled to match the fast clock."""
 KEY = "test-key"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests of a module that has a module-scoped fixture on one xdist worker: the
+    fixture (a server, a wheel) is made once instead of once per worker (``--dist loadgroup``)."""
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        scopes = {defs[-1].scope for defs in definitions.name2fixturedefs.values()} if definitions else set()
+        if "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture

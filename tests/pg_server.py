@@ -4,6 +4,9 @@ binaries, a temporary folder, a free port.
 ``initdb`` refuses to run as root, and CI runs as root: then every server command runs as the
 unprivileged ``postgres`` user the package creates (``runuser``), in a folder it owns. As
 anyone else, they run as the current user. Nothing here needs a server someone else started.
+
+Several servers may start at once (one per pytest-xdist worker): each has its own folder, and
+one that loses its port to another between choosing it and binding it tries another port.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class PostgresUnavailable(RuntimeError):
     """The server binaries are missing or the server would not start; the message says why."""
 
 SERVER_USER = "postgres"
+PORT_ATTEMPTS = 5
 DB_USER = "kling"
 MISSING = (
     "PostgreSQL's server binaries (initdb, pg_ctl) were not found under /usr/lib/postgresql/*/bin or on PATH. "
@@ -56,7 +60,7 @@ def postgres_server() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="kling-pg-"))
     if os.geteuid() == 0:
         shutil.chown(folder, SERVER_USER, SERVER_USER)
-    data, port = folder / "data", _free_port()
+    data = folder / "data"
     log = folder / "server.log"
 
     def run(*argv: str) -> None:
@@ -65,8 +69,17 @@ def postgres_server() -> Iterator[str]:
             raise PostgresUnavailable(f"{argv[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
     run("initdb", "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8", "--no-sync")
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    run("pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start")
+    for attempt in range(PORT_ATTEMPTS):
+        port = _free_port()
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        try:
+            run("pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start")
+            break
+        except PostgresUnavailable:
+            taken = log.is_file() and "already in use" in log.read_text(errors="replace")
+            if not taken or attempt == PORT_ATTEMPTS - 1:
+                raise
+            log.unlink()
     try:
         yield f"postgresql://{DB_USER}@127.0.0.1:{port}/postgres"
     finally:

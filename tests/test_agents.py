@@ -216,7 +216,7 @@ async def test_storyboard_prompt(client):
 
 
 def test_an_unreadable_clip_is_kept_with_a_warning(tmp_path):
-    from kling_video_mcp.media.clips import make_companions
+    from kling_video_mcp.media.companions import make_companions
 
     clip = tmp_path / "broken.mp4"
     clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not really a video" * 100)

@@ -1,7 +1,7 @@
 """The official MCP conformance suite (npm @modelcontextprotocol/conformance) against the
 streamable-HTTP server, on the free sandbox.
 
-The suite tests servers over HTTP only and needs Node 22 or newer (mcp-sdk.md §4.2); .ci/run
+The suite tests servers over HTTP only and needs Node 22 or newer (https://github.com/modelcontextprotocol/conformance); .ci/run
 installs both. Each scenario runs at every protocol revision it applies to among the two this
 server speaks: 2025-11-25 (the initialize handshake, sessions) and 2026-07-28 (stateless).
 

@@ -21,7 +21,7 @@ from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from mcp.types import ElicitRequestParams, ElicitResult
 
 from conftest import make_settings
-from helpers import submit_count, submits, wait_done
+from helpers import eventually, submit_count, submits, wait_done
 from test_stdio import console_script, server_env
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.server import build_server
@@ -306,11 +306,12 @@ async def test_no_answer_in_time_ends_it_as_declined(tmp_path, emulator, era):
 
     # The deadline is journaled: the next server process ends it (its first sweep, or the next one).
     async with Client(build_server(settings), mode=era, extensions=apps_host()) as second_run:
-        with anyio.fail_after(10):
-            while (report := (await second_run.call_tool("check_task", {"task_id": task_id})).structured_content)[
-                "status"
-            ] == "awaiting_confirmation":
-                await anyio.sleep(0.05)
+        ended = await eventually(
+            lambda: second_run.call_tool("check_task", {"task_id": task_id}),
+            lambda result: result.structured_content["status"] != "awaiting_confirmation",
+            timeout=10, what="the unanswered request ended",
+        )  # fmt: skip
+        report = ended.structured_content
         assert report["status"] == "failed" and report["error"]["code"] == "declined"
         assert "No one confirmed this request within" in report["error"]["message"]
         late = await second_run.call_tool("confirm_spend", {"task_id": task_id, "decision": "confirm"})

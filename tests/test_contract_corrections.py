@@ -1,4 +1,4 @@
-"""The provider contract as corrected by providers.md §10, end to end through mcp.Client.
+"""The provider contract of docs/providers.md, end to end through mcp.Client.
 
 Each test drives the real adapters against the corrected emulator, and fails on the code
 from before issue 9: string shots on Pro, prompt with multi_prompt on Novita pro-i2v, no
@@ -25,7 +25,7 @@ def error_of(result) -> dict:
     return result.structured_content["error"]
 
 
-# -- 10.1: Pro multi_prompt items are objects with durations ---------------------------
+# -- Pro multi_prompt items are objects with durations ---------------------------
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_emulator_still_takes_what_the_pages_allow(emulator, flavor, route, body
     assert answer.status_code == 200, answer.text
 
 
-# -- 10.2: Novita pro-i2v takes prompt or multi_prompt, not both ------------------------
+# -- Novita pro-i2v takes prompt or multi_prompt, not both ------------------------
 
 
 async def test_novita_pro_i2v_refuses_prompt_with_multi_prompt(client, emulator, png_file):
@@ -96,7 +96,7 @@ async def test_novita_pro_i2v_refuses_prompt_with_multi_prompt(client, emulator,
     )
     message = error_of(result)["message"]
     assert "prompt and multi_prompt" in message and "not both" in message
-    assert "taken by: novita std, highway std, novita 4k." in message  # where both together are taken
+    assert "taken by: replicate pro, novita std, highway std, replicate std, novita 4k, replicate 4k." in message  # where both together are taken
     assert total_requests(emulator) == 0
 
 
@@ -105,11 +105,11 @@ async def test_novita_std_i2v_needs_prompt_beside_shots(client, emulator, png_fi
         "animate_image", {"image": str(png_file), "multi_prompt": THREE_AND_TWO, "provider": "novita", "mode": "std"}
     )
     message = error_of(result)["message"]
-    assert message.count("prompt:") == 1 and "requires it even with multi_prompt" in message and "§10.7" in message
+    assert message.count("prompt:") == 1 and "requires it even with multi_prompt" in message and "#novita-prompt-rule" in message
     assert total_requests(emulator) == 0
 
 
-# -- 10.3: WaveSpeed reads multi_prompt only with shot_type "customize" --------------------
+# -- WaveSpeed reads multi_prompt only with shot_type "customize" --------------------
 
 
 @pytest.mark.parametrize("mode", ["std", "pro"])
@@ -140,7 +140,7 @@ async def test_shot_type_description_states_each_modes_default(client):
     assert "customize (default)" not in description
 
 
-# -- 10.4: shots of 3 to 15 s on WaveSpeed and Novita/HighwayAPI std/4k-i2v -----------------
+# -- shots of 3 to 15 s on WaveSpeed and Novita/HighwayAPI std/4k-i2v -----------------
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ async def test_short_shots_are_refused_where_3_s_is_the_minimum(client, emulator
     if tool == "animate_image":
         arguments |= {"image": str(png_file), "prompt": "a door"} if provider == "novita" else {"image": str(png_file)}
     message = error_of(await client.call_tool(tool, arguments))["message"]
-    assert "multi_prompt[0].duration: shot 1 is 2 s" in message and "3 to 15 s each" in message and "§10.4" in message
+    assert "multi_prompt[0].duration: shot 1 is 2 s" in message and "3 to 15 s each" in message and "#shot-lengths" in message
     assert total_requests(emulator) == 0
 
 
@@ -163,7 +163,7 @@ async def test_short_shots_pass_where_kling_allows_them(client, emulator):
     assert not submitted.is_error, submitted.structured_content
 
 
-# -- 10.5: an HTTP 200 that carries an error is that error ------------------------------------
+# -- an HTTP 200 that carries an error is that error ------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -212,7 +212,7 @@ async def test_upload_answered_200_with_an_error(client, emulator, png_file):
     assert submits(emulator, "wavespeed") == []
 
 
-# -- 10.6: an inline image a 4K image-to-video route refuses -----------------------------------
+# -- an inline image a 4K image-to-video route refuses -----------------------------------
 
 
 @pytest.mark.parametrize("provider", ["novita", "highway"])
@@ -257,7 +257,7 @@ async def test_prompt_token_makes_polls_answer_200_with_an_error(client, emulato
     assert not record.gave_up  # a passing error: the watcher keeps polling
 
 
-# -- 10.10: WaveSpeed outputs as objects ---------------------------------------------------
+# -- WaveSpeed outputs as objects ---------------------------------------------------
 
 
 async def test_wavespeed_output_objects_are_read_by_their_url(client, emulator):

@@ -1,4 +1,4 @@
-"""The provider emulator keeps the contracts of shared/reference/providers.md §6.
+"""The provider emulator keeps the contracts of docs/providers.md#the-emulator.
 
 These tests talk to the emulator over real HTTP (loopback only) and check the
 shapes a client depends on: task lifecycle and result bodies, envelopes,
@@ -19,6 +19,7 @@ import httpx2
 import pytest
 from PIL import Image
 
+from helpers import eventually_sync
 from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer
 
 KEY = "test-key"
@@ -54,25 +55,23 @@ def png(width: int, height: int) -> bytes:
 def poll_novita(client: httpx2.Client, task_id: str, timeout: float = 10.0) -> list[dict]:
     """Every task-result body until the task is terminal, polling every 10 ms."""
     bodies = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def poll() -> dict:
         response = client.get("/v3/async/task-result", params={"task_id": task_id})
         assert response.status_code == 200, response.text
         bodies.append(response.json())
-        if bodies[-1]["task"]["status"] in ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"):
-            return bodies
-        time.sleep(0.01)
-    raise AssertionError(f"task {task_id} did not finish: {bodies[-1]}")
+        return bodies[-1]
+
+    finished = ("TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED")
+    eventually_sync(poll, lambda body: body["task"]["status"] in finished, timeout=timeout, interval=0.01, what=f"task {task_id} finished")
+    return bodies
 
 
 def poll_wavespeed(client: httpx2.Client, get_url: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = client.get(get_url).json()["data"]
-        if data["status"] in ("completed", "failed", "timeout"):
-            return data
-        time.sleep(0.01)
-    raise AssertionError(f"prediction did not finish: {data}")
+    return eventually_sync(
+        lambda: client.get(get_url).json()["data"], lambda data: data["status"] in ("completed", "failed", "timeout"),
+        timeout=timeout, interval=0.01, what="the prediction finished",
+    )  # fmt: skip
 
 
 def probe(video: bytes, tmp_path: Path) -> dict:

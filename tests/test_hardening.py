@@ -14,7 +14,6 @@ import os
 import sqlite3
 import struct
 import subprocess
-import time
 import zlib
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 from mcp import Client
 
 from conftest import KEY, make_settings, png_bytes
-from helpers import clip_duration, submits, total_requests, wait_done
+from helpers import clip_duration, eventually, eventually_sync, submits, total_requests, wait_done
 from kling_video_mcp.surface.server import build_server
 from test_stdio import console_script, server_env
 
@@ -122,9 +121,11 @@ async def test_a_clip_above_the_size_ceiling_is_stopped(tmp_path, emulator, faul
 async def test_a_wrong_content_length_is_shown_then_fails_and_recovers(client, emulator, settings):
     emulator.inject_fault("novita", "media", "wrong_length", times=100)
     task_id = (await submit(client, provider="novita"))["task_id"]
-    with anyio.fail_after(30):
-        while not (running := (await client.call_tool("check_task", {"task_id": task_id})).structured_content)["warnings"]:
-            await anyio.sleep(0.1)
+    checked = await eventually(
+        lambda: client.call_tool("check_task", {"task_id": task_id}), lambda result: result.structured_content["warnings"],
+        interval=0.1, what="a warning about the failed download attempt",
+    )  # fmt: skip
+    running = checked.structured_content
     assert running["status"] == "running" and "download attempt failed" in running["warnings"][-1], running
     assert "trouble" in running["message"]
     failed = await done(client, task_id)
@@ -259,8 +260,7 @@ async def test_a_submit_cut_off_by_kill_9_is_reported_at_once_after_restart(tmp_
     with anyio.fail_after(60):
         async with anyio.create_task_group() as group:
             group.start_soon(submit_and_die)
-            while not submits(emulator, "novita"):
-                await anyio.sleep(0.02)
+            await eventually(lambda: submits(emulator, "novita"), timeout=60, interval=0.02, what="the submit reached the provider")
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
             group.cancel_scope.cancel()
     restarted = StdioServerParameters(command=console_script(), args=[], env=server_env(emulator, tmp_path))
@@ -307,8 +307,7 @@ def test_tokens_in_query_strings_are_redacted_in_the_access_log(tmp_path):
     with http_server(sandbox_env(tmp_path), log_dir=tmp_path) as server:
         answer = httpx2.get(f"{server.base}/healthz?token=tok-SECRET-1&sig=sig-SECRET-2&api_key=key-SECRET-3&page=2")
         assert answer.status_code == 200
-        time.sleep(0.5)  # let the access line reach the log file
-        log = server.log()
+        log = eventually_sync(server.log, lambda text: "/healthz?" in text, timeout=10, what="the access line in the log")
     assert "/healthz?token=[redacted]&sig=[redacted]&api_key=[redacted]&page=2" in log, log[-2000:]
     assert "SECRET" not in log
 

@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from mcp.types import ResourceLink
 from pydantic import SecretStr
 
 from conftest import EMULATOR_TIME_SCALE, png_bytes
-from helpers import total_requests, wait_done
+from helpers import eventually_sync, total_requests, wait_done
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.http import HttpConfig, StartRefused, build_app, check_bind
 from test_stdio import console_script, server_env
@@ -116,16 +115,15 @@ def start_server(env: dict[str, str], *args: str, log_dir: Path, port: int | Non
 def wait_healthy(server: HttpServer, token: str | None = None) -> None:
     """Return once the server's ``/healthz`` answers 200; fail with its log if it exits or takes too long."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
+
+    def healthy() -> bool:
         assert server.process.poll() is None, f"the server exited with {server.process.returncode}:\n{server.log()}"
         try:
-            if httpx2.get(f"{server.base}/healthz", headers=headers, timeout=2).status_code == 200:
-                return
+            return httpx2.get(f"{server.base}/healthz", headers=headers, timeout=2).status_code == 200
         except httpx2.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"no /healthz within {STARTUP_SECONDS} s:\n{server.log()}"
-        time.sleep(0.1)
+            return False
+
+    eventually_sync(healthy, timeout=STARTUP_SECONDS, interval=0.1, what=lambda: f"/healthz answered 200; the log:\n{server.log()}")
 
 
 def stop_server(server: HttpServer) -> None:

@@ -13,13 +13,17 @@ OWN_FOLDERS = ("providers", "emulator")
 ALLOWED = {
     "surface/results.py": {"sandbox"},  # the result field ``sandbox`` (a bool), part of the tools' output schema
 }
-PENDING = {"tasks/service.py"}
-"""Being split (issue 16 item 3); its few provider names are replaced in that change."""
+
+
+MODEL_WORDS = {"kling"}
+"""The model every provider runs (Kling v3.0, and this server's own name): not a provider's name,
+though Kling's own API is also a provider called ``kling``; its key variables still count."""
 
 
 def provider_words() -> set[str]:
     """Each provider's name, label and key variables, as they could be spelled in code or text."""
-    return {word.lower() for provider in PROVIDERS for word in (provider.name, provider.label, *provider.key_variables)}
+    words = {word.lower() for provider in PROVIDERS for word in (provider.name, provider.label, *provider.key_variables)}
+    return words - MODEL_WORDS
 
 
 def test_no_module_outside_providers_names_a_provider():
@@ -27,7 +31,7 @@ def test_no_module_outside_providers_names_a_provider():
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
-        if relative.split("/")[0] in OWN_FOLDERS or relative in PENDING:
+        if relative.split("/")[0] in OWN_FOLDERS:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             named = {match.lower() for match in pattern.findall(line)} - ALLOWED.get(relative, set())

@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 
 from conftest import KEY, make_settings
-from helpers import submits, wait_done
+from helpers import eventually, submits, wait_done
 from kling_video_mcp.surface.server import build_server
 
 pytestmark = pytest.mark.anyio
@@ -50,9 +50,7 @@ async def test_journaled_before_the_tool_returns(client, settings):
 
 async def test_clip_is_fetched_without_anyone_asking(client, settings):
     report = await submit(client, provider="novita")
-    with anyio.fail_after(20):
-        while not list(settings.output_dir.glob("*.mp4")):
-            await anyio.sleep(0.05)
+    await eventually(lambda: list(settings.output_dir.glob("*.mp4")), timeout=20, what="a clip in the output folder")
     [clip] = settings.output_dir.glob("*.mp4")
     assert report["task_id"][:12] in clip.name
     assert not list(settings.output_dir.glob("*.part"))
@@ -285,8 +283,11 @@ async def test_a_local_fault_does_not_take_the_server_down(tmp_path, emulator):
     settings = make_settings(tmp_path, emulator, output_dir=blocked)
     async with Client(build_server(settings)) as client:
         report = await submit(client, provider="novita")
-        await anyio.sleep(1.0)  # the render ends and the download fails
-        checked = (await client.call_tool("check_task", {"task_id": report["task_id"]})).structured_content
+        failed = await eventually(  # the render ends and the download fails
+            lambda: client.call_tool("check_task", {"task_id": report["task_id"]}),
+            lambda result: result.structured_content.get("error"), timeout=20, what="the download failed",
+        )  # fmt: skip
+        checked = failed.structured_content
         assert checked["error"]["code"] == "storage_error" and str(blocked) in checked["error"]["message"], checked
         other = await client.call_tool("generate_video", {"prompt": "still serving", "provider": "highway", "dry_run": True})
         assert not other.is_error

@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 
 from kling_video_mcp.emulator import EmulatorConfig
 from kling_video_mcp.emulator.app import FLAVOR_CLASSES, create_app
-from kling_video_mcp.emulator.rules import FlavorRules, PromptPolicy, ShotStyle
+from kling_video_mcp.emulator.rules import FlavorRules, HostRules, Kind, PromptPolicy, Role, ShotStyle
 from kling_video_mcp.providers import PROVIDERS, PromptRule, Provider
 
 FLAVORS = {flavor.name: flavor for flavor in FLAVOR_CLASSES}
@@ -48,7 +48,17 @@ def test_every_route_of_a_provider_is_served_by_its_emulator_flavour(provider):
         assert any(path.endswith(f"/{endpoint}") for path in served), f"{provider.name} {kind} {mode}: no route for {endpoint}"
 
 
-@pytest.mark.parametrize("provider", PROVIDERS, ids=lambda provider: provider.name)
+def rules_of(provider: type[Provider]) -> FlavorRules | HostRules:
+    return FLAVORS[flavor_of(provider)].rules
+
+
+ROUTE_TABLES = [provider for provider in PROVIDERS if isinstance(rules_of(provider), FlavorRules)]
+"""Providers whose flavour keeps a per-route table (Novita, HighwayAPI, WaveSpeed)."""
+FIELD_TABLES = [provider for provider in PROVIDERS if isinstance(rules_of(provider), HostRules)]
+"""Providers whose flavour checks each field with its source (Kling's own API, fal.ai, Replicate)."""
+
+
+@pytest.mark.parametrize("provider", ROUTE_TABLES, ids=lambda provider: provider.name)
 @pytest.mark.parametrize(("kind", "mode"), ROUTES)
 def test_each_route_rule_agrees(provider, kind, mode):
     ours = provider.rules(kind, mode)
@@ -68,6 +78,41 @@ def test_each_route_rule_agrees(provider, kind, mode):
         expected = {True: True, False: False, None: True}[ours.inline_images]
         assert theirs.inline_images is expected, where
         assert (ours.inline_images is None) == (theirs.inline_images and (mode, kind) == ("4k", "i2v")), where
+
+
+SHOTS = [{"prompt": "a", "duration": "2"}]
+
+
+@pytest.mark.parametrize("provider", FIELD_TABLES, ids=lambda provider: provider.name)
+def test_each_host_field_rule_agrees(provider):
+    """The same questions, asked of a host's field table: what the server checks before sending is
+    what the emulator checks on arrival."""
+    theirs: HostRules = rules_of(provider)
+    for (kind, mode), ours in provider.rules_table.items():
+        where = f"{provider.name} {mode} {kind} ({ours.source})"
+        listed = {rule.name: rule for rule in theirs.fields if kind in rule.routes}
+        shots = next((rule for rule in listed.values() if rule.role is Role.SHOTS), None)
+        assert ours.multi_prompt is (shots is not None), where
+        if shots is not None:
+            assert shots.shots is not None
+            assert ours.shot_seconds.shortest == (shots.shots.shortest or EmulatorConfig().min_shot_seconds), where
+        assert ours.shot_type is ("shot_type" in listed), where
+        assert ours.element_list is any(rule.kind is Kind.ELEMENT_IDS for rule in listed.values()), where
+        with_shots = {"prompt": "p", "multi_prompt": SHOTS, "multi_shot": True, "shot_type": "customize"}
+        both_refused = any(cross.field == "prompt" and cross.broken(with_shots, kind) for cross in theirs.cross_rules)
+        prompt = listed["prompt"]
+        read_beside_shots = prompt.read_if is None or prompt.read_if(with_shots)
+        if both_refused:
+            assert ours.prompt is PromptRule.ONE_OF, where
+        elif not read_beside_shots:  # the host ignores a prompt beside shots: we refuse both rather than drop it
+            assert ours.prompt in (PromptRule.ONE_OF, PromptRule.EITHER), where
+        else:
+            assert ours.prompt is (PromptRule.REQUIRED if prompt.required else PromptRule.EITHER), where
+        if kind == "i2v" and ours.inline_images:
+            assert theirs.raw_base64, where  # what the adapter sends inline: plain base64
+        tier = next((rule for rule in listed.values() if rule.role is Role.TIER), None)
+        if tier is not None:  # the tier is a field (Kling's, Replicate's mode), not the path (fal's)
+            assert tier.choices is not None and mode in tier.choices.values(), where
 
 
 def test_every_emulator_flavour_stands_for_a_registered_provider():

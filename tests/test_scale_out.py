@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from helpers import clip_duration, wait_done
+from helpers import clip_duration, eventually, wait_done
 from workers import connect, kill_9, lease_holder, query, wait_delivered, workers
 
 pytestmark = pytest.mark.anyio
@@ -52,9 +52,10 @@ async def kill_the_holder_then_deliver(emulator, tmp_path, database_url, prompt:
     """Submit, wait until ``when()``, ``kill -9`` the task's lease holder, and have another worker deliver."""
     with workers(emulator, tmp_path, database_url) as servers:
         task_id = await submit(servers[0], prompt=prompt)
-        with anyio.fail_after(30):
-            while not when() or lease_holder(database_url, task_id) is None:
-                await anyio.sleep(0.02)
+        await eventually(
+            lambda: when() and lease_holder(database_url, task_id) is not None,
+            timeout=30, interval=0.02, what="the moment, with a worker holding the lease",
+        )  # fmt: skip
         holder = next(server for server in servers if server.process.pid == lease_holder(database_url, task_id))
         kill_9(holder)
         killed_at = time.monotonic()

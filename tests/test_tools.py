@@ -23,7 +23,7 @@ async def test_lists_three_tools_with_schemas_from_the_api_docs(client):
     assert schema["aspect_ratio"]["enum"] == ["16:9", "9:16", "1:1"]
     assert schema["aspect_ratio"]["default"] == "16:9"
     assert schema["mode"]["enum"] == ["std", "pro", "4k"] and schema["mode"]["default"] == "4k"
-    assert schema["provider"]["enum"] == ["novita", "highway", "wavespeed", "sandbox"]
+    assert schema["provider"]["enum"] == ["novita", "highway", "wavespeed", "kling", "fal", "replicate", "sandbox"]
     assert any(branch.get("maxLength") == 2500 for branch in schema["prompt"]["anyOf"])
     shots = next(b for b in schema["multi_prompt"]["anyOf"] if b.get("type") == "array")
     assert shots["minItems"] == 1 and shots["maxItems"] == 6

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -37,7 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
 from conftest import make_settings
-from helpers import clip_duration, submit_count, wait_done
+from helpers import clip_duration, eventually, submit_count, wait_done
 from kling_video_mcp.surface.server import build_server
 from kling_video_mcp.surface.signed_urls import UrlSigner
 from kling_video_mcp.surface.view import MEDIA_META_KEY, VIEW_URI
@@ -109,7 +108,7 @@ def test_the_view_is_one_self_contained_file_using_the_official_app_class():
 def test_a_preview_is_h264_at_most_480p_with_the_clips_length_and_sound(tmp_path):
     from kling_video_mcp.emulator.media import ClipSpec, Shot, render_clip
     from kling_video_mcp.media.previews import make_preview
-    from kling_video_mcp.media.clips import probe
+    from kling_video_mcp.media.probe import probe
 
     clip = tmp_path / "full.mp4"
     render_clip(ClipSpec([Shot("a 1080p clip at 60 fps", 2)], duration=2, fps=60, width=1920, height=1080, sound=True), clip)
@@ -236,16 +235,14 @@ async def hosted_view(client: Client, name: str, tool_input: dict[str, Any], res
 async def assert_plays(screen: Screen, expected_seconds: float, source: str) -> None:
     """The player loaded the preview from ``source`` with the clip's duration, and plays."""
     player = "video.player"
-    with anyio.fail_after(20):
-        while await screen.video(player, "v.readyState") < 1:
-            await anyio.sleep(0.1)
+    await eventually(lambda: screen.video(player, "v.readyState"), lambda state: state >= 1, timeout=20, interval=0.1,
+                     what="the player loaded the clip")  # fmt: skip
     assert await screen.video(player, "v.dataset.source") == source
     duration = await screen.video(player, "v.duration")
     assert abs(duration - expected_seconds) < 0.25, (duration, expected_seconds)
     await screen.video(player, "(v.muted = true, v.play())")
-    with anyio.fail_after(10):
-        while await screen.video(player, "v.currentTime") < 0.5:
-            await anyio.sleep(0.1)
+    await eventually(lambda: screen.video(player, "v.currentTime"), lambda played: played >= 0.5, timeout=10, interval=0.1,
+                     what="the player played half a second")  # fmt: skip
 
 
 @needs_chromium
@@ -300,9 +297,10 @@ async def test_storyboard_grid_refreshes_until_every_shot_is_done_and_makes_the_
             assert [await cards.nth(i).get_attribute("data-task-id") for i in range(3)] == ids  # in order
             assert [await cards.nth(i).get_attribute("data-status") for i in range(3)] == ["succeeded", "running", "succeeded"]
             assert await screen.view.locator("button.final-cut").is_disabled()
-            with anyio.fail_after(15):  # thumbnails of the finished shots load
-                while await screen.view.locator("li.card video.thumb").evaluate_all("vs => vs.filter(v => v.readyState >= 1).length") < 2:
-                    await anyio.sleep(0.1)
+            await eventually(  # thumbnails of the finished shots load
+                lambda: screen.view.locator("li.card video.thumb").evaluate_all("vs => vs.filter(v => v.readyState >= 1).length"),
+                lambda loaded: loaded >= 2, timeout=15, interval=0.1, what="two thumbnails loaded",
+            )  # fmt: skip
             await screen.shot("rendering")
             # The view polls check_task through the host until the slow shot is done.
             await screen.view.locator(f"li.card[data-task-id='{ids[1]}'][data-status=succeeded]").wait_for(timeout=30_000)
@@ -311,9 +309,8 @@ async def test_storyboard_grid_refreshes_until_every_shot_is_done_and_makes_the_
             assert await cut.is_enabled()
             await screen.shot("done")
             await cut.click()
-            with anyio.fail_after(10):
-                while "tools/call assemble_video" not in await screen.host_log():
-                    await anyio.sleep(0.1)
+            await eventually(screen.host_log, lambda log: "tools/call assemble_video" in log, timeout=10, interval=0.1,
+                             what="the view called assemble_video")  # fmt: skip
             task_id = await screen.view.locator("section.single").get_attribute("data-task-id")
             record = (await client.call_tool("check_task", {"task_id": task_id})).structured_content
             assert record["status"] in ("queued", "running", "succeeded"), record
@@ -339,9 +336,8 @@ async def test_confirm_and_decline_answer_a_request_awaiting_the_persons_yes(tmp
             assert f"${report['estimated_cost_usd']:.2f}" in await box.inner_text()
             await screen.shot("asking")
             await box.locator(f"button[data-decision={decision}]").click()
-            with anyio.fail_after(10):
-                while "tools/call confirm_spend" not in await screen.host_log():
-                    await anyio.sleep(0.1)
+            await eventually(screen.host_log, lambda log: "tools/call confirm_spend" in log, timeout=10, interval=0.1,
+                             what="the view called confirm_spend")  # fmt: skip
             if decision == "confirm":
                 # Sent now; the view follows the render and then plays it.
                 await screen.view.locator("video.player").wait_for(timeout=30_000)
@@ -375,11 +371,13 @@ async def finished_with_preview(client: Client, prompt: str) -> Any:
     task_id = submitted.structured_content["task_id"]
     done = await wait_done(client, task_id)
     assert done.structured_content["status"] == "succeeded", done.structured_content
-    with anyio.fail_after(20):
-        while "preview_url" not in done.meta[MEDIA_META_KEY][task_id]:
-            await anyio.sleep(0.1)
-            done = await client.call_tool("check_task", {"task_id": task_id})
-    return done
+    if "preview_url" in done.meta[MEDIA_META_KEY][task_id]:
+        return done
+    return await eventually(
+        lambda: client.call_tool("check_task", {"task_id": task_id}),
+        lambda checked: "preview_url" in checked.meta[MEDIA_META_KEY][task_id], timeout=20, interval=0.1,
+        what="the preview was made",
+    )  # fmt: skip
 
 
 @needs_chromium

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import anyio
 import pytest
 from mcp import Client
 
 from conftest import make_settings
+from helpers import eventually
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.server import build_server
 from kling_video_mcp.tasks.watcher import Pace
@@ -73,10 +73,11 @@ async def test_eta_zero_is_read_through_progress_when_nobody_waits(world, emulat
             "generate_video", {"prompt": "a field [[eta:zero]] [[render:40]]", "provider": "novita", "mode": "4k"}
         )
         task_id = submitted.structured_content["task_id"]
-        with anyio.fail_after(20):
-            # list_tasks reads the journal without asking for a poll, so it leaves the pace alone.
-            while (await client.call_tool("list_tasks", {"status": "succeeded"})).structured_content["tasks"] == []:
-                await anyio.sleep(0.01)
+        # list_tasks reads the journal without asking for a poll, so it leaves the pace alone.
+        await eventually(
+            lambda: client.call_tool("list_tasks", {"status": "succeeded"}), lambda listed: listed.structured_content["tasks"],
+            timeout=20, interval=0.01, what="the task listed as succeeded",
+        )  # fmt: skip
         delivered_at = time.time()
     late = (delivered_at - render_end(emulator)) / scale
     # The model's usual 4K time (300 s) would put polls up to 30 s apart.

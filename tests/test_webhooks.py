@@ -19,6 +19,7 @@ import pytest
 
 from kling_video_mcp.models import GenerationRequest, TaskRecord
 from kling_video_mcp.tasks.watcher import Pace, next_poll_delay
+from helpers import eventually
 from workers import connect, delivered, query, wait_delivered, workers
 
 pytestmark = pytest.mark.anyio
@@ -97,9 +98,7 @@ async def test_forged_webhooks_change_nothing(emulator, tmp_path, database_url):
     with workers(emulator, tmp_path, database_url, count=2, **PUBLIC) as (first, second):
         task_id = await submit(second, "novita", "a lighthouse that never finishes [[slow]]")
         url = webhook_url(emulator, "novita")
-        with anyio.fail_after(10):
-            while not polls(emulator, "novita"):
-                await anyio.sleep(0.02)
+        await eventually(lambda: polls(emulator, "novita"), timeout=10, interval=0.02, what="a first poll")
         before = query(database_url, "SELECT record FROM tasks")
         forged_body = {"event_type": "ASYNC_TASK_RESULT", "payload": {"task": {"status": "TASK_STATUS_SUCCEED"}}}
         async with httpx2.AsyncClient(timeout=10) as http:
@@ -113,9 +112,7 @@ async def test_forged_webhooks_change_nothing(emulator, tmp_path, database_url):
             known = await http.post(url, json=forged_body)
         # Answered at once, and the only effect is one early poll, which finds the task still running.
         assert known.status_code == 202 and time.monotonic() - started < 1.0
-        with anyio.fail_after(10):
-            while len(polls(emulator, "novita")) == polled:
-                await anyio.sleep(0.02)
+        await eventually(lambda: len(polls(emulator, "novita")) > polled, timeout=10, interval=0.02, what="the early poll")
         await anyio.sleep(0.5)
         async with connect(first) as client:
             listed = await client.call_tool("list_tasks", {})
@@ -161,19 +158,17 @@ async def test_the_emulator_retries_a_webhook_until_it_gets_a_2xx(emulator):
             body = {"prompt": "a kite", "duration": 3, "extra": {"webhook": {"url": receiver.url}}}
             submitted = await http.post(emulator.url("novita") + "/v3/async/kling-v3.0-std-t2v", json=body)
             assert submitted.status_code == 200, submitted.text
-            with anyio.fail_after(20):
-                while len(emulator.emulator.webhooks) < 3:
-                    await anyio.sleep(0.02)
+            await eventually(lambda: len(emulator.emulator.webhooks) >= 3, timeout=20, interval=0.02, what="three webhook calls")
     finally:
         receiver.close()
     assert [hook["status"] for hook in emulator.emulator.webhooks] == [500, 500, 204]
     event = receiver.received[-1]
-    assert event["event_type"] == "ASYNC_TASK_RESULT"  # providers.md §1.5: the Task Result, wrapped
+    assert event["event_type"] == "ASYNC_TASK_RESULT"  # docs/providers.md#novita-webhooks: the Task Result, wrapped
     assert event["payload"]["task"]["status"] == "TASK_STATUS_SUCCEED" and event["payload"]["videos"][0]["video_url"]
 
 
 async def test_a_refused_webhook_url_is_dropped_and_the_task_polled(emulator, tmp_path):
-    """WaveSpeed documents a public HTTPS webhook URL (providers.md §3.8); if it refuses ours, the
+    """WaveSpeed documents a public HTTPS webhook URL (docs/providers.md#wavespeed-webhooks); if it refuses ours, the
     refusal created nothing, so the submit goes once more without it."""
     from mcp import Client
 

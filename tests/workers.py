@@ -16,6 +16,7 @@ import psycopg
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from helpers import eventually_sync
 from test_http import HttpServer, free_port, start_server, stop_server, wait_healthy
 from test_stdio import server_env
 
@@ -80,10 +81,11 @@ def delivered(database_url: str, task_id: str) -> bool:
 def wait_delivered(database_url: str, task_ids: list[str], timeout: float = 60.0) -> float:
     """Block until every task's clip is journaled, watching the database only (no check_task,
     which would ask for polls); returns the moment (``time.monotonic``) the last one was seen."""
-    deadline = time.monotonic() + timeout
     pending = set(task_ids)
-    while pending:
-        pending = {task_id for task_id in pending if not delivered(database_url, task_id)}
-        assert time.monotonic() < deadline, f"not delivered within {timeout} s: {pending}"
-        time.sleep(0.01)
+
+    def still_pending() -> set[str]:
+        pending.difference_update({task_id for task_id in pending if delivered(database_url, task_id)})
+        return pending
+
+    eventually_sync(still_pending, lambda left: not left, timeout=timeout, interval=0.01, what=f"clips of {task_ids} journaled")
     return time.monotonic()

@@ -3,7 +3,9 @@
 Layout (data flows one way, top to bottom):
 
 - ``surface/``: the MCP surface (tools, results, resources, server assembly).
-- ``tasks/``: the task domain (journal, watcher, downloads, the service that ties them).
+- ``tasks/``: the task domain: the service façade over submission, delivery and the watcher.
+- ``journal/``: where tasks are kept (SQLite, or PostgreSQL for several workers).
+- ``media/``: PyAV work on clips: the probe, companions, films, previews.
 - ``providers/``: one self-describing class per hosted provider, registered in one tuple, over HTTP.
 - ``emulator/``: a local emulator of the providers' HTTP APIs (tests, and the free placeholder provider).
 """

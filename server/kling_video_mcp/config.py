@@ -50,7 +50,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kling_video_mcp.models import Mode
-from kling_video_mcp.providers import PROVIDERS, REAL_PROVIDERS, ProviderName, default_provider, provider_class
+from kling_video_mcp.providers import PROVIDERS, REAL_PROVIDERS, ProviderName, default_provider
 
 __all__ = ["APP_NAME", "REAL_PROVIDERS", "Mode", "ProviderName", "Settings"]
 
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     clip_resource_max_bytes: int = 50 * 1024 * 1024
     """Largest clip served whole through ``resources/read`` (base64 in one JSON-RPC message)."""
 
-    # HTTP timeouts, in seconds. Every call has all three (providers.md §7: never hang).
+    # HTTP timeouts, in seconds. Every call has all three (docs/providers.md#timeouts).
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     request_deadline: float = 120.0
@@ -278,13 +278,9 @@ class Settings(BaseSettings):
         """``KLING_MCP_PROVIDER``, else the first provider with its keys set, else the first that needs none."""
         return default_provider(self)
 
-    def base_url(self, provider: ProviderName) -> str:
-        """The base URL requests to ``provider`` go to (its variable, else its default)."""
-        return provider_class(provider).base_url(self)
-
     def secrets(self) -> list[str]:
         """Every configured secret (every registered provider's keys among them), to be redacted
-        from whatever a provider says (see :func:`kling_video_mcp.providers.http.redact`). A new
+        from whatever a provider says (see :func:`kling_video_mcp.redact.redact`). A new
         secret setting is one more line."""
         configured = [
             *self.provider_keys.values(),

@@ -52,6 +52,19 @@ class RateLimited(KlingError):
         """Seconds the provider asked us to wait (its ``Retry-After``), if it said."""
 
 
+class ConcurrencyLimited(KlingError):
+    """The provider account already runs as many tasks at once as it may; nothing was created.
+
+    A rate limit of its own kind: a slot frees when one of the account's running tasks ends,
+    not after a backoff, so it is not retried on the spot. The task domain holds the submit
+    (journaled, ``queued`` with this message) and sends it again when a task ends
+    (:mod:`kling_video_mcp.tasks.slots`).
+    """
+
+    code = "rate_limited"
+    retryable = True
+
+
 class ContentPolicy(KlingError):
     """The provider refused the prompt or image on content grounds."""
 

@@ -2,7 +2,7 @@
 
 Field names follow the providers' own (``prompt``, ``negative_prompt``, ``aspect_ratio``,
 ``cfg_scale``, ``multi_prompt``, ...); the ranges are those of the Kling v3.0 API pages
-(``shared/specs``, providers.md §4).
+(docs/providers.md#common-fields).
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ ShotType = Literal["customize", "intelligent"]
 TaskStatus = Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"]
 """``awaiting_confirmation``: journaled, nothing sent, until a person confirms it (``tasks/consent.py``)."""
 TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({"succeeded", "failed"})
+PublicStatus = TaskStatus
+"""A task's status as callers see it (:attr:`TaskRecord.public_status`): the same five words,
+``succeeded`` only once the task is delivered."""
+Companion = Literal["facts", "contact_sheet", "last_frame", "sidecar"]
+"""What is made beside a finished clip (``media/companions.py``): its probed facts and three files."""
 
 LOCAL_OWNER = "local"
 """The owner of every task on a server without sign-in (stdio, or HTTP with one shared token)."""
@@ -40,7 +45,7 @@ def utcnow() -> datetime:
 
 
 class Shot(BaseModel):
-    """One shot of a multi-shot video (Kling ``multi_prompt`` item, providers.md §4)."""
+    """One shot of a multi-shot video (Kling ``multi_prompt`` item, docs/providers.md#multi-shot-prompts)."""
 
     prompt: str = Field(min_length=1, max_length=512, description="What happens in this shot (at most 512 characters).")
     duration: int = Field(ge=1, le=15, description="Length of this shot in seconds; the shots' durations add up to `duration`.")
@@ -177,6 +182,15 @@ class TaskRecord(BaseModel):
     contact_sheet_path: str | None = None
     last_frame_path: str | None = None
     sidecar_path: str | None = None
+    companions_pending: bool = False
+    """The clip is on disk and journaled (``file_path``) but its companions are not made yet:
+    the task is not delivered until they are, so no caller sees ``succeeded`` without them, and a
+    server stopped in between finds the task unfinished and makes them from the clip."""
+    companion_problems: dict[Companion, str] = Field(default_factory=dict)
+    """Each companion that could not be made, and why (shown in the results' ``warnings``)."""
+    sheet_times_seconds: list[float] | None = None
+    """Where the contact sheet takes its frames, in seconds: a film's shot middles; ``None``
+    spreads them across the clip."""
     warnings: list[str] = Field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
@@ -188,6 +202,9 @@ class TaskRecord(BaseModel):
     """``True`` when *we* stopped watching (ceiling, lost key, unreachable provider) rather than
     the provider failing the task: checking it again resumes watching."""
     notes: list[str] = Field(default_factory=list)
+    waiting_for_slot: str | None = None
+    """While ``queued`` and unsent: why the provider could not take it yet (its account runs as many
+    tasks as it may); sent again when one of them ends (``tasks/slots.py``)."""
     confirm_by: datetime | None = None
     """While ``awaiting_confirmation``: when it ends as declined if no one has answered."""
     webhook_token_sha256: str | None = None
@@ -205,8 +222,17 @@ class TaskRecord(BaseModel):
 
     @property
     def delivered(self) -> bool:
-        """Succeeded and the verified clip is on disk."""
-        return self.status == "succeeded" and self.file_path is not None
+        """Succeeded, the verified clip on disk, and its companions made (or named in
+        ``companion_problems``), all journaled together."""
+        return self.status == "succeeded" and self.file_path is not None and not self.companions_pending
+
+    @property
+    def public_status(self) -> PublicStatus:
+        """The status callers see: a render that finished at the provider but whose clip is still
+        downloading, or whose companions are still being made, is ``running``."""
+        if self.status == "succeeded" and not self.delivered:
+            return "running"
+        return self.status
 
     @property
     def finished(self) -> bool:

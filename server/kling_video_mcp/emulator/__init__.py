@@ -1,14 +1,16 @@
-"""A local emulator of the Kling v3.0 HTTP APIs of Novita AI, HighwayAPI and WaveSpeedAI.
+"""A local emulator of the Kling v3.0 HTTP APIs of Novita AI, HighwayAPI and WaveSpeedAI, and of
+Kling's official API, fal.ai and Replicate.
 
 Tests never call a real provider; they point the clients at this emulator,
-which follows the contracts in ``shared/reference/providers.md`` §6 (routes,
-validation order, envelopes, task clock, result media) and adds control hooks
-(request log, fault injection, forced completion).
+which follows the contracts in docs/providers.md#the-emulator (routes,
+validation order, envelopes, task clock, result media) and, for the last three,
+``docs/hosts-emulated.md``, and adds control hooks (request log, fault injection,
+forced completion).
 
     from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer, create_app
 
     with EmulatorServer(EmulatorConfig(time_scale=0.01)) as emu:
-        novita_base_url = emu.url("novita")
+        novita_base_url = emu.url("novita")  # also "highway", "wavespeed", "kling", "fal", "replicate"
 
 The names are exported lazily (PEP 562): the MCP server imports this package only to
 start the sandbox, and Starlette, uvicorn and PyAV should cost nothing at server start-up.

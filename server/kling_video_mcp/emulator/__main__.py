@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = EmulatorConfig()
     parser = argparse.ArgumentParser(
         prog="python -m kling_video_mcp.emulator",
-        description="Serve the Kling v3.0 provider emulator: /novita, /highway and /wavespeed on one port.",
+        description="Serve the Kling v3.0 provider emulator: every flavor (/novita ... /replicate) on one port.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18080)

@@ -1,8 +1,8 @@
 """Who may call, and how often: API-key classification and the per-minute limiter.
 
-The special keys and their meaning come from providers.md §6.0 ("Keys"); each
-flavor turns a :class:`KeyStatus` into its own error envelope (§6.1 step 1,
-§6.3 step 1).
+The special keys and their meaning come from docs/providers.md#emulator-keys; each
+flavor turns a :class:`KeyStatus` into its own error envelope (see the same
+section).
 """
 
 from __future__ import annotations
@@ -39,22 +39,22 @@ class Caller:
 
     @property
     def broke(self) -> bool:
-        """True for the key whose account has no balance (§6.1 step 6, §6.3 step 3)."""
+        """True for the key whose account has no balance (docs/providers.md#emulator-keys)."""
         return self.key == ZERO_BALANCE_KEY
 
 
-def identify(authorization: str | None, valid_keys: frozenset[str]) -> Caller:
+def identify(authorization: str | None, valid_keys: frozenset[str], scheme: str = "bearer") -> Caller:
     """Classify a raw ``Authorization`` header value against ``valid_keys``.
 
-    Only ``Bearer <key>`` is accepted (§1.1, §3.1); any other scheme is an
-    unknown key, an empty header a missing one.
+    Only ``<scheme> <key>`` is accepted: ``Bearer`` (docs/providers.md#emulator-keys), ``Key`` on fal.ai; any other
+    scheme is an unknown key, an empty header a missing one.
     """
     raw = (authorization or "").strip()
     if not raw:
         return Caller("", KeyStatus.MISSING)
-    scheme, _, key = raw.partition(" ")
+    sent_scheme, _, key = raw.partition(" ")
     key = key.strip()
-    if scheme.lower() != "bearer":
+    if sent_scheme.lower() != scheme:
         return Caller(raw, KeyStatus.UNKNOWN)
     if not key:
         return Caller("", KeyStatus.MISSING)

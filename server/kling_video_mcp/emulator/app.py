@@ -1,10 +1,13 @@
-"""The ASGI application: the three flavors mounted side by side, plus top-level control routes.
+"""The ASGI application: the flavors mounted side by side, plus top-level control routes.
 
 Layout::
 
     /novita/...      Novita AI         (novita.py)
     /highway/...     HighwayAPI        (novita.py)
     /wavespeed/...   WaveSpeedAI       (wavespeed.py)
+    /kling/...       Kling's official API (kling.py)
+    /fal/...         fal.ai: queue, storage and webhook key set (fal.py)
+    /replicate/...   Replicate: predictions, files, webhook secret (replicate.py)
     /__fake/health   GET  -> {"ok": true}
     /__fake/reset    POST -> clears tasks, files, request logs, faults, rate windows
     /__fake/faults   GET  -> armed faults;  POST {flavor, target, kind, times, ...} -> arms one
@@ -26,13 +29,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from .config import EmulatorConfig
+from .fal import Fal
 from .faults import Fault
 from .flavor import Flavor, parse_object
+from .kling import Kling
 from .novita import Highway, Novita
+from .replicate import Replicate
 from .state import Emulator
 from .wavespeed import WaveSpeed
 
-FLAVOR_CLASSES: tuple[type[Flavor], ...] = (Novita, Highway, WaveSpeed)
+FLAVOR_CLASSES: tuple[type[Flavor], ...] = (Novita, Highway, WaveSpeed, Kling, Fal, Replicate)
 
 
 def create_app(config: EmulatorConfig | None = None) -> Starlette:

@@ -1,4 +1,4 @@
-"""Serving result media the way a presigned object-store URL does (providers.md §1.4, §6.0).
+"""Serving result media the way a presigned object-store URL does (docs/providers.md#emulator-result-media).
 
 Files go out through Starlette's ``FileResponse``, which already implements
 HEAD, ``Content-Length``, ``ETag``/``If-Range`` and single or multiple

@@ -1,7 +1,7 @@
 """The provider-neutral error every handler raises; each flavor renders its own envelope.
 
-``reason`` uses Novita's vocabulary (providers.md §1.6), which Novita and
-HighwayAPI send as-is and WaveSpeed drops (§3.9: only ``code`` and ``message``).
+``reason`` uses Novita's vocabulary (docs/providers.md#novita-errors), which Novita and
+HighwayAPI send as-is and WaveSpeed drops (docs/providers.md#wavespeed-errors: only ``code`` and ``message``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ class ApiError(Exception):
     """An HTTP error answer: ``status``, Novita-style ``reason``, human ``message``, extra ``headers``.
 
     ``body``, when given, is sent verbatim instead of the flavor's envelope (a
-    provider that answers off-envelope, e.g. HighwayAPI's bare balance error, §6.2).
-    ``in_ok`` sends the error inside an HTTP 200, as providers sometimes do (§10.5).
+    provider that answers off-envelope, e.g. HighwayAPI's bare balance error, docs/providers.md#highway-errors).
+    ``in_ok`` sends the error inside an HTTP 200, as providers sometimes do (docs/providers.md#http-200-errors).
     """
 
     def __init__(
@@ -38,5 +38,5 @@ class ApiError(Exception):
 
 
 def invalid(message: str, reason: str = "INVALID_REQUEST_BODY") -> ApiError:
-    """A 400 for a request the provider refuses to accept (§6.1 steps 3-5, §6.3 step 4)."""
+    """A 400 for a request the provider refuses to accept (docs/providers.md#emulator-validation)."""
     return ApiError(400, reason, message)

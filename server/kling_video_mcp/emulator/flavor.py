@@ -1,4 +1,4 @@
-"""What every emulated provider has in common (providers.md §6.0).
+"""What every emulated provider has in common (docs/providers.md#the-emulator).
 
 A :class:`Flavor` turns the shared :class:`~.state.Emulator` into one
 provider's HTTP surface. This base class owns the parts that do not vary:
@@ -19,6 +19,8 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import anyio
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -27,8 +29,8 @@ from . import downloads
 from .access import Caller, KeyStatus, identify
 from .config import EmulatorConfig
 from .errors import ApiError
-from .faults import BODY_ONLY_KINDS, REWRITE_KINDS, Fault, rewrite_answer
-from .rules import FlavorRules, Model, Submission, validate
+from .faults import BODY_ONLY_KINDS, ECHO_KINDS, REWRITE_KINDS, Fault, escape_echo, rewrite_answer
+from .rules import FlavorRules, HostRules, ImageInput, Model, Submission, read_fields, validate
 from .state import Emulator
 from .tasks import Phase, Task
 from .tokens import Directives, read_directives
@@ -37,6 +39,7 @@ Handler = Callable[[Request, bytes], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 HANG_CHECK_SECONDS = 0.1
+WAIT_STEP_SECONDS = 0.05
 
 ErrorCatalogue = Mapping[str, tuple[int, str, str]]
 """Error kind -> (HTTP status, Novita reason, message). Kinds: missing_key, unknown_key,
@@ -47,6 +50,7 @@ _FAULT_KINDS: dict[tuple[int, str | None], str] = {
     (429, None): "rate_limited",
     (500, "submit"): "create_failed",
     (500, "poll"): "result_failed",
+    (500, "result"): "result_failed",
     (503, None): "unavailable",
 }
 """Which catalogue entry words a ``status`` fault (any target when the target is ``None``)."""
@@ -56,10 +60,10 @@ class Flavor(ABC):
     """One provider's routes over the shared emulator state."""
 
     name: ClassVar[str]
-    rules: ClassVar[FlavorRules]
+    rules: ClassVar[FlavorRules | HostRules]
     errors: ClassVar[ErrorCatalogue]
     balance_before_fields: ClassVar[bool]
-    """WaveSpeed checks balance right after the rate limit (§6.3 step 3); Novita after content (§6.1 step 6)."""
+    """WaveSpeed checks balance right after the rate limit, Novita after content (docs/providers.md#emulator-validation)."""
 
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
@@ -81,7 +85,7 @@ class Flavor(ABC):
 
     @abstractmethod
     def render_ok_error(self, error: ApiError) -> Response:
-        """``error`` carried by an HTTP 200, as this provider sends some failures (providers.md §10.5)."""
+        """``error`` carried by an HTTP 200, as this provider sends some failures (docs/providers.md#http-200-errors)."""
 
     def error(self, kind: str) -> ApiError:
         """The catalogue error of ``kind``; subclasses override for configurable variants."""
@@ -112,7 +116,7 @@ class Flavor(ABC):
             body = await request.body()
             self.emulator.journal.record(self.name, request, body)
             fault = self._take_fault(target, request) if target else None
-            if fault is not None and fault.kind in ("status", "echo_key"):
+            if fault is not None and (fault.kind == "status" or fault.kind in ECHO_KINDS):
                 return self._fault_response(fault, request)
             if fault is not None and fault.kind == "ok_error":
                 return self.render_ok_error(self.fault_error(fault))
@@ -121,14 +125,15 @@ class Flavor(ABC):
                 response = await handler(request, body)
             except ApiError as error:
                 response = self.render_ok_error(error) if error.in_ok else self.render_error(error)
-            if fault is not None and fault.kind == "created_then_status" and response.status_code == 200:
+            succeeded = 200 <= response.status_code < 300  # 201 (Replicate), 202 (fal's status) too
+            if fault is not None and fault.kind == "created_then_status" and succeeded:
                 response = self._fault_response(fault, request)
             elif fault is not None and fault.kind == "hang":
                 await _hang(request, fault.seconds)
-            elif fault is not None and fault.kind in REWRITE_KINDS and response.status_code == 200:
+            elif fault is not None and fault.kind in REWRITE_KINDS and succeeded:
                 answer = json.loads(bytes(response.body))
-                rewrite_answer(answer, fault.kind, fault.value or "")
-                response = JSONResponse(answer)
+                rewrite_answer(answer, fault.kind, fault.value or "", self.name)
+                response = JSONResponse(answer, response.status_code, headers=_kept_headers(response))
             return response
 
         return run
@@ -139,12 +144,16 @@ class Flavor(ABC):
         return self.emulator.faults.take(self.name, target, lambda fault: not (head and fault.kind in BODY_ONLY_KINDS))
 
     def _fault_response(self, fault: Fault, request: Request) -> Response:
-        message = fault.message
-        if fault.kind == "echo_key":
-            message = f"{fault.message or 'Invalid key'}: {request.headers.get('authorization', '')}"
+        message, echoed = fault.message, request.headers.get("authorization", "")
+        if fault.kind in ECHO_KINDS:
+            message = f"{fault.message or 'Invalid key'}: {echoed}"
         if fault.target == "media":
             return downloads.s3_error(fault.status, fault.reason, message, fault.retry_headers())
-        return self.render_error(self.fault_error(fault, message))
+        response = self.render_error(self.fault_error(fault, message))
+        if fault.kind == "echo_key_escaped" and echoed:
+            response.body = escape_echo(bytes(response.body), echoed)
+            response.headers["content-length"] = str(len(response.body))
+        return response
 
     def fault_error(self, fault: Fault, wording: str | None = None) -> ApiError:
         """A ``status`` fault's answer: ``wording``, else its own, else the catalogue's, else
@@ -158,9 +167,14 @@ class Flavor(ABC):
 
     # -- the submission pipeline ------------------------------------------------
 
+    def identify(self, request: Request) -> Caller:
+        """Who is calling: ``Authorization: Bearer <key>`` by default; hosts with another scheme
+        (fal's ``Key``, Kling's JWT) override this and may raise their own ``ApiError``."""
+        return identify(request.headers.get("authorization"), self.config.valid_keys)
+
     def admit(self, request: Request, *, submission: bool) -> Caller:
-        """Steps 1-2 of §6.1/§6.3: a usable key, and under its per-minute limit when submitting."""
-        caller = identify(request.headers.get("authorization"), self.config.valid_keys)
+        """Validation steps 1-2 (docs/providers.md#emulator-validation): a usable key, and under its per-minute limit when submitting."""
+        caller = self.identify(request)
         refusal = {
             KeyStatus.MISSING: "missing_key",
             KeyStatus.UNKNOWN: "unknown_key",
@@ -179,26 +193,47 @@ class Flavor(ABC):
         caller = self.admit(request, submission=True)
         if self.balance_before_fields and caller.broke:
             raise self.error("balance")
+        submission, directives = self.inspect(request, body, model)
+        self.charge(caller, directives)
+        return caller, submission, directives
+
+    def inspect(self, request: Request, body: bytes, model: Model) -> tuple[Submission, Directives]:
+        """Steps 3-5: a JSON object, valid fields, no refused content."""
         payload = parse_object(body)
         if payload is None:
             raise self.error("bad_body")
-        own_host = request.url.netloc
-        submission = validate(
-            self.rules, model, payload, lambda url: self.emulator.resolve_image_url(url, own_host), self.config
-        )
-        directives = read_directives(submission.texts())
+        submission = self.read_submission(request, payload, model)
+        return submission, self.screen(read_directives(submission.texts()))
+
+    def screen(self, directives: Directives) -> Directives:
+        """Content the provider refuses at the submit (``[[reject:...]]``) is refused here; hosts
+        that check content while rendering override this to fail the task instead."""
         if directives.reject is not None:
             raise self.error(directives.reject)
+        return directives
+
+    def read_submission(self, request: Request, payload: dict[str, Any], model: Model) -> Submission:
+        """The fields of a submit body under this flavor's rules (hosts with their own dialect override)."""
+        if isinstance(self.rules, HostRules):
+            return read_fields(self.rules, model, payload, self.image_resolver(request), self.config)[0]
+        return validate(self.rules, model, payload, self.image_resolver(request), self.config)
+
+    def image_resolver(self, request: Request) -> Callable[[str], ImageInput]:
+        """What the provider would find at an image URL sent to this request's host."""
+        own_host = request.url.netloc
+        return lambda url: self.emulator.resolve_image_url(url, own_host)
+
+    def charge(self, caller: Caller, directives: Directives) -> None:
+        """The last gates before a task exists: balance, then the create faults of the prompt tokens."""
         if caller.broke:
             raise self.error("balance")
         if directives.fault_create:
             raise self.error("create_failed")
         if directives.ok_error == "submit":
             raise self.carried("balance")
-        return caller, submission, directives
 
     def carried(self, kind: str) -> ApiError:
-        """The catalogue error of ``kind``, to be sent inside an HTTP 200 (§10.5)."""
+        """The catalogue error of ``kind``, to be sent inside an HTTP 200 (docs/providers.md#http-200-errors)."""
         error = self.error(kind)
         return ApiError(error.status, error.reason, error.message, error.headers, in_ok=True)
 
@@ -220,7 +255,7 @@ class Flavor(ABC):
         return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
 
     def result_url(self, request: Request, task: Task, now: float) -> str:
-        """A fresh presigned-style URL for the clip, valid ``task.url_ttl`` seconds from now (§6.0)."""
+        """A fresh presigned-style URL for the clip, valid ``task.url_ttl`` seconds from now (docs/providers.md#emulator-result-media)."""
         expires = math.ceil(now) + task.url_ttl
         return f"{self.flavor_base(request)}/__fake/media/{task.id}.mp4?expires={expires}"
 
@@ -242,13 +277,28 @@ class Flavor(ABC):
         now = self.emulator.now()
         if task is None or task.phase(now) is not Phase.SUCCEEDED:
             return downloads.missing()
+        refusal = self.clip_refusal(request, task, now)
+        if refusal is not None:
+            return refusal
+        return downloads.serve_file(await self.emulator.clip(task), "video/mp4", fault)
+
+    def clip_refusal(self, request: Request, task: Task, now: float) -> Response | None:
+        """Why a finished task's clip URL no longer works, if it does not: by default a presigned
+        URL whose ``expires`` has passed (hosts that delete outputs on a schedule override this)."""
         try:
             expires = float(request.query_params["expires"])
         except (KeyError, ValueError):
             return downloads.s3_error(403, "AccessDenied", "Query-string authentication requires the expires parameter")
         if now >= expires:
             return downloads.expired()
-        return downloads.serve_file(await self.emulator.clip(task), "video/mp4", fault)
+        return None
+
+    async def wait_for_end(self, task: Task, seconds: float) -> float:
+        """Hold on until ``task`` ends or ``seconds`` (real) pass; returns the time it stopped waiting."""
+        deadline = self.emulator.now() + seconds
+        while (now := self.emulator.now()) < deadline and task.phase(now) in (Phase.QUEUED, Phase.RUNNING):
+            await anyio.sleep(min(WAIT_STEP_SECONDS, deadline - now))
+        return self.emulator.now()
 
     # -- control routes (not recorded: they are not part of any provider) ----------
 
@@ -276,8 +326,23 @@ async def _hang(request: Request, seconds: float) -> None:
         await anyio.sleep(min(HANG_CHECK_SECONDS, left))
 
 
+def _kept_headers(response: Response) -> dict[str, str]:
+    """Headers of ``response`` worth keeping on a rewritten copy (not its length or type)."""
+    return {
+        name: value for name, value in response.headers.items() if name not in ("content-length", "content-type")
+    }
+
+
+async def read_form(request: Request) -> FormData | None:
+    """The multipart (or url-encoded) form of ``request``, or ``None`` when its body is not one."""
+    try:
+        return await request.form()
+    except HTTPException:
+        return None
+
+
 def parse_object(body: bytes) -> dict[str, Any] | None:
-    """The JSON object in ``body``, or ``None`` when it is not one (§6.1 step 3)."""
+    """The JSON object in ``body``, or ``None`` when it is not one (docs/providers.md#emulator-validation, step 3)."""
     try:
         value = json.loads(body)
     except ValueError:

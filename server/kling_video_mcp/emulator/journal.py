@@ -1,4 +1,4 @@
-"""The request log: what each flavor was asked, for tests to assert on (providers.md §6.0).
+"""The request log: what each flavor was asked, for tests to assert on (docs/providers.md#emulator-control-routes).
 
 Each entry is ``{"method", "path", "query", "json", "headers"}``:
 

@@ -2,7 +2,7 @@
 
 The clip stands in for a Kling render: a playable H.264/yuv420p MP4 whose
 duration is exactly the requested one (``duration * fps`` frames; Kling
-outputs 24 fps, providers.md §4), showing the prompt text of the current shot
+outputs 24 fps, docs/providers.md#common-fields), showing the prompt text of the current shot
 over a plain or image background, with a moving bar and a frame counter so it
 is visibly video, plus an optional quiet AAC tone when ``sound`` is set.
 Everything here is blocking; callers run it in a worker thread.

@@ -1,4 +1,4 @@
-"""Novita AI and HighwayAPI: one Novita-family implementation, two rule tables (providers.md §6.1, §6.2).
+"""Novita AI and HighwayAPI: one Novita-family implementation, two rule tables (docs/providers.md#the-emulator).
 
 Routes (relative to ``/novita`` or ``/highway``):
 
@@ -6,9 +6,9 @@ Routes (relative to ``/novita`` or ``/highway``):
 - ``GET /v3/async/task-result?task_id=`` -> ``{extra, task{…}, images, videos, audios}``
 - anything else -> 404 ``API_NOT_FOUND``
 
-Errors use the envelope ``{"code", "reason", "message", "metadata": {}}`` (§1.6). Field rules
-per route are in ``rules`` (as corrected by §10.1, §10.2, §10.4, §10.6, §10.7); an ``ok_error``
-fault answers HTTP 200 with a bare ``{"message"}`` and no task (§10.5).
+Errors use the envelope ``{"code", "reason", "message", "metadata": {}}`` (docs/providers.md#novita-errors). Field rules
+per route are in ``rules`` (docs/providers.md#novita-rules, #highway-rules); an ``ok_error``
+fault answers HTTP 200 with a bare ``{"message"}`` and no task (docs/providers.md#novita-http-200-errors).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .rules import HIGHWAY_RULES, NOVITA_MODELS, NOVITA_RULES, Model
 from .tasks import Outcome, Phase, Task
 
 NOVITA_ERRORS: ErrorCatalogue = {
-    # §1.6 Image/Video/Audio table; messages as in the §6.1 examples.
+    # Novita's Image/Video/Audio error table: docs/providers.md#novita-errors.
     "missing_key": (400, "MISSING_API_KEY", "API Key not provided"),
     "unknown_key": (403, "INVALID_API_KEY", "API Key validation failed"),
     "forbidden_key": (403, "API_NOT_ALLOWED", "No permission to use this API"),
@@ -51,7 +51,7 @@ STATUSES = {
 }
 
 FAILURE_REASONS = {
-    # task.reason texts (§1.4, §6.1 "Task result — failed"); only the moderation one is quoted in the docs.
+    # task.reason texts (docs/providers.md#novita-task-result); only the moderation one is quoted in the docs.
     Outcome.MODERATION: "The content you submitted failed the moderation review",
     Outcome.INTERNAL: "Task execution failed due to an internal error, please try again",
     Outcome.MEDIA: "Failed to download image from the provided URL.",
@@ -82,7 +82,7 @@ class NovitaFamily(Flavor):
         return JSONResponse(body, error.status, headers=error.headers)
 
     def render_ok_error(self, error: ApiError) -> Response:
-        """A 200 whose body is only the message, no ``task_id`` or ``task`` (§10.5, as in a
+        """A 200 whose body is only the message, no ``task_id`` or ``task`` (docs/providers.md#novita-http-200-errors, as in a
         JieKou adaptor's fixtures: ``{"message": "insufficient balance"}``)."""
         return JSONResponse({"message": error.message}, headers=error.headers)
 
@@ -92,20 +92,20 @@ class NovitaFamily(Flavor):
         return super().error(kind)
 
     async def _submit(self, model: Model, request: Request, body: bytes) -> Response:
-        """§6.1 steps 1-7."""
+        """Validate, create the task, arm its webhook (docs/providers.md#emulator-validation)."""
         caller, submission, directives = self.accept(request, body, model)
         task = await self.emulator.create_task(self.name, str(uuid.uuid4()), caller.key, submission, directives)
         if url := _webhook_url(parse_object(body) or {}):
 
             def event(task: Task, now: float) -> dict[str, Any]:
-                # §1.5: the event wraps exactly the Task Result response.
+                # docs/providers.md#novita-webhooks: the event wraps exactly the Task Result response.
                 return {"event_type": "ASYNC_TASK_RESULT", "payload": self.task_result(request, task, now)}
 
             self.emulator.send_webhook(task, url, event)
         return JSONResponse({"task_id": task.id})
 
     async def _poll(self, request: Request, _body: bytes) -> Response:
-        """§6.1 "Task-result rules": auth, ``task_id`` required, own tasks only."""
+        """The task result (docs/providers.md#novita-task-result): auth, ``task_id`` required, own tasks only."""
         caller = self.admit(request, submission=False)
         task_id = request.query_params.get("task_id", "")
         if not task_id:
@@ -114,7 +114,7 @@ class NovitaFamily(Flavor):
         return JSONResponse(self.task_result(request, task, self.emulator.now()))
 
     def task_result(self, request: Request, task: Task, now: float) -> dict[str, Any]:
-        """The full §1.4 task-result body for ``task`` at ``now``."""
+        """The full task-result body for ``task`` at ``now`` (docs/providers.md#novita-task-result)."""
         phase = task.phase(now)
         done = phase in (Phase.SUCCEEDED, Phase.FAILED)
         videos = []
@@ -151,7 +151,7 @@ class Novita(NovitaFamily):
 
 
 class Highway(NovitaFamily):
-    """HighwayAPI: Novita's protocol with its own field rules and a switchable balance error (§6.2)."""
+    """HighwayAPI: Novita's protocol with its own field rules and a switchable balance error (docs/providers.md#highway-errors)."""
 
     name = "highway"
     rules = HIGHWAY_RULES
@@ -166,7 +166,7 @@ class Highway(NovitaFamily):
 
 
 def _webhook_url(payload: dict[str, Any]) -> str | None:
-    """``extra.webhook.url`` of a submit body (§1.5), if it names one."""
+    """``extra.webhook.url`` of a submit body (docs/providers.md#novita-webhooks), if it names one."""
     extra = payload.get("extra")
     webhook = extra.get("webhook") if isinstance(extra, dict) else None
     url = webhook.get("url") if isinstance(webhook, dict) else None

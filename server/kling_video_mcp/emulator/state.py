@@ -8,10 +8,11 @@ and the HTTP control endpoints both end up here.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,20 +27,25 @@ from .journal import RequestLog
 from .media import ClipSpec, fit_background, frame_size, render_clip
 from .rules import ASPECT_RATIOS, ImageInput, Submission
 from .store import Store, write_atomic
-from .tasks import Outcome, Shot, Task
+from .tasks import Outcome, Phase, Shot, Task
 from .tokens import Directives, strip_tokens
 
 log = logging.getLogger(__name__)
 
 UNREACHABLE_HOST = "unreachable.invalid"
 EXPIRE_TOKEN_TTL = 1
-"""Seconds a result URL lives when the prompt carries ``[[expire]]`` (§6.0)."""
+"""Seconds a result URL lives when the prompt carries ``[[expire]]`` (docs/providers.md#emulator-prompt-tokens)."""
 WEBHOOK_RETRIES = 5
-"""Novita: "up to 5 retries" after a timeout or a non-2xx answer (providers.md §1.5)."""
+"""Novita: "up to 5 retries" after a timeout or a non-2xx answer (docs/providers.md#novita-webhooks)."""
 WEBHOOK_TIMEOUT_SECONDS = 5.0
-"""Novita: a webhook not answered within 5 s counts as failed (§1.5)."""
+"""Novita: a webhook not answered within 5 s counts as failed (docs/providers.md#novita-webhooks)."""
 WEBHOOK_WATCH_SECONDS = 0.02
 """How often a pending webhook looks whether its task has ended."""
+
+WebhookBody = Callable[[Task, float], dict[str, Any]]
+"""The JSON body of a webhook about a task at an instant."""
+WebhookSigner = Callable[[Task, bytes], Mapping[str, str]]
+"""Headers that authenticate one delivery of a raw webhook body."""
 
 
 class Emulator:
@@ -89,7 +95,7 @@ class Emulator:
     # -- tasks -------------------------------------------------------------
 
     def find_task(self, flavor: str, task_id: str, key: str | None = None) -> Task | None:
-        """The task ``task_id`` of ``flavor`` (and of ``key``, when given: other keys' tasks do not exist, §6.1)."""
+        """The task ``task_id`` of ``flavor`` (and of ``key``, when given: other keys' tasks do not exist, docs/providers.md#emulator-routes)."""
         task = self.store.get(task_id)
         if task is None or task.flavor != flavor or (key is not None and task.key != key):
             return None
@@ -98,7 +104,7 @@ class Emulator:
     async def create_task(
         self, flavor: str, task_id: str, key: str, submission: Submission, directives: Directives
     ) -> Task:
-        """Register a task for an accepted submission, freezing its timings now (§6.0 "Task clock").
+        """Register a task for an accepted submission, freezing its timings now (docs/providers.md#emulator-task-clock).
 
         A download failure ends the task as soon as it leaves the queue; otherwise
         it renders for ``run_seconds`` (or ``[[render:N]]``), both scaled.
@@ -165,45 +171,76 @@ class Emulator:
 
     # -- webhooks ----------------------------------------------------------
 
-    def send_webhook(self, task: Task, url: str, body: Callable[[Task, float], dict[str, Any]]) -> None:
-        """When ``task`` ends, POST ``body(task, now)`` to ``url`` as the providers do (§1.5, §3.8).
+    def send_webhook(
+        self,
+        task: Task,
+        url: str,
+        body: WebhookBody,
+        *,
+        sign: WebhookSigner | None = None,
+        stages: Sequence[str] = ("ended",),
+    ) -> None:
+        """POST ``body(task, instant)`` to ``url`` as the task passes each of ``stages`` (§1.5, §3.8).
 
-        A delivery that gets no 2xx within :data:`WEBHOOK_TIMEOUT_SECONDS` is retried up to
-        :data:`WEBHOOK_RETRIES` times. ``drop_webhooks`` (read when the task ends) sends nothing.
-        Call from the emulator's event loop (a request handler).
+        Stages: ``created`` (at once), ``started`` (it left the queue; skipped when it ended without
+        running) and ``ended``. The body describes the stage: ``instant`` is the start for
+        ``started``, the moment of delivery otherwise. ``sign(task, raw_body)`` returns headers that
+        authenticate one attempt (fal's ED25519, Replicate's Standard Webhooks). A delivery that gets
+        no 2xx within :data:`WEBHOOK_TIMEOUT_SECONDS` is retried up to :data:`WEBHOOK_RETRIES`
+        times. ``drop_webhooks`` (read at each delivery) sends nothing. Call from the emulator's
+        event loop (a request handler).
         """
-        delivery = asyncio.get_running_loop().create_task(self._deliver_webhook(task.id, url, body))
+        delivery = asyncio.get_running_loop().create_task(self._deliver_webhook(task.id, url, body, sign, stages))
         self._deliveries.add(delivery)
         delivery.add_done_callback(self._deliveries.discard)
 
-    async def _deliver_webhook(self, task_id: str, url: str, body: Callable[[Task, float], dict[str, Any]]) -> None:
+    async def _deliver_webhook(
+        self, task_id: str, url: str, body: WebhookBody, sign: WebhookSigner | None, stages: Sequence[str]
+    ) -> None:
+        for stage in stages:
+            task = await self._reached(task_id, stage)
+            if task is None:
+                return  # reset meanwhile
+            if stage == "started" and task.phase(task.starts_at) is not Phase.RUNNING:
+                continue
+            instant = task.starts_at if stage == "started" else self.now()
+            await self._post_webhook(task, url, body(task, instant), sign)
+
+    async def _reached(self, task_id: str, stage: str) -> Task | None:
+        """The task once it has passed ``stage``, or ``None`` when it no longer exists."""
         while True:
             task = self.store.get(task_id)  # read again: a forced completion changes its end
             if task is None:
-                return  # reset meanwhile
-            if task.phase(self.now()).value in ("succeeded", "failed"):
-                break
+                return None
+            now = self.now()
+            ended = task.phase(now) in (Phase.SUCCEEDED, Phase.FAILED)
+            if ended or stage == "created" or (stage == "started" and now >= task.starts_at):
+                return task
             await anyio.sleep(WEBHOOK_WATCH_SECONDS)
+
+    async def _post_webhook(self, task: Task, url: str, payload: dict[str, Any], sign: WebhookSigner | None) -> None:
         if self.config.drop_webhooks:
-            log.info("task %s: webhook dropped (drop_webhooks)", task_id)
+            log.info("task %s: webhook dropped (drop_webhooks)", task.id)
             return
+        raw = json.dumps(payload).encode()
         async with httpx2.AsyncClient(timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
             for attempt in range(1 + WEBHOOK_RETRIES):
                 if attempt:
                     await anyio.sleep(self.config.scaled(self.config.webhook_retry_seconds))
+                headers = {"content-type": "application/json", **(sign(task, raw) if sign else {})}
                 try:
-                    status = (await client.post(url, json=body(task, self.now()))).status_code
+                    status = (await client.post(url, content=raw, headers=headers)).status_code
                 except httpx2.TransportError:
                     status = 0
-                self.webhooks.append({"task_id": task_id, "url": url, "status": status})
+                self.webhooks.append({"task_id": task.id, "url": url, "status": status})
                 if 200 <= status < 300:
                     return
-        log.info("task %s: webhook never answered 2xx; gave up after %d retries", task_id, WEBHOOK_RETRIES)
+        log.info("task %s: webhook never answered 2xx; gave up after %d retries", task.id, WEBHOOK_RETRIES)
 
     # -- media -------------------------------------------------------------
 
     def resolve_image_url(self, url: str, own_netloc: str) -> ImageInput:
-        """What a provider would find at an image URL (§6.0 image validation).
+        """What a provider would find at an image URL (docs/providers.md#emulator-validation).
 
         URLs on this emulator's media routes are read from the store (an unknown
         name cannot be downloaded); ``unreachable.invalid`` cannot be downloaded;

@@ -26,7 +26,10 @@ from .tasks import Task
 
 log = logging.getLogger(__name__)
 
-_TASK_ID = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$")
+_TASK_ID = re.compile(
+    # UUIDs (Novita, WaveSpeed, fal), Kling's 18-digit ids, Replicate's 26-letter base32 ids
+    r"^(?:[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}|[0-9]{18,19}|[a-z2-7]{26})$"
+)
 _UPLOAD_NAME = re.compile(r"^up_[0-9a-f]{12}\.[a-z0-9]{2,5}$")
 _AREAS = ("tasks", "uploads", "backgrounds", "clips")
 

@@ -1,15 +1,15 @@
 """One emulated generation task and its clock.
 
 A task's state is never stored: it is computed from wall-clock time against the
-instants frozen at creation (providers.md §6.0 "Task clock"), so it survives a
+instants frozen at creation (docs/providers.md#emulator-task-clock), so it survives a
 restart when the store is persistent. Flavors translate :class:`Phase` and
-:class:`Outcome` into their own vocabularies (§1.4, §3.5).
+:class:`Outcome` into their own vocabularies (each provider's task-result section of docs/providers.md).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -28,8 +28,12 @@ class Outcome(StrEnum):
     MODERATION = "moderation"
     INTERNAL = "internal"
     MEDIA = "media"
-    """An input image could not be fetched (§3.5 code 1402)."""
+    """An input image could not be fetched (WaveSpeed's task code 1402)."""
     TIMEOUT = "timeout"
+    CANCELED = "canceled"
+    """Stopped by the caller (fal's cancel, Replicate's cancel or ``Cancel-After`` while running)."""
+    ABORTED = "aborted"
+    """Replicate's ``Cancel-After`` deadline passed before the task started (not billed)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class Task:
     """Report ``eta`` 0 however long is left (``[[eta:zero]]``)."""
     ok_error_polls: bool = False
     """Answer every poll with an error inside an HTTP 200 (``[[ok_error:poll]]``)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Facts one flavor keeps with the task (JSON values): e.g. Kling's endpoint and
+    ``external_task_id``, Replicate's echoed input, fal's deferred validation error."""
 
     @property
     def finishes_at(self) -> float:
@@ -95,7 +102,7 @@ class Task:
         return Outcome.SUCCESS if self.forced_at is not None else self.outcome
 
     def progress(self, now: float) -> int:
-        """Percent done: 0 queued, 1..99 running (linear in render time), 100 succeeded, 0 failed (§6.1)."""
+        """Percent done: 0 queued, 1..99 running (linear in render time), 100 succeeded, 0 failed (docs/providers.md#emulator-task-clock)."""
         phase = self.phase(now)
         if phase is Phase.SUCCEEDED:
             return 100
@@ -107,7 +114,7 @@ class Task:
         return max(1, min(99, 1 + int(98 * done)))
 
     def eta(self, now: float) -> int:
-        """Whole seconds until the nominal end of the render, never negative (§1.4 ``task.eta``).
+        """Whole seconds until the nominal end of the render, never negative (Novita's ``task.eta``).
 
         In the emulated provider's seconds (real seconds divided by ``time_scale``), as a real
         provider at that speed would say; a client scales them back like every other duration.
@@ -116,6 +123,14 @@ class Task:
             return 0
         end = self.finishes_at if math.isfinite(self.finishes_at) else self.starts_at + self.run_seconds
         return max(0, math.ceil((end - now) / self.time_scale))
+
+    def cancel(self, at: float, outcome: Outcome = Outcome.CANCELED) -> None:
+        """End the task at ``at`` (now, or a future deadline) as ``outcome``; a task that would
+        end before then on its own is left alone."""
+        if self.forced_at is not None or at >= self.finishes_at:
+            return
+        self.outcome, self.slow = outcome, False
+        self.run_seconds = at - self.starts_at  # negative when it ends before leaving the queue
 
     def force_success(self, now: float) -> None:
         """Make the task succeed at ``now``, or at its own end if that has already passed."""

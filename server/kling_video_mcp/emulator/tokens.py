@@ -1,4 +1,4 @@
-"""Fault tokens written into prompts, so tests need no side channel (providers.md §6.0).
+"""Fault tokens written into prompts, so tests need no side channel (docs/providers.md#emulator-prompt-tokens).
 
 Recognised tokens (anything else in double brackets is left alone):
 
@@ -10,11 +10,11 @@ Recognised tokens (anything else in double brackets is left alone):
 - ``[[fault:create]]``: submit answers 500 CREATE_TASK_FAILED;
 - ``[[render:N]]``: this task renders for N seconds (before ``time_scale``) instead of ``run_seconds``;
 - ``[[ok_error:submit]]``: the submit answers HTTP 200 carrying the insufficient-balance error
-  instead of a task (§10.5: WaveSpeed's envelope ``code`` 400; Novita/HighwayAPI a bare
+  instead of a task (docs/providers.md#http-200-errors: WaveSpeed's envelope ``code`` 400; Novita/HighwayAPI a bare
   ``{"message"}``); ``[[ok_error:poll]]``: the task is created, and every poll of it answers
   HTTP 200 carrying the "failed to get the result" error (``code`` 500) instead of the task;
 - ``[[eta:zero]]``: Novita/HighwayAPI report ``task.eta`` 0 while the task runs, as Novita was seen
-  doing near the end of a render (issue 9); ``progress_percent`` still rises.
+  doing near the end of a render; ``progress_percent`` still rises.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
-"""WaveSpeedAI (providers.md §3, §6.3).
+"""WaveSpeedAI (docs/providers.md#wavespeedai and #the-emulator).
 
 Routes (relative to ``/wavespeed``):
 
 - ``POST /api/v3/kwaivgi/kling-v3.0-{std,pro,4k}/{text-to-video,image-to-video}`` -> prediction ``created``
 - ``GET /api/v3/predictions/{id}/result`` and ``GET /api/v3/predictions/{id}`` -> the prediction
 - ``POST /api/v3/media/upload/binary`` (multipart ``file``) -> ``data.download_url``
-- ``GET /api/v3/balance``, ``POST /api/v3/model/price`` (the optional extras of §6.3)
+- ``GET /api/v3/balance``, ``POST /api/v3/model/price`` (docs/providers.md#emulator-routes)
 - anything else -> 404 ``model not found``
 
 Every answer is the envelope ``{"code", "message", "data"}``; failed predictions
-are still HTTP 200 / ``code`` 200 with ``data.status`` ``failed`` (§3.5), while an ``ok_error``
-fault answers HTTP 200 with the envelope ``code`` set to an error status (§10.5). Shots are
-3-15 s (§10.4), and ``multi_prompt`` is refused unless ``shot_type`` is (or defaults to)
-``customize``: the default is ``intelligent`` on Std and Pro, ``customize`` on 4K (§10.3).
+are still HTTP 200 / ``code`` 200 with ``data.status`` ``failed`` (docs/providers.md#wavespeed-task-result), while an ``ok_error``
+fault answers HTTP 200 with the envelope ``code`` set to an error status (docs/providers.md#http-200-errors). Shots are
+3-15 s, and ``multi_prompt`` is refused unless ``shot_type`` is (or defaults to)
+``customize``: the default is ``intelligent`` on Std and Pro, ``customize`` on 4K (docs/providers.md#wavespeed-shot-type).
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from typing import Any
 
 import anyio
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .errors import ApiError
-from .flavor import ErrorCatalogue, Flavor, parse_object
+from .flavor import ErrorCatalogue, Flavor, parse_object, read_form
 from .media import sniff_image
 from .rules import WAVESPEED_MODELS, WAVESPEED_RULES, Model
 from .tasks import Outcome, Phase, Task
@@ -38,7 +37,7 @@ from .tasks import Outcome, Phase, Task
 UNAUTHORIZED = "Unauthorized: invalid authentication"
 
 WAVESPEED_ERRORS: ErrorCatalogue = {
-    # §6.3 steps 1-4 and §3.9; WaveSpeed has no ``reason``, so the second item is unused.
+    # docs/providers.md#wavespeed-errors; WaveSpeed has no ``reason``, so the second item is unused.
     "missing_key": (401, "", UNAUTHORIZED),
     "unknown_key": (401, "", UNAUTHORIZED),
     "forbidden_key": (403, "", "Forbidden: your account may be suspended"),
@@ -57,7 +56,7 @@ WAVESPEED_ERRORS: ErrorCatalogue = {
 STATUSES = {Phase.QUEUED: "created", Phase.RUNNING: "processing", Phase.SUCCEEDED: "completed", Phase.FAILED: "failed"}
 
 FAILURES = {
-    # §3.5 task-level codes and the §6.3 fault table.
+    # task-level codes: docs/providers.md#wavespeed-task-result.
     Outcome.MODERATION: (1200, "The content contains sensitive information."),
     Outcome.MEDIA: (1402, "Failed to download image from the provided URL."),
     Outcome.INTERNAL: (5000, "Internal error, please try again later."),
@@ -67,10 +66,10 @@ FAILURES = {
 UPLOAD_EXTENSIONS = {
     "jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tif": "tiff", "tiff": "tiff"
 }
-"""§3.7 image formats; the key is a sniffed format or a file-name extension, the value the stored extension."""
+"""Upload image formats (docs/providers.md#wavespeed-uploads); the key is a sniffed format or a file-name extension, the value the stored extension."""
 
 PRICE_PER_SECOND = {"std": 0.084, "pro": 0.112, "4k": 0.42}
-"""USD per generated second (§5.1 defaults; 4K is WaveSpeed's published price)."""
+"""USD per generated second (docs/providers.md#prices; 4K is WaveSpeed's published price)."""
 
 SYNC_POLL_SECONDS = 0.05
 
@@ -101,7 +100,7 @@ class WaveSpeed(Flavor):
         return JSONResponse(body, error.status, headers=error.headers)
 
     def render_ok_error(self, error: ApiError) -> Response:
-        """The envelope with ``code`` = the error's status, on an HTTP 200 (§10.5; §3.7 shows it for uploads)."""
+        """The envelope with ``code`` = the error's status, on an HTTP 200 (docs/providers.md#wavespeed-http-200-errors)."""
         return JSONResponse({"code": error.status, "message": error.message, "data": None}, headers=error.headers)
 
     def error(self, kind: str) -> ApiError:
@@ -111,20 +110,20 @@ class WaveSpeed(Flavor):
         return super().error(kind)
 
     async def _submit(self, model: Model, request: Request, body: bytes) -> Response:
-        """§6.3 steps 1-5 and 7 (``enable_sync_mode``)."""
+        """Validate, create the task, arm its webhook; hold the answer in sync mode (docs/providers.md#emulator-validation)."""
         caller, submission, directives = self.accept(request, body, model)
         task = await self.emulator.create_task(self.name, uuid.uuid4().hex, caller.key, submission, directives)
-        # §3.8: a `webhook` query parameter; the submit page also lists a body `webhook_url` (accept both).
+        # docs/providers.md#wavespeed-webhooks: a `webhook` query parameter; the submit page also lists a body `webhook_url` (accept both).
         payload = parse_object(body) or {}
         if url := request.query_params.get("webhook") or payload.get("webhook_url"):
             self.emulator.send_webhook(task, str(url), lambda task, now: self.prediction(request, task, now))
         if not submission.sync:
-            # The reply describes the task as created, however fast the clock is running (§6.3 step 5).
+            # The reply describes the task as created, however fast the clock is running.
             return _success(self.prediction(request, task, task.created_at))
         return _success(await self._wait_for(request, task))
 
     async def _wait_for(self, request: Request, task: Task) -> dict[str, Any]:
-        """Hold the answer until the task ends or the sync window closes (§3.6)."""
+        """Hold the answer until the task ends or the sync window closes (docs/providers.md#wavespeed-fields-sent)."""
         config = self.config
         deadline = self.emulator.now() + config.scaled(config.sync_timeout_seconds)
         while (now := self.emulator.now()) < deadline and task.phase(now) in (Phase.QUEUED, Phase.RUNNING):
@@ -142,7 +141,7 @@ class WaveSpeed(Flavor):
         return _success(self.prediction(request, task, self.emulator.now()))
 
     def prediction(self, request: Request, task: Task, now: float) -> dict[str, Any]:
-        """The §3.4/§3.5 ``data`` object of ``task`` at ``now``."""
+        """The ``data`` object of ``task`` at ``now`` (docs/providers.md#wavespeed-task-result)."""
         phase = task.phase(now)
         data: dict[str, Any] = {
             "id": task.id,
@@ -168,12 +167,9 @@ class WaveSpeed(Flavor):
         return data
 
     async def _upload(self, request: Request, _body: bytes) -> Response:
-        """§3.7: multipart ``file``; unsupported types are HTTP 200 with ``code`` 500."""
+        """docs/providers.md#wavespeed-uploads: multipart ``file``; unsupported types are HTTP 200 with ``code`` 500."""
         self.admit(request, submission=False)
-        try:
-            form = await request.form()
-        except HTTPException:
-            form = None
+        form = await read_form(request)
         upload = form.get("file") if form is not None else None
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "", 'field "file" is required')
@@ -214,7 +210,7 @@ class WaveSpeed(Flavor):
 
 
 def _iso(instant: float) -> str:
-    """``2026-01-01T12:00:00.000Z`` (§3.4 ``created_at``)."""
+    """``2026-01-01T12:00:00.000Z`` (WaveSpeed's ``created_at``)."""
     return datetime.fromtimestamp(instant, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -42,8 +42,6 @@ now. ``polled``: the task's watcher finished a poll (and the download it led to,
 Listener = Callable[[EventKind, str], None]
 """Called with an event's kind and task id, on the event loop; must not block."""
 
-UNFINISHED_STATUSES: tuple[TaskStatus, ...] = ("queued", "running", "succeeded")
-
 LegacyNames = Literal["file", "oauth"]
 """How the owners of tasks journaled before owner ids named their sign-in method are migrated.
 
@@ -157,10 +155,6 @@ class Journal(ABC):
     @abstractmethod
     async def release_lease(self, task_id: str, owner: str) -> None:
         """Give the lease up (the task finished, or the worker is stopping)."""
-
-    @abstractmethod
-    async def lease_owner(self, task_id: str) -> str | None:
-        """Who holds a live lease on the task, if anyone."""
 
     @abstractmethod
     async def publish(self, kind: EventKind, task_id: str) -> None:

@@ -346,12 +346,6 @@ class PostgresJournal(Journal):
             (task_id, owner),
         )
 
-    async def lease_owner(self, task_id: str) -> str | None:
-        rows = await self._rows(
-            "SELECT lease_owner FROM tasks WHERE task_id = %s AND lease_expires >= clock_timestamp()", (task_id,)
-        )
-        return rows[0][0] if rows else None
-
     async def publish(self, kind: EventKind, task_id: str) -> None:
         await self._rows("SELECT pg_notify(%s, %s)", (CHANNEL, f"{kind}:{task_id}"))
 

@@ -231,9 +231,6 @@ class SqliteJournal(Journal):
     async def release_lease(self, task_id: str, owner: str) -> None:
         return None
 
-    async def lease_owner(self, task_id: str) -> str | None:
-        return None
-
     async def publish(self, kind: EventKind, task_id: str) -> None:
         self._listeners.deliver(kind, task_id)
 

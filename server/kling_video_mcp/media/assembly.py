@@ -22,14 +22,15 @@ thread and may raise to stop the work (the partial file is removed).
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from kling_video_mcp.atomic import atomic_path
+from kling_video_mcp.media.probe import AudioStream, Probe, UnreadableClip, VideoStream, read_clip
 
 if TYPE_CHECKING:
     # PyAV is imported by each function that reads or writes video: this module is loaded at
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     import av
     from av.audio.frame import AudioFrame
     from av.video.frame import VideoFrame
-    from PIL.Image import Image
 
 Method = Literal["stream_copy", "re_encode"]
 Progress = Callable[[float], None]
@@ -50,12 +50,9 @@ AUDIO_BIT_RATE = 192_000
 AAC_FRAME = 1024
 """Samples per AAC frame: the sound is encoded in chunks of this size."""
 DEFAULT_RATE = Fraction(24)
-"""Frames per second when the first clip states none (Kling renders 24 fps, providers.md §4)."""
+"""Frames per second when the first clip states none (Kling renders 24 fps, docs/providers.md#common-fields)."""
 PROGRESS_EVERY = 48
 """Frames or packets between progress callbacks."""
-SHEET_TILE_WIDTH = 320
-SHEET_COLUMNS = 5
-SHEET_JPEG_QUALITY = 80
 
 
 class JoinError(Exception):
@@ -74,40 +71,11 @@ class Joined:
     has_audio: bool
 
 
-@dataclass(frozen=True)
-class _Video:
-    codec: str
-    width: int
-    height: int
-    pix_fmt: str | None
-    rate: Fraction | None
-    extradata: bytes | None
-
-
-@dataclass(frozen=True)
-class _Audio:
-    codec: str
-    rate: int
-    layout: str
-    extradata: bytes | None
-
-
-def _signature(path: Path) -> tuple[_Video, _Audio | None]:
-    import av
-
+def _streams(path: Path) -> Probe:
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise JoinError(f"{path.name} has no video stream")
-            video = container.streams.video[0].codec_context
-            rate = container.streams.video[0].average_rate
-            audio = None
-            if container.streams.audio:
-                sound = container.streams.audio[0].codec_context
-                audio = _Audio(sound.name, sound.sample_rate, sound.layout.name, sound.extradata)
-            return _Video(video.name, video.width, video.height, video.pix_fmt, rate, video.extradata), audio
-    except av.error.FFmpegError as exc:
-        raise JoinError(f"{path.name} cannot be read: {exc}") from exc
+        return read_clip(path)
+    except UnreadableClip as exc:
+        raise JoinError(str(exc)) from exc
 
 
 def join(
@@ -128,24 +96,22 @@ def join(
     """
     import av
 
-    signatures = [_signature(path) for path in clips]
-    videos = [video for video, _ in signatures]
-    sounds = [sound for _, sound in signatures]
+    probes = [_streams(path) for path in clips]
+    videos = [found.video for found in probes]
+    sounds = [found.audio for found in probes]
     copy_video = crossfade_seconds == 0 and videos[0].codec == "h264" and all(video == videos[0] for video in videos)
     first_sound = next((sound for sound in sounds if sound is not None), None) if keep_audio else None
     copy_audio = copy_video and first_sound is not None and all(sound == first_sound for sound in sounds)
-    partial = destination.with_name(f".{destination.name}.part")
     try:
-        with av.open(str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
+        with atomic_path(destination) as partial, av.open(
+            str(partial), mode="w", format="mp4", options={"movflags": "+faststart"}
+        ) as output:
             if copy_video:
                 joined = _copy(output, clips, first_sound, copy_audio, progress)
             else:
                 joined = _reencode(output, clips, videos[0], first_sound, crossfade_seconds, progress)
-        os.replace(partial, destination)
     except av.error.FFmpegError as exc:
         raise JoinError(f"the film could not be made: {exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
     return joined
 
 
@@ -155,7 +121,7 @@ def join(
 def _copy(
     output: av.container.OutputContainer,
     clips: Sequence[Path],
-    sound: _Audio | None,
+    sound: AudioStream | None,
     copy_audio: bool,
     progress: Progress | None,
 ) -> Joined:
@@ -232,8 +198,8 @@ def _copy(
 def _reencode(
     output: av.container.OutputContainer,
     clips: Sequence[Path],
-    first: _Video,
-    sound: _Audio | None,
+    first: VideoStream,
+    sound: AudioStream | None,
     crossfade_seconds: float,
     progress: Progress | None,
 ) -> Joined:
@@ -290,31 +256,9 @@ def _reencode(
     return Joined("re_encode", rate, starts, encoder is not None)
 
 
-def picture_seconds(path: Path) -> Fraction:
-    """How long the clip's picture lasts, in seconds (its sound may run a little longer).
-
-    Raises:
-        JoinError: the file cannot be read or has no video stream.
-    """
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise JoinError(f"{path.name} has no video stream")
-            video = container.streams.video[0]
-            if video.duration is not None and video.time_base is not None:
-                return video.duration * video.time_base
-            if video.frames and video.average_rate:
-                return Fraction(video.frames) / video.average_rate
-            return Fraction(container.duration or 0, av.time_base)
-    except av.error.FFmpegError as exc:
-        raise JoinError(f"{path.name} cannot be read: {exc}") from exc
-
-
 def _frame_count(path: Path, rate: Fraction) -> int:
     """Frames the clip fills at ``rate``, rounded up so that a film is never shorter than its clips."""
-    return max(1, math.ceil(picture_seconds(path) * rate - Fraction(1, 1000)))
+    return max(1, math.ceil(_streams(path).picture_seconds * rate - Fraction(1, 1000)))
 
 
 def _frames_at_rate(path: Path, rate: Fraction, count: int, size: tuple[int, int]) -> Generator[VideoFrame]:
@@ -389,7 +333,7 @@ def _blend(before: VideoFrame, after: VideoFrame, weight: float) -> VideoFrame:
 class _AudioEncoder:
     """An AAC track built clip by clip: each clip's sound (or silence) for exactly its segment."""
 
-    def __init__(self, output: av.container.OutputContainer, sound: _Audio) -> None:
+    def __init__(self, output: av.container.OutputContainer, sound: AudioStream) -> None:
         self._output = output
         self._rate = sound.rate
         self._layout = sound.layout
@@ -443,24 +387,3 @@ class _AudioEncoder:
 
     def close(self) -> None:
         self._output.mux(self._stream.encode(None))
-
-
-# -- contact sheet ----------------------------------------------------------------------
-
-
-def shot_sheet(images: Sequence[Image]) -> bytes:
-    """A JPEG grid of ``images`` (one per shot, in order), :data:`SHEET_COLUMNS` to a row."""
-    from PIL import Image
-
-    if not images:
-        raise JoinError("no frame could be decoded for the contact sheet")
-    tile_height = round(images[0].height * SHEET_TILE_WIDTH / images[0].width)
-    columns = min(SHEET_COLUMNS, len(images))
-    rows = -(-len(images) // columns)
-    sheet = Image.new("RGB", (SHEET_TILE_WIDTH * columns, tile_height * rows))
-    for index, image in enumerate(images):
-        tile = image.convert("RGB").resize((SHEET_TILE_WIDTH, tile_height))
-        sheet.paste(tile, ((index % columns) * SHEET_TILE_WIDTH, (index // columns) * tile_height))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="JPEG", quality=SHEET_JPEG_QUALITY)
-    return buffer.getvalue()

@@ -13,12 +13,12 @@ call it from a worker thread.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+from kling_video_mcp.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,8 @@ def make_preview(clip: Path, destination: Path) -> Path:
     import av
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own: the background maker and a view's first read may run at once.
-    handle, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.stem}-", suffix=".part")
-    os.close(handle)
-    partial = Path(name)
-    try:
+    # A temporary name of its own: the background maker and a view's first read may run at once.
+    with atomic_path(destination) as partial:
         with av.open(str(clip)) as source, av.open(
             str(partial), "w", format="mp4", options={"movflags": "+faststart"}
         ) as target:
@@ -108,9 +105,6 @@ def make_preview(clip: Path, destination: Path) -> Path:
             target.mux(video_out.encode(None))
             if audio_out is not None:
                 target.mux(audio_out.encode(None))
-        partial.replace(destination)
-    finally:
-        partial.unlink(missing_ok=True)
     return destination
 
 

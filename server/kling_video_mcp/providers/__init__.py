@@ -19,9 +19,12 @@ from kling_video_mcp.errors import AuthError
 from kling_video_mcp.providers.base import (
     EndpointRules, KeyCheck, Price, PromptRule, Provider, Submitted, either, uploading_hint,
 )  # fmt: skip
+from kling_video_mcp.providers.fal import Fal
 from kling_video_mcp.providers.highway import Highway
 from kling_video_mcp.providers.http import Gate
+from kling_video_mcp.providers.kling import Kling
 from kling_video_mcp.providers.novita import Novita
+from kling_video_mcp.providers.replicate import Replicate
 from kling_video_mcp.providers.sandbox import Sandbox
 from kling_video_mcp.providers.wavespeed import WaveSpeed
 
@@ -33,7 +36,7 @@ __all__ = [
     "PromptRule", "Provider", "Providers", "Submitted", "either", "provider_class", "uploading_hint",
 ]  # fmt: skip
 
-PROVIDERS: tuple[type[Provider], ...] = (Novita, Highway, WaveSpeed, Sandbox)
+PROVIDERS: tuple[type[Provider], ...] = (Novita, Highway, WaveSpeed, Kling, Fal, Replicate, Sandbox)
 """Every provider, in ``KLING_MCP_PROVIDER``'s fallback order: with it unset, the first whose
 keys are all set is the default, else the first that needs no key (the free sandbox)."""
 
@@ -65,13 +68,6 @@ def default_provider(settings: Settings) -> str:
     if settings.provider is not None:
         return settings.provider
     return next(provider.name for provider in PROVIDERS if provider.keys(settings) is not None)
-
-
-LABELS: dict[str, str] = {provider.name: provider.label for provider in PROVIDERS}
-"""Transitional: ``tasks/service.py`` reads labels here until it calls ``provider_class(name).label``."""
-
-ProviderAdapter = Provider
-"""Transitional: the old name ``tasks/service.py`` imports (for typing only)."""
 
 
 class Providers:

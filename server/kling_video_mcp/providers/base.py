@@ -85,8 +85,8 @@ class ShotLength:
     source: str
 
 
-KLING_SHOT_SECONDS = ShotLength(1, 15, "Kling's own multi-shot rule, providers.md §4")
-SHORTEST_SHOT_3 = ShotLength(3, 15, "the provider's model schema or API page, providers.md §10.4")
+KLING_SHOT_SECONDS = ShotLength(1, 15, "Kling's own multi-shot rule, docs/providers.md#shot-lengths")
+SHORTEST_SHOT_3 = ShotLength(3, 15, "the provider's model schema or API page, docs/providers.md#shot-lengths")
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,16 @@ class EndpointRules:
     """
 
     source: str
-    """Where these rules come from (providers.md sections and API pages)."""
+    """Where these rules come from (docs/providers.md anchors and API pages)."""
     prompt: PromptRule = PromptRule.REQUIRED
     multi_prompt: bool = False
-    """Whether the endpoint takes ``multi_prompt``; always as ``[{prompt, duration}]`` (providers.md §10.1)."""
+    """Whether the endpoint takes ``multi_prompt``; always as ``[{prompt, duration}]`` (docs/providers.md#multi-shot-prompts)."""
     shot_seconds: ShotLength = KLING_SHOT_SECONDS
     """How long each shot may be, where ``multi_prompt`` is taken."""
     inline_images: bool | None = None
     """Image-to-video only: whether ``image``/``end_image`` may be inline data (base64) rather than a
     URL. ``True`` taken, ``False`` refused (the adapter uploads, or refuses before sending),
-    ``None`` unknown: sent, and a refusal is turned into a clear error (providers.md §10.6)."""
+    ``None`` unknown: sent, and a refusal is turned into a clear error (docs/providers.md#novita-inline-images)."""
     shot_type_default: ShotType | None = None
     """Where ``shot_type`` is taken, what the provider does when it is not sent."""
     element_list: bool = False
@@ -223,8 +223,9 @@ def either(items: list[str], conjunction: str = "or") -> str:
 def uploading_hint() -> str:
     """``, or use provider='x', which uploads local files first`` naming the registered providers
     that upload local images (:attr:`Provider.uploads_images`), or ``""`` when none does."""
-    names = either([f"provider='{cls.name}'" for cls in Provider.registry if cls.uploads_images and not cls.makes_placeholders])
-    return f", or use {names}, which uploads local files first" if names else ""
+    uploading = [f"provider='{cls.name}'" for cls in Provider.registry if cls.uploads_images and not cls.makes_placeholders]
+    verb = "uploads" if len(uploading) == 1 else "upload"
+    return f", or use {either(uploading)}, which {verb} local files first" if uploading else ""
 
 
 class Provider(ABC):
@@ -391,7 +392,7 @@ class Provider(ABC):
 
     def body_error(self, response: httpx2.Response) -> KlingError | None:
         """The error a successful (2xx) answer carries instead of a result, if it does
-        (providers.md §10.5); ``None`` (no such errors) unless overridden."""
+        (docs/providers.md#http-200-errors); ``None`` (no such errors) unless overridden."""
         return None
 
     def body_error_from(self, response: httpx2.Response, *, code: object, reason: str, message: str) -> KlingError:
@@ -399,7 +400,7 @@ class Provider(ABC):
         return classify_body_error(response, code=code, reason=reason, message=message, provider=self.label, key_env=self.key_hint)
 
     def inline_image_refused(self, request: GenerationRequest, field: str, said: str | None = None) -> InvalidRequest:
-        """The error for an inline ``field`` image this endpoint does not take (providers.md §10.6).
+        """The error for an inline ``field`` image this endpoint does not take (docs/providers.md#novita-inline-images).
 
         ``said`` is the provider's refusal, when it sent one; without it we refused before sending.
         The hint names the providers that upload local images first.
@@ -413,7 +414,7 @@ class Provider(ABC):
     def expected_render_seconds(self, request: GenerationRequest) -> float:
         """A rough expectation of queue plus render time, for pacing polls where no ETA is given.
 
-        Source: providers.md §5.2 (Std 45-150 s, Pro 90-200 s per 5 s clip; 4K unmeasured,
+        Source: docs/providers.md#polling-pace (Std 45-150 s, Pro 90-200 s per 5 s clip; 4K unmeasured,
         assumed 3-10 min for 5-15 s).
         """
         per_clip = {"std": 90.0, "pro": 150.0, "4k": 300.0}[request.mode]
@@ -443,15 +444,20 @@ class Provider(ABC):
     async def poll(self, provider_task_id: str) -> ProviderUpdate:
         """Read the task's current state (one logical request, retried on transient errors)."""
 
-    async def fetch(self, provider_task_id: str, endpoint: str) -> ProviderUpdate:
-        """Transitional: the old name of :meth:`poll`, with its unused ``endpoint``, kept only while
-        ``tasks/service.py`` calls it; delete it with those calls (issue 16 item 4)."""
-        return await self.poll(provider_task_id)
-
     async def upload(self, image: ImageSource) -> str:
         """Send local image bytes to the provider; returns the URL to pass as the image.
         Only providers with :attr:`uploads_images` implement it."""
         raise NotImplementedError(f"{self.label} takes no uploads")
+
+    async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool | None:
+        """Whether a call to this provider's webhook URL was signed by the provider.
+
+        ``headers`` and ``body`` are the request's own, the body exactly as received (signatures
+        cover its bytes). ``True``: signed and fresh; ``False``: forged or stale, so refuse it and
+        change nothing; ``None`` (the default): the provider signs nothing, or its keys cannot be
+        had now, so the call is only a nudge to poll, trusted for nothing.
+        """
+        return None
 
     async def cancel(self, provider_task_id: str) -> bool:
         """Ask the provider to stop the task; ``True`` when it agreed.

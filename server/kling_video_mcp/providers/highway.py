@@ -8,25 +8,25 @@ from kling_video_mcp.providers.novita_family import NovitaProtocol
 # Each row's ``source`` says where its prompt/multi_prompt rule is written (providers.md §2, with
 # §10 winning). Shots and inline images as on Novita's routes (see ``novita.py``).
 RULES: RulesTable = {
-    ("t2v", "std"): EndpointRules(source="HighwayAPI's std-t2v, like Novita's: no multi_prompt (providers.md §2.2) [I]"),
+    ("t2v", "std"): EndpointRules(source="HighwayAPI's std-t2v, like Novita's: no multi_prompt (docs/providers.md#highway-prompt-rule, inferred)"),
     ("t2v", "4k"): EndpointRules(
-        source="HighwayAPI's 4k-t2v page: prompt and multi_prompt mutually exclusive (shared/specs)",
+        source="HighwayAPI's 4k-t2v page: prompt and multi_prompt mutually exclusive (docs/providers.md#highway-prompt-rule)",
         prompt=PromptRule.ONE_OF, multi_prompt=True,
     ),
     ("t2v", "pro"): EndpointRules(
-        source="HighwayAPI's pro-t2v page: mutually exclusive (providers.md §2.3)",
+        source="HighwayAPI's pro-t2v page: mutually exclusive (docs/providers.md#highway-prompt-rule)",
         prompt=PromptRule.ONE_OF, multi_prompt=True,
     ),
     ("i2v", "std"): EndpointRules(
-        source="HighwayAPI's std-i2v page; prompt optional with multi_prompt (providers.md §2.3, §6.2 [I])",
+        source="HighwayAPI's std-i2v page; prompt optional with multi_prompt (docs/providers.md#highway-prompt-rule, inferred)",
         prompt=PromptRule.EITHER, multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=True,
     ),
     ("i2v", "4k"): EndpointRules(
-        source="HighwayAPI's 4k-i2v page: multi_prompt mutually exclusive with prompt (providers.md §2.3)",
+        source="HighwayAPI's 4k-i2v page: multi_prompt mutually exclusive with prompt (docs/providers.md#highway-prompt-rule)",
         prompt=PromptRule.ONE_OF, multi_prompt=True, shot_seconds=SHORTEST_SHOT_3, inline_images=None,
     ),
     ("i2v", "pro"): EndpointRules(
-        source="HighwayAPI's pro-i2v page, exclusive like its 4k-i2v (providers.md §10.1, §6.2 [I])",
+        source="HighwayAPI's pro-i2v page, exclusive like its 4k-i2v (docs/providers.md#highway-prompt-rule, inferred)",
         prompt=PromptRule.ONE_OF, multi_prompt=True, inline_images=True,
     ),
 }  # fmt: skip

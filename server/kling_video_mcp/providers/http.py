@@ -1,6 +1,6 @@
 """HTTP plumbing shared by the adapters: one client, explicit timeouts, bounded retries.
 
-Retry policy (providers.md §7.3-4, and the WaveSpeed SDK's rule never to re-send a submit):
+Retry policy (docs/providers.md#retries, and the WaveSpeed SDK's rule never to re-send a submit):
 
 - a submit answered 429 is retried, honouring ``Retry-After``: nothing was created;
 - a submit that may have reached the provider (read timeout, 5xx, dropped connection) is
@@ -12,7 +12,7 @@ Retry policy (providers.md §7.3-4, and the WaveSpeed SDK's rule never to re-sen
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +34,7 @@ from kling_video_mcp.errors import (
     UnknownOutcome,
 )
 from kling_video_mcp.models import utcnow
+from kling_video_mcp.redact import redacted_response
 
 if TYPE_CHECKING:
     import ssl
@@ -44,45 +45,7 @@ log = logging.getLogger(__name__)
 
 ErrorClassifier = Callable[[httpx2.Response], KlingError]
 BodyErrorReader = Callable[[httpx2.Response], KlingError | None]
-"""The error a successful (2xx) answer carries in its body, if any (providers.md §10.5)."""
-
-REDACTED = "[redacted]"
-MIN_SECRET_CHARS = 4
-"""Shorter values are not treated as secrets: redacting them would garble ordinary words."""
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every one of ``secrets`` replaced by ``[redacted]``.
-
-    The one redaction of provider text: :class:`ProviderHTTP` applies it to every answer
-    before anything reads it, so a provider that echoes the key (``Invalid key: Bearer
-    ws-...``) cannot put it into a result, the journal or a log line. ``secrets`` comes from
-    :meth:`~kling_video_mcp.config.Settings.secrets`. Longest first, so a secret that contains
-    another is replaced whole.
-    """
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_SECRET_CHARS:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-_REBUILT_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
-
-
-def redacted_response(response: httpx2.Response, secrets: Sequence[str]) -> httpx2.Response:
-    """``response`` itself when its body holds none of ``secrets``, else a copy whose body is
-    redacted (see :func:`redact`). The body must have been read."""
-    body = response.content
-    if not any(len(secret) >= MIN_SECRET_CHARS and secret.encode() in body for secret in secrets):
-        return response
-    headers = [(name, value) for name, value in response.headers.items() if name.lower() not in _REBUILT_HEADERS]
-    return httpx2.Response(
-        response.status_code,
-        headers=headers,
-        content=redact(response.text, secrets).encode(),
-        request=response.request,
-        extensions=response.extensions,
-    )
+"""The error a successful (2xx) answer carries in its body, if any (docs/providers.md#http-200-errors)."""
 
 
 def make_client(settings: Settings, tls: ssl.SSLContext | None = None) -> httpx2.AsyncClient:
@@ -235,8 +198,11 @@ class ProviderHTTP:
     async def _send(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
         await self.gate.wait()
         with anyio.fail_after(self._settings.request_deadline):
-            response = await self._client.request(method, self._base_url + path, auth=self._auth, **kwargs)
-        # The edge where provider text enters: nothing downstream ever sees a configured secret.
+            # An absolute URL is one the provider handed out to follow (fal's status_url), its origin checked.
+            url = path if path.startswith(("https://", "http://")) else self._base_url + path
+            response = await self._client.request(method, url, auth=self._auth, **kwargs)
+        # The edge where provider text enters: nothing downstream ever sees a configured secret,
+        # raw or JSON-escaped (kling_video_mcp.redact).
         return redacted_response(response, self._secrets)
 
     async def _submit_once(self, path: str, kwargs: dict[str, Any]) -> httpx2.Response:
@@ -251,7 +217,7 @@ class ProviderHTTP:
             ) from exc
         if response.is_success:
             if (carried := self._body_error(response)) is not None:
-                raise carried  # an explicit refusal in a 200: nothing was created (§10.5)
+                raise carried  # an explicit refusal in a 200: nothing was created (docs/providers.md#http-200-errors)
             return response
         error = self._classify(response)
         if isinstance(error, RateLimited):
@@ -290,8 +256,8 @@ def classify_error(
 
     ``reason`` is Novita's ``reason`` enum or WaveSpeed's ``error_code`` (``""`` if none);
     ``message`` is the provider's text; ``status`` replaces the HTTP status when the answer
-    carries its real one in the body (a 200 with an error ``code``, providers.md §10.5).
-    Rules from providers.md §1.6, §2.5, §3.9: balance errors are recognised by reason or by
+    carries its real one in the body (a 200 with an error ``code``, docs/providers.md#http-200-errors).
+    Rules from docs/providers.md#error-classification: balance errors are recognised by reason or by
     the words "balance"/"credit", since the status differs between providers (400, 402 or 403).
     """
     status = response.status_code if status is None else status
@@ -322,7 +288,7 @@ def classify_error(
 def classify_body_error(
     response: httpx2.Response, *, code: object, reason: str, message: str, provider: str, key_env: str
 ) -> KlingError:
-    """The error an HTTP 200 carries in its body (providers.md §10.5), classified like its ``code``.
+    """The error an HTTP 200 carries in its body (docs/providers.md#http-200-errors), classified like its ``code``.
 
     With an HTTP-like ``code`` (400-599) it is classified exactly as that status would be. With
     none, by ``reason`` and ``message`` alone (balance, key, content), and otherwise as a

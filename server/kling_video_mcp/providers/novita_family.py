@@ -1,11 +1,11 @@
 """The Novita wire protocol, which Novita AI (``novita.py``) and HighwayAPI (``highway.py``) share.
 
 Both serve ``POST /v3/async/kling-v3.0-{std,pro,4k}-{t2v,i2v}`` answering ``{"task_id"}``
-and ``GET /v3/async/task-result?task_id=`` (providers.md §1, §2). They differ only in their
+and ``GET /v3/async/task-result?task_id=`` (docs/providers.md#novita-ai and #highwayapi). They differ only in their
 description (name, keys, base URL, per-route rules with their sources), which each sets on
 its subclass of :class:`NovitaProtocol`.
 
-Cancelling: neither documents a way to cancel a task (providers.md §1, §2), so
+Cancelling: neither documents a way to cancel a task (docs/providers.md#novita-ai and #highwayapi), so
 :meth:`~kling_video_mcp.providers.base.Provider.cancel` keeps its "cannot cancel" default.
 """
 
@@ -29,7 +29,7 @@ _STATUSES: dict[str, TaskStatus] = {
     "TASK_STATUS_FAILED": "failed",
     "TASK_STATUS_CANCELED": "failed",
 }
-"""providers.md §7.1; any other status counts as still running."""
+"""docs/providers.md#novita-task-result; any other status counts as still running."""
 
 _CONTENT_WORDS = ("moderation", "sensitive", "inappropriate", "illegal", "nsfw")
 
@@ -51,7 +51,7 @@ def _data_uri(image: ImageSource) -> str:
 
 def _number(value: Any) -> float | None:
     """A number the provider sent as a number or a string (``video_url_ttl`` is documented as
-    a string, ``eta`` as a number: parse both leniently, §1.4); ``None`` if it is neither."""
+    a string, ``eta`` as a number: parse both leniently, docs/providers.md#novita-task-result); ``None`` if it is neither."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -64,7 +64,7 @@ class NovitaProtocol(Provider):
     prices = market_prices()  # neither publishes a USD price (providers.md §5.1)
     webhook = Webhook(
         "body", ("extra", "webhook", "url"),
-        "Novita's generic V3 async webhook, providers.md §1.5 (HighwayAPI is Novita-compatible); whether "
+        "Novita's generic V3 async webhook, docs/providers.md#novita-webhooks (HighwayAPI is Novita-compatible); whether "
         "Kling v3.0 routes honour it is unconfirmed (§10), so the watcher's safety-net polls cover it",
     )  # fmt: skip
 
@@ -77,9 +77,9 @@ class NovitaProtocol(Provider):
 
     def body_error(self, response: httpx2.Response) -> KlingError | None:
         """A 200 with neither a submit's ``task_id`` nor a result's ``task`` but an error's ``message``,
-        ``reason`` or ``code`` is that error (e.g. ``{"message": "insufficient balance"}``, providers.md §10.5)."""
+        ``reason`` or ``code`` is that error (e.g. ``{"message": "insufficient balance"}``, docs/providers.md#novita-http-200-errors)."""
         body = json_body(response)
-        inner = body.get("data") if isinstance(body.get("data"), dict) else {}  # HighwayAPI may wrap (§7.2)
+        inner = body.get("data") if isinstance(body.get("data"), dict) else {}  # HighwayAPI may wrap: docs/providers.md#highway-task-result
         if "task_id" in body or "task" in body or "task" in inner or not body.keys() & {"message", "reason", "code"}:
             return None
         return self.body_error_from(
@@ -115,7 +115,7 @@ class NovitaProtocol(Provider):
         try:
             response = await self._http.submit(f"/v3/async/{endpoint}", json=body, params=params)
         except InvalidRequest as exc:
-            # Where inline images are uncertain (§10.6), a refusal naming an inline image is that.
+            # Where inline images are uncertain (docs/providers.md#novita-inline-images), a refusal naming an inline image is that.
             named = sorted(images, key=len, reverse=True)  # "end_image" before "image", which it contains
             inline = [field for field in named if images[field].url is None and field in exc.message]
             if inline and self.rules(request.kind, request.mode).inline_images is not True:
@@ -138,7 +138,7 @@ class NovitaProtocol(Provider):
         response = await self._http.request("GET", "/v3/async/task-result", params={"task_id": provider_task_id})
         body = json_body(response)
         if "task" not in body and isinstance(body.get("data"), dict):
-            body = body["data"]  # HighwayAPI may wrap the result in "data" (providers.md §7.2)
+            body = body["data"]  # HighwayAPI may wrap the result in "data" (docs/providers.md#highway-task-result)
         task = body.get("task")
         if not isinstance(task, dict):
             raise ProviderError(f"{self.label} answered the poll without a task object; asking again later.", retryable=True)

@@ -3,7 +3,7 @@
 Answers come in the envelope ``{code, message, data}``; results are read from
 ``GET /api/v3/predictions/{id}/result``; local images go up first through
 ``POST /api/v3/media/upload/binary`` and are passed as the returned ``download_url``
-(providers.md §3).
+(docs/providers.md#wavespeedai).
 
 Cancelling: WaveSpeed documents no cancel endpoint for predictions (providers.md §3), so
 :meth:`~kling_video_mcp.providers.base.Provider.cancel` keeps its "cannot cancel" default.
@@ -29,27 +29,27 @@ def _route(mode: Mode, prompt: PromptRule, source: str) -> EndpointRules:
         source=source,
         prompt=prompt,
         multi_prompt=True,
-        shot_seconds=SHORTEST_SHOT_3,  # §10.4: WaveSpeed's model schema
-        inline_images=False,  # §3.3: base64 unknown; local images are uploaded (§3.7)
-        # §10.3: Std and Pro cut shots themselves unless told "customize"; the 4K page says customize.
+        shot_seconds=SHORTEST_SHOT_3,  # docs/providers.md#wavespeed-shot-lengths
+        inline_images=False,  # base64 unknown; local images are uploaded: docs/providers.md#wavespeed-inline-images
+        # docs/providers.md#wavespeed-shot-type: Std and Pro cut shots themselves unless told "customize"; the 4K page says customize.
         shot_type_default="customize" if mode == "4k" else "intelligent",
         element_list=True,
     )
 
 
-_EXCLUSIVE = "providers.md §3.3: either prompt or multi_prompt, not both"
+_EXCLUSIVE = "docs/providers.md#wavespeed-prompt-rule: either prompt or multi_prompt, not both"
 WAVESPEED_RULES: RulesTable = {
     ("t2v", "std"): _route("std", PromptRule.ONE_OF, _EXCLUSIVE),
     ("t2v", "pro"): _route("pro", PromptRule.ONE_OF, _EXCLUSIVE),
-    ("t2v", "4k"): _route("4k", PromptRule.REQUIRED, "providers.md §10.7: the 4K t2v page makes prompt the only required field"),
+    ("t2v", "4k"): _route("4k", PromptRule.REQUIRED, "docs/providers.md#wavespeed-prompt-rule: the 4K t2v page makes prompt the only required field"),
     ("i2v", "std"): _route("std", PromptRule.ONE_OF, _EXCLUSIVE),
     ("i2v", "pro"): _route("pro", PromptRule.ONE_OF, _EXCLUSIVE),
     ("i2v", "4k"): _route("4k", PromptRule.ONE_OF, _EXCLUSIVE),
 }
-"""WaveSpeedAI's Kling v3.0 routes (providers.md §3.3 as corrected by §10)."""
+"""WaveSpeedAI's Kling v3.0 routes (docs/providers.md#wavespeed-rules)."""
 
 MULTI_SHOT_TYPE = "customize"
-"""The ``shot_type`` that makes WaveSpeed read ``multi_prompt`` (providers.md §10.3)."""
+"""The ``shot_type`` that makes WaveSpeed read ``multi_prompt`` (docs/providers.md#wavespeed-shot-type)."""
 
 _STATUSES: dict[str, TaskStatus] = {
     "created": "queued",
@@ -60,16 +60,16 @@ _STATUSES: dict[str, TaskStatus] = {
     "cancelled": "failed",
     "timeout": "failed",
 }
-"""providers.md §3.5 and §7.1; any other status counts as still running."""
+"""docs/providers.md#wavespeed-task-result; any other status counts as still running."""
 
-_MODERATION_CODE = 1200  # providers.md §3.5 task-level error codes
+_MODERATION_CODE = 1200  # task-level error codes, docs/providers.md#wavespeed-task-result
 
 
 _WAVESPEED_PAGE = {"4k": "WaveSpeedAI Kling v3.0 4K page", "std": "WaveSpeedAI Kling v3.0 Std page"}
 
 
 class WaveSpeed(Provider):
-    """WaveSpeedAI: ``WAVESPEED_API_KEY``, ``https://api.wavespeed.ai`` (providers.md §3)."""
+    """WaveSpeedAI: ``WAVESPEED_API_KEY``, ``https://api.wavespeed.ai`` (docs/providers.md#wavespeedai)."""
 
     name = "wavespeed"
     label = "WaveSpeedAI"
@@ -82,7 +82,7 @@ class WaveSpeed(Provider):
     prices = market_prices({
         ("4k", False): _WAVESPEED_PAGE["4k"], ("4k", True): _WAVESPEED_PAGE["4k"], ("std", False): _WAVESPEED_PAGE["std"],
     })  # fmt: skip
-    webhook = Webhook("query", ("webhook",), "providers.md §3.8: the webhook goes in a query parameter")
+    webhook = Webhook("query", ("webhook",), "docs/providers.md#wavespeed-webhooks: the webhook goes in a query parameter")
     uploads_images = True
 
     def classify_error(self, response: httpx2.Response) -> KlingError:
@@ -92,7 +92,7 @@ class WaveSpeed(Provider):
         )
 
     def body_error(self, response: httpx2.Response) -> KlingError | None:
-        """A 200 whose envelope ``code`` is not 200 is an error (providers.md §10.5, as WaveSpeed's
+        """A 200 whose envelope ``code`` is not 200 is an error (docs/providers.md#wavespeed-http-200-errors, as WaveSpeed's
         own MCP server and n8n node read it)."""
         body = json_body(response)
         if body.get("code", 200) == 200:
@@ -134,7 +134,7 @@ class WaveSpeed(Provider):
             body["multi_prompt"] = [shot.model_dump() for shot in request.multi_prompt]
             body.setdefault("shot_type", MULTI_SHOT_TYPE)
         if request.element_list:
-            # Item shape {element_id} as a third-party integration sends it (providers.md §3.3).
+            # Item shape {element_id} as a third-party integration sends it (docs/providers.md#wavespeed-element-list).
             body["element_list"] = [{"element_id": element} for element in request.element_list]
         return body
 
@@ -152,7 +152,7 @@ class WaveSpeed(Provider):
         return Submitted(provider_task_id=str(task_id))
 
     async def check_key(self) -> KeyCheck:
-        """``GET /api/v3/balance`` (providers.md §3.11): free, and it says what is left to spend."""
+        """``GET /api/v3/balance`` (docs/providers.md#wavespeed-key-check): free, and it says what is left to spend."""
         response = await self._http.request("GET", "/api/v3/balance")
         balance = (json_body(response).get("data") or {}).get("balance")
         return KeyCheck(f"balance ${balance:.2f}" if isinstance(balance, (int, float)) else "")
@@ -166,7 +166,7 @@ class WaveSpeed(Provider):
         status = _STATUSES.get(str(data.get("status")), "running")
         outputs = data.get("outputs") or []
         first = outputs[0] if outputs else None
-        # Kling's outputs are URL strings; some other models return {"url": ...} (providers.md §10.10).
+        # Kling's outputs are URL strings; some other models return {"url": ...} (docs/providers.md#wavespeed-task-result).
         video_url = first.get("url") if isinstance(first, dict) else first
         if status == "succeeded" and not isinstance(video_url, str):
             raise ProviderError(f"{self.label} reported success with an output this server cannot read: {first!r:.200}.")

@@ -26,6 +26,9 @@ scope a request needs gets 403 ``insufficient_scope``. Both carry ``WWW-Authenti
 ``resource_metadata`` pointing at the protected-resource metadata when an issuer is set (RFC 9728
 §5.1), so a client finds where to sign in. Scopes (:func:`required_scopes`): ``video:generate``
 for the tools that spend, ``video:read`` for every other tool, for resources and for clip files.
+
+One concept: the HTTP caller's identity and rights. The three ways to sign in end in one
+verifier, one guard and one owner name, and their rules are read and reviewed together.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context
-from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from pydantic import AnyHttpUrl, SecretStr
 from starlette.authentication import AuthCredentials
 from starlette.responses import JSONResponse
@@ -55,6 +57,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kling_video_mcp.surface.issuer import IssuerRefused, IssuerUnavailable, JwtVerifier
+from kling_video_mcp.surface.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, nested_deeper_than, read_body
 from kling_video_mcp.tasks.owners import LOCAL_OWNER, SAFE_NAME, oauth_owner, token_file_owner
 
 log = logging.getLogger(__name__)
@@ -257,14 +260,19 @@ def scope_for(method: str, params: Any) -> str | None:
         return GENERATE_SCOPE if name in SPENDING_TOOLS else READ_SCOPE
     if method.startswith("resources/"):
         return READ_SCOPE
+    if method.startswith("tasks/"):  # MCP tasks: answering a spend question or cancelling acts on spending
+        return GENERATE_SCOPE if method in ("tasks/update", "tasks/cancel") else READ_SCOPE
     return None
 
 
 def required_scopes(body: bytes) -> set[str]:
     """The scopes a JSON-RPC POST body needs (a single message or a batch).
 
-    A body that is not JSON needs none here: it calls nothing, and the MCP transport refuses it.
+    A body that is not JSON, or nests too deep to parse safely, needs none here: it calls
+    nothing, and :class:`~kling_video_mcp.surface.limits.MessageLimits` or the MCP transport refuses it.
     """
+    if nested_deeper_than(body, MAX_JSON_DEPTH):
+        return set()
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -370,27 +378,7 @@ class AccessGuard:
             return {READ_SCOPE}, receive
         if scope["method"] != "POST" or path not in self.mcp_paths:
             return set(), receive
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > DEFAULT_MAX_REQUEST_BODY_SIZE:
-                break  # the transport refuses a body this big; nothing in it is called
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": more}
-            return await receive()
-
+        body, replay = await read_body(receive, MAX_BODY_BYTES)  # MessageLimits refuses a longer one
         return required_scopes(body), replay
 
     async def _refuse(

@@ -12,6 +12,9 @@ port, stateless). Out: one Starlette app that serves
 - ``GET /healthz``: ``{"status": "ok", "version": ...}`` once the server is up;
 - ``POST /webhooks/{token}``: a provider saying a task ended (see :func:`webhook_endpoint`).
 
+A POST to the MCP endpoint may be up to about 27.7 MiB (two 10 MB images as base64 ``data:``
+URIs) and nest JSON 64 levels deep (:mod:`kling_video_mcp.surface.limits`): 413 or 400 beyond.
+
 Every route sits behind the same two guards, outermost first (the webhook route behind
 the first only: providers cannot send a bearer token, and the URL's token is the credential):
 
@@ -19,7 +22,7 @@ the first only: providers cannot send a bearer token, and the URL's token is the
    The MCP transports spec says servers "MUST validate the ``Origin`` header on all incoming
    connections" and answer 403 when it is invalid (spec 2025-11-25 and 2026-07-28,
    ``basic/transports``); the SDK turns this on by itself only for loopback binds and only on
-   the MCP endpoint (mcp-sdk.md §2.3), so it is applied here to the whole app.
+   the MCP endpoint (https://github.com/modelcontextprotocol/python-sdk, ``mcp/server/transport_security.py``), so it is applied here to the whole app.
 2. When sign-in is configured (``KLING_MCP_HTTP_TOKEN``, ``KLING_MCP_HTTP_TOKENS_FILE`` or
    ``KLING_MCP_OAUTH_ISSUER``), a verified bearer token with the needed scope
    (:mod:`kling_video_mcp.surface.auth`), else 401 or 403; with an issuer, the protected-resource
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kling_video_mcp import __version__
 from kling_video_mcp.config import Settings
 from kling_video_mcp.surface.auth import AccessGuard, build_access, caller_owner_of
+from kling_video_mcp.surface.limits import MAX_BODY_BYTES, MessageLimits
 from kling_video_mcp.surface.signed_urls import SIGNED_ROUTES, UrlSigner, Verdict
 from kling_video_mcp.tasks.owners import owner_folder
 
@@ -71,8 +74,6 @@ _WILDCARD_BINDS = ("0.0.0.0", "::", "")
 WEBHOOK_PREFIX = "/webhooks/"
 WEBHOOK_MAX_BYTES = 256 * 1024
 """Largest webhook body read (a task result is a few kB); a longer one gets 413 and changes nothing."""
-_WEBHOOK_TOKEN = re.compile(r"((?:/|%2F)webhooks(?:/|%2F))[^/?&#\s\"%]+", re.IGNORECASE)
-"""A webhook token in a path, or in a URL-encoded query (a provider that takes ``?webhook=``)."""
 
 
 class StartRefused(Exception):
@@ -230,53 +231,30 @@ def webhook_endpoint(mcp: KlingMCPServer) -> Callable[[Request], Awaitable[Respo
     """``POST /webhooks/{token}``: a provider says a task ended; its watcher polls it now.
 
     The body is read (up to :data:`WEBHOOK_MAX_BYTES`, else 413) and never trusted: the poll
-    asks the provider itself, so a forged call can at most cause one early poll. An unknown
-    token gets 404 and changes nothing; a known one 202 at once. The token never reaches a log.
+    asks the provider itself, so a forged call can at most cause one early poll; a provider that
+    signs its calls has the signature checked, and a bad one gets 401 and changes nothing. An
+    unknown token gets 404 and changes nothing; a known one 202 at once. The token never reaches a log.
     """
 
     async def webhook(request: Request) -> Response:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > WEBHOOK_MAX_BYTES:
             return PlainTextResponse("Webhook body too large.", status_code=413)
-        size = 0
+        body = bytearray()
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > WEBHOOK_MAX_BYTES:
+            body += chunk
+            if len(body) > WEBHOOK_MAX_BYTES:
                 return PlainTextResponse("Webhook body too large.", status_code=413)
         if mcp.live is None:
             return PlainTextResponse("Starting up; send it again.", status_code=503)  # providers retry non-2xx
-        if not await mcp.live.service.webhook(request.path_params["token"]):
+        verdict = await mcp.live.service.webhook(request.path_params["token"], request.headers, bytes(body))
+        if verdict == "unknown":
             return PlainTextResponse("No such webhook.", status_code=404)
+        if verdict == "refused":
+            return PlainTextResponse("Bad webhook signature.", status_code=401)
         return JSONResponse({"accepted": True}, status_code=202)
 
     return webhook
-
-
-class WebhookTokenFilter(logging.Filter):
-    """Replaces the token of every webhook URL in a log record: uvicorn's access log shows the
-    receiver's path, httpx's request log the submit URL that carries it."""
-
-    @staticmethod
-    def _hide(value: object) -> object:
-        if isinstance(value, (int, float)):
-            return value
-        text = str(value)
-        return _WEBHOOK_TOKEN.sub(r"\1…", text) if _WEBHOOK_TOKEN.search(text) else value
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self._hide(arg) for arg in record.args)
-        record.msg = self._hide(record.msg)
-        return True
-
-
-_TOKEN_FILTER = WebhookTokenFilter()
-
-
-def hide_webhook_tokens() -> None:
-    """Filter webhook tokens out of the loggers that see them (idempotent: one shared filter)."""
-    for name in ("uvicorn.access", "uvicorn.error", "httpx2", "httpx"):
-        logging.getLogger(name).addFilter(_TOKEN_FILTER)
 
 
 async def _healthz(_: Request) -> Response:
@@ -312,9 +290,12 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
     mcp.custom_route(WEBHOOK_PREFIX + "{token}", methods=["POST"])(webhook_endpoint(mcp))
     security = transport_security(settings, config, base_url)
     if config.transport == "sse":
-        app = mcp.sse_app(transport_security=security, host=config.host)
+        app = mcp.sse_app(transport_security=security, host=config.host, max_request_body_size=MAX_BODY_BYTES)
     else:
-        app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless)
+        app = mcp.streamable_http_app(transport_security=security, host=config.host, stateless_http=config.stateless,
+                                      max_request_body_size=MAX_BODY_BYTES)  # fmt: skip
+    # Behind sign-in (added later, so it runs first): only a verified caller gets a body read.
+    app.add_middleware(MessageLimits, paths=endpoints)
     if access is not None:
         app.router.routes.extend(access.routes)
         # Open: the protected-resource metadata, and webhooks (the token in their URL is the credential).
@@ -324,26 +305,6 @@ def build_app(settings: Settings, config: HttpConfig) -> Starlette:
                            resource_metadata_url=access.resource_metadata_url, admit=signed_media)  # fmt: skip
     app.add_middleware(HostOriginGuard, security=security)  # added last = runs first
     return app
-
-
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:[^=&#]*[_-])?(?:token|key|sig|signature|access_token)=)[^&#\s\"]*")
-"""A query parameter named ``token``, ``key``, ``sig`` or ``access_token`` (or ending in one,
-``api_key``, ``X-Amz-Signature``), up to its value's end."""
-
-
-def redact_query(text: str) -> str:
-    """``text`` with the values of secret-looking query parameters replaced by ``[redacted]``."""
-    return _SECRET_QUERY.sub(r"\1[redacted]", text)
-
-
-class QueryRedactingFilter(logging.Filter):
-    """Redacts secret query values in access-log lines (uvicorn logs each request's full path)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact_query(arg) if isinstance(arg, str) else arg for arg in record.args)
-        record.msg = redact_query(record.msg) if isinstance(record.msg, str) else record.msg
-        return True
 
 
 def _sign_in_summary(settings: Settings) -> str:
@@ -375,8 +336,6 @@ def serve_http(settings: Settings, config: HttpConfig) -> None:
         config.transport, ", stateless" if config.stateless else "", _url_host(config.host), config.port, endpoint,
         public_base_url(settings, config), _sign_in_summary(settings),
     )  # fmt: skip
-    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included;
-    # tokens in query strings (signed links, misplaced tokens) must not land in it, nor webhook
-    # tokens in paths (see build_server).
-    logging.getLogger("uvicorn.access").addFilter(QueryRedactingFilter())
+    # log_config=None: uvicorn's own loggers go through ours (stderr), access log included,
+    # with build_server's kling_video_mcp.redact.filter_logs on them.
     uvicorn.run(app, host=config.host, port=config.port, log_config=None)

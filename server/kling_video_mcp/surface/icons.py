@@ -1,7 +1,7 @@
 """Icons for the server and its tools (SEP-973), as ``data:`` URIs so they work over stdio too.
 
 Clients fetch no URL for them: VS Code, for one, shows only ``data:`` or ``file:`` icons for
-a stdio server (mcp-sdk.md §6). Each is a small SVG: a white glyph on a blue rounded
+a stdio server (https://github.com/microsoft/vscode/issues/265892). Each is a small SVG: a white glyph on a blue rounded
 square, readable on light and dark themes alike, so one icon serves both.
 """
 

@@ -1,7 +1,7 @@
 """Tool parameter types: the public contract of the tools' input schemas.
 
-Ranges, enums and lengths come from the Kling v3.0 API pages (``shared/specs``,
-providers.md §4), so clients see them in the JSON schema (``minimum: 3, maximum: 15``,
+Ranges, enums and lengths come from the Kling v3.0 API pages
+(docs/providers.md#common-fields), so clients see them in the JSON schema (``minimum: 3, maximum: 15``,
 ``maxLength: 2500``, the aspect-ratio enum) and bad values are refused before any request.
 """
 

@@ -9,7 +9,6 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from kling_video_mcp.errors import NotFound
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.auth import caller_owner
-from kling_video_mcp.surface.results import public_status
 from kling_video_mcp.surface.state import AppState, app_state, task_report
 
 TASK_RESOURCE = "kling-video://tasks/{task_id}"
@@ -21,10 +20,10 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
     """The task record, the clip itself and its preview proxy, as resource templates (the caller's own tasks only)."""
 
     async def delivered(ctx: Context, task_id: str) -> TaskRecord:
-        record = await app_state(ctx).service.journal.get(task_id, caller_owner(ctx))
-        if record is None:
-            raise ResourceNotFoundError(f"No task {task_id!r} in the journal.")
-        return record
+        try:
+            return await app_state(ctx).service.read(task_id, owner=caller_owner(ctx))
+        except NotFound as exc:
+            raise ResourceNotFoundError(f"No task {task_id!r} in the journal.") from exc
 
     @mcp.resource(TASK_RESOURCE, name="task", title="Video task record", mime_type="application/json",
                   description="The task's record as JSON: status, parameters, cost, file paths, clip facts.")  # fmt: skip
@@ -37,7 +36,7 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
         state = app_state(ctx)
         record = await delivered(ctx, task_id)
         if not record.delivered or record.file_path is None:
-            raise ResourceNotFoundError(f"Task {task_id!r} has no finished clip (status {public_status(record)}).")
+            raise ResourceNotFoundError(f"Task {task_id!r} has no finished clip (status {record.public_status}).")
         path = anyio.Path(record.file_path)
         output = await anyio.Path(state.settings.output_dir).resolve()
         if not (await path.resolve()).is_relative_to(output) or not await path.is_file():
@@ -58,7 +57,7 @@ def register_resources(mcp: MCPServer[AppState]) -> None:
         try:
             path = await app_state(ctx).service.preview(record)
         except NotFound as exc:
-            raise ResourceNotFoundError(f"{exc.message} (status {public_status(record)}).") from exc
+            raise ResourceNotFoundError(f"{exc.message} (status {record.public_status}).") from exc
         except Exception as exc:  # PyAV raises many types; any of them means the clip is unreadable
             raise ResourceError(f"No preview could be made of task {task_id!r}'s clip ({type(exc).__name__}).") from exc
         return await anyio.Path(path).read_bytes()

@@ -10,19 +10,15 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
 from kling_video_mcp.errors import Declined, KlingError
-from kling_video_mcp.models import Assembly, ClipFacts, GenerationRequest, TaskRecord
+from kling_video_mcp.models import Assembly, ClipFacts, GenerationRequest, PublicStatus, TaskRecord
 from kling_video_mcp.providers import provider_class
-
-
-PublicStatus = Literal["awaiting_confirmation", "queued", "running", "succeeded", "failed"]
-"""A task's status as results show it (see :func:`public_status`)."""
+from kling_video_mcp.tasks.cancellation import CANCELLED
 
 
 class ErrorInfo(BaseModel):
@@ -89,19 +85,14 @@ class TaskReport(TaskFacts):
     tasks: list[TaskFacts] | None = Field(None, description="One row per task, for check_task(task_ids) and list_tasks.")
 
 
-def public_status(record: TaskRecord) -> PublicStatus:
-    """A render that finished but whose clip is still downloading is reported as running."""
-    if record.status == "succeeded" and not record.delivered:
-        return "running"
-    return record.status
-
-
 def _warnings(record: TaskRecord, status: str) -> list[str]:
-    """The record's warnings, and while it is unfinished, the trouble the server is retrying
-    through (a failed download attempt, a provider hiccup), so the cause is never only in a log."""
+    """The record's warnings, each companion that could not be made (and why), and while it is
+    unfinished, the trouble the server is retrying through (a failed download attempt, a provider
+    hiccup), so the cause is never only in a log."""
+    found = [*record.warnings, *record.companion_problems.values()]
     if status in ("queued", "running") and record.error_message:
-        return [*record.warnings, record.error_message]
-    return list(record.warnings)
+        return [*found, record.error_message]
+    return found
 
 
 ASSEMBLY_COST_BASIS = "Made on this machine from clips already paid for: no provider is called, nothing is billed."
@@ -139,7 +130,7 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     if status == "succeeded":
         return f"Done: {who}. The clip is at {record.file_path}."
     if status == "failed":
-        lead = "Declined" if record.error_code == Declined.code else "Failed"
+        lead = {Declined.code: "Declined", CANCELLED: "Cancelled"}.get(record.error_code or "", "Failed")
         return f"{lead}: {who}. {record.error_message or ''}".strip()
     if status == "awaiting_confirmation":
         return (
@@ -151,7 +142,9 @@ def _message(record: TaskRecord, status: str, reused: bool) -> str:
     progress = f" {record.progress_percent:.0f}% done." if record.progress_percent else ""
     if record.status == "succeeded":
         progress = " The render is finished; the clip is downloading."
-        if record.error_message:
+        if record.companions_pending:
+            progress = " The render is finished and the clip is saved; its contact sheet and last frame are being made."
+        elif record.error_message:
             progress = " The render is finished; downloading the clip ran into trouble (see warnings), and the server keeps trying."
     eta = f" About {record.eta_seconds:.0f} s left." if record.eta_seconds else ""
     return (
@@ -188,8 +181,13 @@ def clip_uri(file_path: str, clip_base_url: str | None) -> str:
 
 
 def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | None = None) -> TaskReport:
-    """The :class:`TaskReport` of a journaled task (``clip_base_url``: see :func:`clip_uri`)."""
-    status = public_status(record)
+    """The :class:`TaskReport` of a journaled task (``clip_base_url``: see :func:`clip_uri`).
+
+    The clip and its companions are shown once the task is ``succeeded``, all together: a clip
+    still waiting for its companions is not shown yet.
+    """
+    status = record.public_status
+    done = status == "succeeded"
     notes = list(record.notes)
     if record.provider is not None and (note := provider_class(record.provider).result_note()):
         notes.append(note)
@@ -205,14 +203,14 @@ def report(record: TaskRecord, *, reused: bool = False, clip_base_url: str | Non
         confirm_by=record.confirm_by,
         estimated_cost_usd=record.estimated_cost_usd,
         cost_basis=_cost_basis(record),
-        file_path=record.file_path,
-        file_uri=clip_uri(record.file_path, clip_base_url) if record.file_path else None,
-        size_bytes=record.size_bytes,
-        sha256=record.sha256,
-        clip=record.clip_facts,
-        contact_sheet_path=record.contact_sheet_path,
-        last_frame_path=record.last_frame_path,
-        sidecar_path=record.sidecar_path,
+        file_path=record.file_path if done else None,
+        file_uri=clip_uri(record.file_path, clip_base_url) if done and record.file_path else None,
+        size_bytes=record.size_bytes if done else None,
+        sha256=record.sha256 if done else None,
+        clip=record.clip_facts if done else None,
+        contact_sheet_path=record.contact_sheet_path if done else None,
+        last_frame_path=record.last_frame_path if done else None,
+        sidecar_path=record.sidecar_path if done else None,
         warnings=_warnings(record, status),
         provider_video_url=record.video_url,
         assembly=record.assembly,

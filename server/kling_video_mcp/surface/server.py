@@ -24,7 +24,10 @@ from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import InvalidRequest
 from kling_video_mcp.providers import PROVIDERS, either
 from kling_video_mcp.providers.http import make_client
+from kling_video_mcp.redact import filter_logs
 from kling_video_mcp.surface.icons import icons
+from kling_video_mcp.surface.mcp_tasks import McpTasks
+from kling_video_mcp.surface.mcp_tasks import legacy as mcp_tasks_legacy
 from kling_video_mcp.surface.prompts import register_prompts
 from kling_video_mcp.surface.resources import register_resources
 from kling_video_mcp.surface.results import error_result
@@ -106,10 +109,7 @@ def build_server(
     may name local images in (``[]`` for none), and the signer of the view's media links.
     """
     settings = settings or Settings()
-    if settings.webhook_base_url:
-        from kling_video_mcp.surface.http import hide_webhook_tokens  # starlette loads only when needed
-
-        hide_webhook_tokens()  # submit URLs carry them, and the receiver's path
+    filter_logs()  # webhook tokens and signed-link signatures stay out of every transport's logs
 
     # Loading the CA bundle takes about 20 ms and OpenSSL does it without holding the GIL: it
     # runs on another thread while the tools are registered, not before the first answer.
@@ -119,22 +119,24 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with make_client(settings, tls.result()) as client, TaskService.running(settings, client) as service:
+        async with make_client(settings, tls.result()) as client, TaskService.running(settings, client) as service, \
+                mcp_tasks_legacy.followers() as task_followers:  # MCP tasks: status notifications (surface/mcp_tasks)
             state = AppState(
                 settings=settings, service=service, clip_base_url=clip_base_url, image_dirs=image_dirs,
-                url_signer=url_signer,
+                url_signer=url_signer, task_followers=task_followers,
             )  # fmt: skip
             with mcp.running(state):
                 yield state
 
+    mcp_tasks = McpTasks()  # long work as MCP tasks, both protocol eras (surface/mcp_tasks)
     mcp = KlingMCPServer(
         "kling-video-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
         icons=icons("server"),
         lifespan=lifespan,
-        middleware=[HideAppOnlyTools()],
-        extensions=[screening_room(clip_base_url)],
+        middleware=[HideAppOnlyTools(), mcp_tasks.legacy],
+        extensions=[screening_room(clip_base_url), mcp_tasks],
     )
     register_tools(mcp, settings)
     register_resources(mcp)

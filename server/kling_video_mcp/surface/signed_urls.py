@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from kling_video_mcp import atomic
 from kling_video_mcp.config import Settings
 
 LINK_LIFETIME_SECONDS = 3600
@@ -40,16 +40,18 @@ class Verdict(Enum):
 
 
 def _state_secret(state_dir: Path) -> bytes:
-    """The key in ``<state_dir>/url-secret``, created on first use (owner-only, never overwritten)."""
+    """The key in ``<state_dir>/url-secret``, created on first use (owner-only, never overwritten).
+
+    Written whole before it gets its name, so a worker starting at the same moment reads either
+    no file (and loses the race to create it) or the whole key, never an empty one.
+    """
     path = state_dir / SECRET_FILE
     state_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode()
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        atomic.write_bytes(path, key, mode=0o600, exclusive=True)
     except FileExistsError:
         return path.read_bytes().strip()
-    with os.fdopen(descriptor, "wb") as handle:
-        key = secrets.token_hex(32).encode()
-        handle.write(key)
     return key
 
 

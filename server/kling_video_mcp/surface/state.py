@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from anyio.abc import TaskGroup
+
 from mcp.server.mcpserver import Context
 
 from kling_video_mcp.config import Settings
@@ -26,6 +28,8 @@ class AppState:
     """Folders local input images may come from; ``None`` means any (stdio)."""
     url_signer: UrlSigner | None = None
     """Set when serving over HTTP: signs the expiring media links the screening room plays."""
+    task_followers: TaskGroup | None = None
+    """Where MCP tasks' status notifications are sent from (surface/mcp_tasks/legacy.py)."""
 
 
 def app_state(ctx: Context) -> AppState:

@@ -1,7 +1,8 @@
 """The MCP tools: generate_video, animate_image, assemble_video, check_task, list_tasks, and the app-only confirm_spend.
 
-Each tool builds a request from its parameters, hands it to the task service and renders
-the journaled record with :mod:`kling_video_mcp.surface.results`. A request above
+Each tool builds a request from its parameters, hands it to the task service (the façade in
+:mod:`kling_video_mcp.tasks.service`, which runs the whole submit protocol) and renders the
+journaled record with :mod:`kling_video_mcp.surface.results`. A request above
 ``KLING_MCP_CONFIRM_ABOVE_USD`` needs a person's yes first (:mod:`kling_video_mcp.tasks.consent`):
 asked through elicitation by a resolver, or given in the screening room through ``confirm_spend``.
 """
@@ -10,24 +11,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 from mcp.server.apps import client_supports_apps
 from mcp.server.elicitation import AcceptedElicitation, CancelledElicitation, ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.types import CallToolResult, ToolAnnotations
 
-from kling_video_mcp.config import Mode, ProviderName, Settings
+from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import Declined, InvalidRequest, KlingError
-from kling_video_mcp.models import GenerationRequest, Kind, TaskRecord
+from kling_video_mcp.models import GenerationRequest, Kind
 from kling_video_mcp.surface import params as p
 from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.icons import icons
+from kling_video_mcp.surface.mcp_task_mode import running_as_task
 from kling_video_mcp.surface.results import (
     TaskReport,
     dry_run_result,
     error_result,
-    public_status,
     summary,
     table_result,
     task_result,
@@ -36,7 +36,9 @@ from kling_video_mcp.surface.state import AppState, app_state, task_report
 from kling_video_mcp.surface.view import VIEW_BINDING, with_media
 from kling_video_mcp.surface.visibility import APP_ONLY_META, called_from_a_view
 from kling_video_mcp.surface.waiting import wait_reporting
-from kling_video_mcp.tasks import consent, validation
+from kling_video_mcp.tasks import consent
+from kling_video_mcp.tasks.consent import ConsentAnswer
+from kling_video_mcp.tasks.submission import SubmitOptions
 
 _ASYNC_NOTE = (
     " Returns within seconds with a task_id and an estimated cost in USD (wait_seconds, up to 50, waits for the "
@@ -84,8 +86,6 @@ NOT_FROM_A_VIEW = (
     "(it did not negotiate MCP Apps), so nothing was confirmed or sent. The request keeps waiting for the person."
 )
 DECLINED_IN_VIEW = "The person declined this request in the screening room; nothing was sent."
-LIST_SCAN_LIMIT = 10_000
-"""Newest journal rows ``list_tasks`` looks through when filtering by status."""
 
 SUBMIT_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
 ASSEMBLE_ANNOTATIONS = ToolAnnotations(
@@ -105,29 +105,6 @@ def _can_elicit(ctx: Context) -> bool:
     return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
 
 
-async def _question(
-    state: AppState, request: GenerationRequest, max_cost_usd: float | None, force_new: bool, owner: str
-) -> str | None:
-    """What to ask the person before sending ``request``, or ``None`` when there is nothing to ask.
-
-    Nothing is asked about a request that spends nothing here (a recent identical task is
-    returned instead) or that the tool refuses anyway (broken rules, no key, over a cap):
-    the tool body reports those.
-    """
-    service = state.service
-    estimate = service.estimate(request)
-    if not consent.needs_confirmation(state.settings, estimate) or validation.problems(request):
-        return None
-    try:
-        service.providers.require_key(request.provider)
-        await service.check_cost(request, max_cost_usd, owner=owner)
-    except KlingError:
-        return None
-    if not force_new and await service.find_duplicate(request, owner) is not None:
-        return None
-    return consent.question(request, estimate)
-
-
 async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[consent.SpendConsent] | None:
     """Ask the person before a request above the threshold is sent; ``None`` when not asking.
 
@@ -135,10 +112,11 @@ async def _ask(ctx: Context, kind: Kind, arguments: dict[str, Any]) -> Elicit[co
     question in either protocol era and injects the answer as the tool's ``consent``. Images
     are not read here: the tool body checks them, after the answer.
     """
-    if arguments["dry_run"] or not _can_elicit(ctx):
+    if arguments["dry_run"] or not _can_elicit(ctx) or running_as_task():  # a task asks through itself (surface/mcp_tasks)
         return None
     request = _request(kind, arguments)
-    text = await _question(app_state(ctx), request, arguments["max_cost_usd"], arguments["force_new"], caller_owner(ctx))
+    options = SubmitOptions(max_cost_usd=arguments["max_cost_usd"], force_new=arguments["force_new"])
+    text = await app_state(ctx).service.spend_question(request, options, owner=caller_owner(ctx))
     return None if text is None else Elicit(text, consent.SpendConsent)
 
 
@@ -161,13 +139,14 @@ AskT2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_ask_before_
 AskI2V = Annotated[ElicitationResult[consent.SpendConsent], Resolve(_ask_before_animating)]
 
 
-def _refusal(answer: ElicitationResult[Any], estimate: float) -> Declined | None:
-    """The error for a person's no, if the answer is one (an accepted form unticked counts as no)."""
+def _consent_answer(answer: ElicitationResult[Any]) -> ConsentAnswer:
+    """The person's answer as the service takes it. A resolver that did not ask yields an
+    accepted result without a form; an accepted form with the box unticked is a no."""
     if isinstance(answer, AcceptedElicitation):
-        unticked = isinstance(answer.data, consent.SpendConsent) and not answer.data.confirm
-        if not unticked:
-            return None
-    return consent.declined_by_person(estimate, dismissed=isinstance(answer, CancelledElicitation))
+        if isinstance(answer.data, consent.SpendConsent):
+            return "confirmed" if answer.data.confirm else "declined"
+        return "not_asked"
+    return "dismissed" if isinstance(answer, CancelledElicitation) else "declined"
 
 
 def _request(kind: Kind, parameters: dict[str, Any]) -> GenerationRequest:
@@ -180,51 +159,35 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
 
     Tool parameters are named after :class:`GenerationRequest` fields, except ``ctx`` and
     the submit options, which are taken out here. ``consent`` is the person's answer when the
-    resolver asked them (an accepted :class:`~kling_video_mcp.tasks.consent.SpendConsent`),
-    else ``None``; it never comes from the caller's arguments.
+    resolver asked them (an accepted :class:`~kling_video_mcp.tasks.consent.SpendConsent`);
+    it never comes from the caller's arguments.
     """
     state = app_state(ctx)
     service = state.service
     owner = caller_owner(ctx)
     request = _request(kind, parameters)
     try:
-        images = await service.prepare(request, owner=owner, image_dirs=state.image_dirs)
         if parameters["dry_run"]:
-            estimate = await service.check_cost(request, parameters["max_cost_usd"], owner=owner)
-            asks = consent.needs_confirmation(state.settings, estimate)
+            estimate, asks = await service.dry_run(
+                request, max_cost_usd=parameters["max_cost_usd"], owner=owner, image_dirs=state.image_dirs
+            )
             return dry_run_result(request, estimate, asks_first=asks)
-        answer = parameters["consent"]
-        if (refusal := _refusal(answer, service.estimate(request))) is not None:
-            return error_result(refusal)
-        adapter = await service.providers.get(request.provider)
-        record, reused = await service.reserve(
-            request, adapter, max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"], owner=owner
+        record, reused = await service.submit(
+            request,
+            SubmitOptions(max_cost_usd=parameters["max_cost_usd"], force_new=parameters["force_new"]),
+            owner=owner,
+            consent_answer=_consent_answer(parameters["consent"]),
+            # Parked for the screening room if the client shows one; run as an MCP task, parked
+            # to be asked through the task where the client answers forms.
+            can_show_view=client_supports_apps(ctx) or (running_as_task() and _can_elicit(ctx)),
+            image_dirs=state.image_dirs,
         )
-        if reused:
-            return with_media(ctx, task_result(task_report(state, record, reused=True)), [record])
-        estimate = record.estimated_cost_usd or 0.0
-        if isinstance(answer.data, consent.SpendConsent):
-            record.notes.append(f"The person confirmed spending about ${estimate:.2f} when the client asked them.")
-        elif consent.needs_confirmation(state.settings, estimate):
-            # Not asked (the client cannot): parked for the screening room if it shows one, else refused.
-            held = await service.hold_for_consent(record, can_show_view=client_supports_apps(ctx))
-            return with_media(ctx, task_result(task_report(state, held)), [held])
-        record = await service.send(record, images, adapter)
     except KlingError as exc:
         return error_result(exc)
-    if parameters["wait_seconds"]:
+    if parameters["wait_seconds"] and not reused:
         await wait_reporting(ctx, service, [record.task_id], parameters["wait_seconds"])
         record = await service.get(record.task_id)
-    return with_media(ctx, task_result(task_report(state, record)), [record])
-
-
-async def _check(
-    state: AppState, task_ids: list[str], provider: ProviderName | None, mode: Mode, owner: str
-) -> list[TaskRecord]:
-    """``owner``'s tasks' records after a fresh poll; one unknown id with ``provider`` is adopted."""
-    if provider is not None and len(task_ids) == 1 and await state.service.journal.get(task_ids[0], owner) is None:
-        return [await state.service.recover(task_ids[0], provider, mode, owner=owner)]
-    return await state.service.check(task_ids, owner=owner)
+    return with_media(ctx, task_result(task_report(state, record, reused=reused)), [record])
 
 
 def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
@@ -307,13 +270,13 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     ) -> ToolResult:
         state = app_state(ctx)
         service = state.service
-        owner = caller_owner(ctx)
         try:
-            options = dict(transition=transition, crossfade_seconds=crossfade_seconds, audio=audio, title=title)
-            assembly = await service.assembler.prepare(task_ids, owner=owner, **options)
+            record = await service.assemble(
+                task_ids, owner=caller_owner(ctx), transition=transition, crossfade_seconds=crossfade_seconds,
+                audio=audio, title=title,
+            )  # fmt: skip
         except KlingError as exc:
             return error_result(exc)
-        record = await service.start_assembly(assembly, owner=owner)
         if wait_seconds:
             await wait_reporting(ctx, service, [record.task_id], wait_seconds)
             record = await service.get(record.task_id)
@@ -339,7 +302,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(InvalidRequest("task_id or task_ids: give exactly one of them."))
         ids = [task_id] if task_id is not None else list(dict.fromkeys(task_ids or []))
         try:
-            records = await _check(state, ids, provider, mode or default_mode, caller_owner(ctx))
+            records = await state.service.check(ids, owner=caller_owner(ctx), provider=provider, mode=mode or default_mode)
         except KlingError as exc:
             return error_result(exc)
         if wait_seconds:
@@ -357,11 +320,9 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
     )
     async def list_tasks(ctx: Context, status: p.StatusFilter = None, limit: p.Limit = 20) -> ToolResult:
         state = app_state(ctx)
-        # Filter on the status people see: a finished render still downloading shows as running.
-        records = await state.service.journal.recent(
-            None, limit if status is None else LIST_SCAN_LIMIT, owner=caller_owner(ctx)
-        )
-        rows = [task_report(state, record) for record in records if status in (None, public_status(record))][:limit]
+        # Filtered on the status people see: a finished render still downloading shows as running.
+        records = await state.service.list(owner=caller_owner(ctx), status=status, limit=limit)
+        rows = [task_report(state, record) for record in records]
         return table_result(rows, summary(rows) + (f" (only {status})" if status else ""))
 
     @mcp.tool(
@@ -375,42 +336,12 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
         state = app_state(ctx)
         if not called_from_a_view(ctx):
             return error_result(Declined(NOT_FROM_A_VIEW, task_id=task_id))
+        owner = caller_owner(ctx)  # another user's task is "not found"
         try:
-            await state.service.get(task_id, caller_owner(ctx))  # another user's task is "not found"
             if decision == "decline":
-                await state.service.consent.decline(task_id, DECLINED_IN_VIEW)
-                record = await state.service.get(task_id)
+                record = await state.service.decline(task_id, owner=owner, message=DECLINED_IN_VIEW)
             else:
-                record = await _confirm(state, task_id)
+                record = await state.service.confirm(task_id, owner=owner, image_dirs=state.image_dirs)
         except KlingError as exc:
             return error_result(exc)
         return with_media(ctx, task_result(task_report(state, record)), [record])
-
-
-async def _confirm(state: AppState, task_id: str) -> TaskRecord:
-    """Send a request the person confirmed; a task no longer waiting is returned as it is (never sent twice).
-
-    Raises:
-        Declined: it had already ended as declined (answered no, or no answer in time).
-        KlingError: its images no longer pass the checks (the task fails), or the provider refused it.
-    """
-    service = state.service
-    record = await service.claim_confirmed(task_id)
-    if record is None:
-        return await service.get(task_id)
-    try:
-        request = record.request
-        images = await service.prepare(request, owner=record.owner, image_dirs=state.image_dirs)
-        adapter = await service.providers.get(request.provider)
-    except KlingError as exc:
-        await service.record_error(task_id, exc, final=True)
-        service.release_submit(task_id)
-        raise
-    except BaseException:
-        # Cut off before sending (the call was cancelled): nothing went out, so it waits for the
-        # person's answer again instead of looking like a submit lost in flight.
-        with anyio.CancelScope(shield=True):
-            await service.consent.park(record)
-        service.release_submit(task_id)
-        raise
-    return await service.send(record, images, adapter)

@@ -1,11 +1,11 @@
 """``wait_seconds``: wait for tasks inside a tool call, with MCP progress notifications.
 
-The wait is capped at 50 s, under Claude Desktop's 60 s tool-call limit (mcp-sdk.md §1.10);
+The wait is capped at 50 s, under Claude Desktop's 60 s tool-call limit (https://github.com/anthropics/claude-code/issues/22542);
 while it lasts, a progress notification goes out at least every :data:`PROGRESS_INTERVAL`
 seconds (``ctx.report_progress`` is a no-op when the client sent no progress token), with the
 provider's percent where it gives one and an estimate from the model's usual render time
 where it does not. Meanwhile the watcher polls the tasks at their provider's minimum interval
-(``Watcher.waiting``), so a clip lands within one interval of the render's end.
+(``TaskService.waiting``), so a clip lands within one interval of the render's end.
 """
 
 from __future__ import annotations
@@ -50,23 +50,28 @@ def _phrase(record: TaskRecord, percent: float, left: float | None) -> str:
     return words + (f", about {left:.0f} s left" if left else "")
 
 
+async def describe(service: TaskService, record: TaskRecord) -> str:
+    """One task's progress in words, as its progress notifications put it (``rendering, 40% done, about 30 s left``)."""
+    return _phrase(record, *await _percent_and_left(service, record))
+
+
 async def wait_reporting(ctx: Context, service: TaskService, task_ids: list[str], seconds: float) -> None:
     """Return when every task is finished or ``seconds`` have passed, reporting progress meanwhile.
 
     A task awaiting a person's confirmation counts as settled: nothing moves it but their answer.
     """
-    with service.watcher.waiting(task_ids):
+    with service.waiting(task_ids):
         await _wait_reporting(ctx, service, task_ids, anyio.current_time() + min(seconds, MAX_WAIT_SECONDS))
 
 
 async def _wait_reporting(ctx: Context, service: TaskService, task_ids: list[str], deadline: float) -> None:
     reported = 0.0
     while (left := deadline - anyio.current_time()) > 0:
-        change = service.watcher.next_change()
+        change = service.next_change()
         records = [await service.get(task_id) for task_id in task_ids]
         if all(record.finished or record.status == AWAITING for record in records):
             return
-        await service.watcher.wait_for_change(change, min(PROGRESS_INTERVAL, left))
+        await service.wait_for_change(change, min(PROGRESS_INTERVAL, left))
         records = [await service.get(task_id) for task_id in task_ids]
         estimates = [await _percent_and_left(service, record) for record in records]
         percent = sum(share for share, _ in estimates) / len(estimates)

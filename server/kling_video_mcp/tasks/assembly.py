@@ -2,8 +2,9 @@
 
 :meth:`Assembler.prepare` checks everything before any work (each task known, finished, its
 clip still on disk; crossfades no longer than the clips) and :meth:`Assembler.create`
-journals the task as running. The watcher then makes it like a render's download, through
-the service's ``step`` (:meth:`Assembler.make`), so ``check_task``, ``list_tasks``, the
+journals the task as running. The watcher then makes the film where a render's clip would be
+downloaded (:meth:`Assembler.make`, called by :meth:`~kling_video_mcp.tasks.delivery.Delivery.step`),
+and delivery makes its companions as for any clip, so ``check_task``, ``list_tasks``, the
 resources and restart recovery treat it as any other task. Nothing is sent anywhere and it
 costs nothing. A task may appear more than once: a repeated shot is a legitimate edit.
 """
@@ -14,31 +15,28 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from filelock import FileLock
-from filelock import Timeout as FileLockTimeout
 
 from kling_video_mcp.config import Settings
 from kling_video_mcp.errors import AssemblyFailed, InvalidRequest, KlingError
 from kling_video_mcp.journal import Journal
-from kling_video_mcp.media.assembly import JoinError, Joined, Progress, join, picture_seconds, shot_sheet
-from kling_video_mcp.media.clips import frames, probe, save_last_frame
-from kling_video_mcp.models import Assembly, AssemblySource, AudioChoice, ClipFacts, TaskRecord, Transition, utcnow
+from kling_video_mcp.media.assembly import JoinError, Progress, join
+from kling_video_mcp.media.probe import UnreadableClip, probe, read_clip
+from kling_video_mcp.models import Assembly, AssemblySource, AudioChoice, TaskRecord, Transition, utcnow
 from kling_video_mcp.tasks.downloads import adopt, storage_error
-from kling_video_mcp.tasks.files import clip_filename, write_sidecar
+from kling_video_mcp.tasks.files import clip_filename
 from kling_video_mcp.tasks.owners import owner_folder
 from kling_video_mcp.tasks.watcher import Pace
 
 log = logging.getLogger(__name__)
 
 MIN_SHOTS, MAX_SHOTS = 2, 20
-"""How many tasks one assembly joins (issue 11 §1)."""
+"""How many tasks one assembly joins."""
 MAX_NESTING = 3
 """How deep films may nest: 1 is a film of clips, 2 a film of such films (scenes into a story), 3
 one more. Each level can multiply the length by :data:`MAX_SHOTS` at no cost, so it is bounded,
@@ -148,7 +146,7 @@ class Assembler:
                 "put it back or leave the task out."
             )
         facts = record.clip_facts
-        if facts is None:  # just delivered, its companions still being made; or unreadable
+        if facts is None:  # a clip that could not be probed when it was delivered: once more
             try:
                 facts = probe(Path(record.file_path))
             except Exception as exc:  # PyAV raises many types; any of them means "unreadable"
@@ -181,34 +179,23 @@ class Assembler:
         )
 
     async def make(self, record: TaskRecord) -> TaskRecord:
-        """Make the film, its contact sheet, last frame and sidecar, and journal it as succeeded.
-
-        Another server process on the same state folder making it already: returns the record
-        as it is (the watcher tries again later), and once that one is done, its result. A
-        restarted server makes it from the start.
+        """Make the film and journal it as step 1 of its delivery (``succeeded``, its file in place,
+        ``companions_pending``); delivery then makes its companions. The caller holds the
+        task's files (no other server process works on them meanwhile). A restarted server
+        makes the film from the start.
 
         Raises:
             AssemblyFailed: a clip is gone or unreadable, or the film came out shorter than its sources.
+            StorageError: the output folder is full, read-only or gone.
         """
-        lock = FileLock(self.settings.state_dir / "locks" / f"{record.task_id}.lock", timeout=0)
         try:
-            lock.acquire()
-        except FileLockTimeout:
-            return record
-        try:
-            current = await self.journal.get(record.task_id) or record
-            if current.finished:
-                return current  # another server process finished it while we waited our turn
-            try:
-                return await self._make(current)
-            except KlingError:
-                raise
-            except OSError as exc:  # the output folder: full, read-only or gone
-                raise storage_error(exc, Path(self.settings.output_dir)) from exc
-            except Exception as exc:  # PyAV raises many types; any of them ends this attempt
-                raise AssemblyFailed(f"The film could not be made ({type(exc).__name__}: {exc}).") from exc
-        finally:
-            lock.release()
+            return await self._make(record)
+        except KlingError:
+            raise
+        except OSError as exc:  # the output folder: full, read-only or gone
+            raise storage_error(exc, Path(self.settings.output_dir)) from exc
+        except Exception as exc:  # PyAV raises many types; any of them ends this attempt
+            raise AssemblyFailed(f"The film could not be made ({type(exc).__name__}: {exc}).") from exc
 
     async def _make(self, record: TaskRecord) -> TaskRecord:
         assembly = record.assembly
@@ -232,7 +219,8 @@ class Assembler:
             files = [source.file_path for source in assembly.sources]
             sources = await anyio.to_thread.run_sync(self._picture_seconds, files)
             joined = await anyio.to_thread.run_sync(work, limiter=self._limiter)
-            length = float(await anyio.to_thread.run_sync(picture_seconds, destination))
+            film = await anyio.to_thread.run_sync(read_clip, destination)
+            length = float(film.picture_seconds)
             expected = round(sum(sources) - fade * (len(sources) - 1), 3)
             if expected - length > SHORT_BY_FRAMES / float(joined.rate):
                 destination.unlink(missing_ok=True)
@@ -241,47 +229,27 @@ class Assembler:
                     f"its {len(sources)} shots add up to, so a shot would be lost; it was deleted. Check that each "
                     "clip plays to its end."
                 )
-            made = await anyio.to_thread.run_sync(partial(self._companions, destination, joined))
-        except JoinError as exc:
+            hashed = await anyio.to_thread.run_sync(adopt, destination)
+        except (JoinError, UnreadableClip) as exc:
             raise AssemblyFailed(f"The clips could not be joined: {exc}.") from exc
         record = await self.journal.get(record.task_id) or record
         assembly = record.assembly
         assert assembly is not None
         assembly.method = joined.method
         assembly.expected_duration_seconds = expected
-        record.file_path, record.sha256, record.size_bytes = str(destination), made.sha256, made.size_bytes
-        record.clip_facts = made.facts
-        record.contact_sheet_path = str(made.contact_sheet) if made.contact_sheet else None
-        record.last_frame_path = str(made.last_frame) if made.last_frame else None
-        record.warnings.extend(made.warnings)
+        record.file_path, record.sha256, record.size_bytes = str(destination), hashed.sha256, hashed.size_bytes
+        record.clip_facts = film.facts
+        # The contact sheet shows one frame from the middle of each shot.
+        ends = [*joined.shot_starts[1:], film.facts.duration_seconds]
+        record.sheet_times_seconds = [round((start + end) / 2, 3) for start, end in zip(joined.shot_starts, ends)]
         record.status, record.progress_percent, record.finished_at = "succeeded", 100.0, utcnow()
-        record.sidecar_path = str(await anyio.to_thread.run_sync(write_sidecar, record, destination))
-        log.info("assembly %s: %s (%s, %.2f s)", record.task_id, destination, joined.method, made.facts.duration_seconds)
+        record.companions_pending = True
+        log.info("assembly %s: %s (%s, %.2f s)", record.task_id, destination, joined.method, film.facts.duration_seconds)
         return await self.journal.save(record)
 
     @staticmethod
     def _picture_seconds(paths: list[str]) -> list[float]:
-        return [float(picture_seconds(Path(path))) for path in paths]
-
-    @staticmethod
-    def _companions(film: Path, joined: Joined) -> _Made:
-        """Probe and hash the film; write one frame per shot as a contact sheet and its last frame."""
-        try:
-            facts = probe(film)
-        except Exception as exc:  # PyAV raises many types; any of them means the film is unreadable
-            raise JoinError(f"the film cannot be read back ({type(exc).__name__}: {exc})") from exc
-        hashed = adopt(film)
-        made = _Made(facts=facts, sha256=hashed.sha256, size_bytes=hashed.size_bytes)
-        ends = [*joined.shot_starts[1:], facts.duration_seconds]
-        middles = [(start + end) / 2 for start, end in zip(joined.shot_starts, ends)]
-        try:
-            sheet = film.with_name(film.name + ".contact.jpg")
-            sheet.write_bytes(shot_sheet(frames(film, middles)))
-            made.contact_sheet = sheet
-            made.last_frame = save_last_frame(film, film.with_name(film.name + ".last.png"))
-        except Exception as exc:
-            made.warnings.append(f"No preview frames could be made ({type(exc).__name__}: {exc}).")
-        return made
+        return [float(read_clip(Path(path)).picture_seconds) for path in paths]
 
     def _progress_saver(self, task_id: str) -> Progress:
         """A progress callback for the worker thread: journals the percent now and then, and
@@ -303,15 +271,3 @@ class Assembler:
         if record is not None and not record.finished:
             record.progress_percent = round(min(fraction, 0.99) * 100, 1)
             await self.journal.save(record)
-
-
-@dataclass
-class _Made:
-    """The film's facts and the files made beside it."""
-
-    facts: ClipFacts
-    sha256: str
-    size_bytes: int
-    contact_sheet: Path | None = None
-    last_frame: Path | None = None
-    warnings: list[str] = field(default_factory=list)

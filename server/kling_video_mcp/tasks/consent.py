@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Literal
 
 import anyio
 from pydantic import BaseModel, Field
@@ -39,6 +40,12 @@ SWEEP_INTERVAL_MAX = 30.0
 """Seconds between two looks for waiting requests past their deadline, at most."""
 PROMPT_PREVIEW = 200
 """Characters of the prompt quoted in the question."""
+
+
+ConsentAnswer = Literal["not_asked", "confirmed", "declined", "dismissed"]
+"""The person's answer to the spend question, when the client asked them: ``not_asked`` (no
+question, or a client that cannot ask), ``confirmed``, ``declined`` (said no, or accepted the
+form with the box unticked), ``dismissed`` (closed the question without answering)."""
 
 
 class SpendConsent(BaseModel):

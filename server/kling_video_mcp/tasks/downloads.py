@@ -39,7 +39,8 @@ import httpx2
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from kling_video_mcp.errors import DownloadFailed, KlingError, ProviderError, ProviderUnreachable, StorageError
-from kling_video_mcp.media.clips import check_whole, probe
+from kling_video_mcp.atomic import publish
+from kling_video_mcp.media.probe import check_whole, probe
 from kling_video_mcp.models import ClipFacts
 from kling_video_mcp.tasks.addresses import AddressPolicy, AddressRefused, CheckedBackend
 
@@ -432,5 +433,5 @@ async def download(
     except NotAVideo:
         part.path.unlink(missing_ok=True)
         raise
-    os.replace(part.path, destination)
+    publish(part.path, destination)
     return Downloaded(path=destination, sha256=part.digest.hexdigest(), size_bytes=part.size, facts=facts)

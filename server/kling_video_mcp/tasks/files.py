@@ -1,14 +1,13 @@
-"""Files a person can find: clip names that sort and tell what they are, and JSON sidecars."""
+"""Files a person can find: clip names that sort and tell what they are, and what their JSON sidecars say."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import unicodedata
-from pathlib import Path
+from typing import Any
 
-from kling_video_mcp.models import TaskRecord
+from kling_video_mcp.media.companions import SidecarBody
+from kling_video_mcp.models import ClipFacts, TaskRecord
 
 SLUG_CHARS = 40
 
@@ -38,19 +37,13 @@ SIDECAR_FIELDS = (
 )  # fmt: skip
 
 
-def write_sidecar(record: TaskRecord, clip: Path) -> Path:
-    """Write ``<clip>.json``: the prompt, every parameter, ids, times, cost, sha256, probe facts.
+def sidecar_body(record: TaskRecord) -> SidecarBody:
+    """What ``<clip>.json`` holds for ``record``'s clip (given the clip's probed facts): the prompt,
+    every parameter, ids, times, cost, sha256, the facts, and for a film its sources.
+    :func:`~kling_video_mcp.media.companions.make_companions` writes it."""
 
-    Raises:
-        OSError: it could not be written (nothing is left behind).
-    """
-    sidecar = clip.with_name(clip.name + ".json")
-    body = record.model_dump(mode="json", include=set(SIDECAR_FIELDS))
-    temporary = sidecar.with_name(sidecar.name + ".tmp")
-    try:
-        temporary.write_text(json.dumps(body, indent=2, sort_keys=True))
-        os.replace(temporary, sidecar)
-    except BaseException:
-        temporary.unlink(missing_ok=True)  # never leave an empty or half-written .json.tmp
-        raise
-    return sidecar
+    def body(facts: ClipFacts | None) -> dict[str, Any]:
+        fields = record.model_dump(mode="json", include=set(SIDECAR_FIELDS))
+        return fields | {"clip_facts": facts.model_dump(mode="json") if facts is not None else None}
+
+    return body

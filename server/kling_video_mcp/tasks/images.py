@@ -2,7 +2,7 @@
 
 An image may be given as a local path, a ``file://`` URI, an ``http(s)`` URL or a ``data:``
 URI. Local and inline images are checked against the Kling image rules (the providers' Kling
-v3.0 image-to-video pages agree, providers.md §4): JPEG or PNG, at most 10 MB, both sides at least 300 px, aspect ratio
+v3.0 image-to-video pages agree, docs/providers.md#input-images): JPEG or PNG, at most 10 MB, both sides at least 300 px, aspect ratio
 between 1:2.5 and 2.5:1, and decodable in full: a truncated or damaged file is refused here,
 before any money is spent, rather than by the provider after the submit. Remote URLs are
 passed on unchanged and checked by the provider.

@@ -77,7 +77,7 @@ def problems(request: GenerationRequest) -> list[str]:
         if request.shot_type not in (None, "customize") and rules.shot_type:
             found.append(
                 f"shot_type: {request.shot_type!r} lets the model cut the shots itself from prompt; multi_prompt "
-                "needs 'customize' (or leave shot_type unset and the server sends it) (providers.md §10.3)."
+                "needs 'customize' (or leave shot_type unset and the server sends it) (docs/providers.md#shot-type)."
             )
     if request.multi_prompt and request.end_image:
         found.append("end_image: cannot be used together with multi_prompt (a rule of every provider).")

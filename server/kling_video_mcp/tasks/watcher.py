@@ -1,6 +1,6 @@
 """Background completion: every unfinished task is watched until its clip is on disk.
 
-One watch loop per task polls the provider through the service's ``step``, paced by
+One watch loop per task polls the provider through delivery's ``step``, paced by
 :func:`next_poll_delay`: rarely early in a render and more often near its expected end, and
 only as a safety net while a webhook is expected. A caller that wants fresh news
 (``check_task``), or a webhook, can *nudge* a loop to poll now and wait for its next update.
@@ -59,7 +59,7 @@ class Pace:
 
         The provider's ETA where it gives one above 0; else, while the task runs, an estimate
         from its progress and how long it has been running (a provider may report ``eta: 0``
-        near the end, issue 9); else what is left of the model's usual time.
+        near the end); else what is left of the model's usual time.
         """
         if record.eta_seconds is not None and record.eta_seconds > 0:
             return record.eta_seconds * self.time_scale
@@ -114,7 +114,7 @@ class _Watch:
 
 
 class WatchedService(Protocol):
-    """What the watcher needs from the task service."""
+    """What the watcher needs from the task domain (:class:`~kling_video_mcp.tasks.delivery.Delivery`)."""
 
     async def step(self, task_id: str) -> TaskRecord:
         """Poll once (and download when done); returns the saved record."""
@@ -159,6 +159,10 @@ class Watcher:
             return False
         self._start(task_id)
         return True
+
+    def watches(self, task_id: str) -> bool:
+        """Whether this worker runs the task's watch loop now."""
+        return task_id in self._watches
 
     def _start(self, task_id: str) -> None:
         if task_id not in self._watches:

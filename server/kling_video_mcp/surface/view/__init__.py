@@ -1,6 +1,6 @@
 """The screening room: one MCP Apps view (``ui://kling-video/screening-room.html``).
 
-Hosts that render MCP Apps (mcp-sdk.md §6) show it beside the results of the tools bound to it:
+Hosts that render MCP Apps (https://github.com/modelcontextprotocol/ext-apps) show it beside the results of the tools bound to it:
 a player for one task (the clip, its facts, cost and prompt; live progress while it renders),
 a storyboard grid for several (one card per shot, refreshed through ``check_task`` until all
 are done, and a "make the final cut" button calling ``assemble_video``), and Confirm/Decline
