@@ -152,7 +152,7 @@ def settle_heap() -> None:
     figure 4). Call it when the server is built, before serving. No collection first: one
     would scan that whole heap (40-60 ms of cold start, benchmark figure 1) to free some 3,200
     objects of start-up garbage (with collection off while the server is built), which frozen
-    cost about 1 MB of a 76 MB process.
+    cost about 1 MB of resident memory (of some 80 MB).
     """
     gc.freeze()
     gc.enable()  # the command line turns collection off while the server is built
