@@ -369,7 +369,8 @@ async def test_a_key_the_provider_echoes_is_redacted_before_anything_reads_it(tm
 
 
 DOCUMENTED_CANCEL = {"fal", "replicate"}
-"""Providers with a documented cancel endpoint (docs/hosts-adapters.md); tests/test_adapters_hosts.py checks them."""
+"""Providers with a documented cancel endpoint (docs/providers.md#cancelling); tests/test_adapters_hosts.py
+checks them."""
 
 
 @pytest.mark.parametrize("provider", [provider for provider in PROVIDERS if provider.name not in DOCUMENTED_CANCEL])
