@@ -59,6 +59,7 @@ _STATUSES: dict[str, TaskStatus] = {
     "failed": "failed",
     "cancelled": "failed",
     "timeout": "failed",
+    "deleted": "failed",  # deleted from the account (its dashboard or API): it will never finish
 }
 """docs/providers.md#wavespeed-task-result; any other status counts as still running."""
 
