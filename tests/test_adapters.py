@@ -326,6 +326,7 @@ async def test_wavespeed_upload_without_a_url_is_an_error(tmp_path):
         ({"status": "created"}, "queued", None, None),
         ({"status": "failed", "code": 1200, "error": "flagged"}, "failed", "content_policy", None),
         ({"status": "failed", "error": "timeout in worker"}, "failed", "provider_error", None),
+        ({"status": "deleted"}, "failed", "provider_error", None),  # deleted in the dashboard: it never finishes
     ],
 )  # fmt: skip
 async def test_wavespeed_poll_maps_predictions(tmp_path, data, status, code, url):
@@ -369,7 +370,8 @@ async def test_a_key_the_provider_echoes_is_redacted_before_anything_reads_it(tm
 
 
 DOCUMENTED_CANCEL = {"fal", "replicate"}
-"""Providers with a documented cancel endpoint (docs/hosts-adapters.md); tests/test_adapters_hosts.py checks them."""
+"""Providers with a documented cancel endpoint (docs/providers.md#cancelling); tests/test_adapters_hosts.py
+checks them."""
 
 
 @pytest.mark.parametrize("provider", [provider for provider in PROVIDERS if provider.name not in DOCUMENTED_CANCEL])

@@ -1,5 +1,5 @@
 """The emulator's flavours of Kling's official API, fal.ai and Replicate keep their real contracts
-(docs/hosts-emulated.md).
+(docs/providers.md#kling-in-the-emulator and its fal and Replicate siblings).
 
 Raw HTTP against the emulator, as each host's own client would speak it: submit, poll, result,
 upload, errors in each host's shape, signed webhooks checked the way a receiver checks them,
@@ -422,7 +422,7 @@ def test_fal_two_step_upload_feeds_image_to_video(emu, tmp_path):
 
 
 def fal_signature_holds(headers: dict[str, str], body: bytes, jwks: dict[str, Any]) -> bool:
-    """A receiver's check (hosts.md §2.7): ED25519 over request id, user id, timestamp and the
+    """A receiver's check (docs/providers.md#fal-webhooks): ED25519 over request id, user id, timestamp and the
     body's SHA-256, with a key of fal's JWK set, and a timestamp within 300 s."""
     if abs(time.time() - int(headers["x-fal-webhook-timestamp"])) > 300:
         return False

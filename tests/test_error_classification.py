@@ -2,7 +2,8 @@
 
 :func:`classify_error` maps an error answer (status, the provider's ``reason`` and ``message``)
 to the error a user sees; :func:`classify_body_error` does the same for an error an HTTP 200
-carries in its body. The rules are providers.md §1.6, §2.5, §3.9 and §10.5.
+carries in its body. The rules are docs/providers.md#error-classification and
+docs/providers.md#http-200-errors.
 """
 
 from __future__ import annotations

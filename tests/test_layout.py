@@ -12,6 +12,7 @@ to ``a.b``); a module's implicit import of its parent packages is not an edge.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 
@@ -127,3 +128,71 @@ def long_modules_without_one_concept() -> list[str]:
 def test_a_module_over_500_lines_says_it_is_one_concept():
     """Split a long module, or say in its docstring ``One concept: ...`` why it stays whole."""
     assert long_modules_without_one_concept() == []
+
+
+# -- citations a repository reader can open ---------------------------------------------------
+
+SERVER = PACKAGE.parent
+PROVIDERS_DOC = SERVER.parent / "docs" / "providers.md"
+UNREADABLE_CITATIONS = ("providers.md §", "hosts.md", "shared/specs", "shared/reference", "mcp-sdk.md")
+"""References to material beside the repository (the team's reference notes), which no reader of
+the repository can open: cite ``docs/providers.md#<anchor>`` or the public page instead."""
+ANCHOR_CITATION = re.compile(r"docs/providers\.md#([\w-]+)")
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``markdown``: lower case, punctuation other than
+    ``-`` and ``_`` dropped, spaces made hyphens, and ``-1``, ``-2``... after repeats. Headings
+    inside fenced code blocks are not headings."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"#{1,6}\s+(.+?)\s*#*\s*$", line)
+        if heading is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+        repeats = seen.get(slug, 0)
+        seen[slug] = repeats + 1
+        anchors.add(slug if repeats == 0 else f"{slug}-{repeats}")
+    return anchors
+
+
+def server_texts() -> dict[Path, str]:
+    """Every text file under ``server/`` (sources, templates, data), by path."""
+    texts = {}
+    for path in sorted(SERVER.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            try:
+                texts[path] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue  # a binary file cites nothing
+    return texts
+
+
+def test_github_anchors_follow_githubs_slug_rules():
+    doc = "# A page\n## fal.ai\n### Kling: held submits\n```\n## not a heading\n```\n## fal.ai\n"
+    assert github_anchors(doc) == {"a-page", "falai", "kling-held-submits", "falai-1"}
+
+
+def test_nothing_under_server_cites_what_a_repository_reader_cannot_open():
+    found = [
+        f"{path.relative_to(SERVER.parent)}:{number}: {citation!r}"
+        for path, text in server_texts().items()
+        for number, line in enumerate(text.splitlines(), start=1)
+        for citation in UNREADABLE_CITATIONS
+        if citation in line.replace("docs/providers.md", "")
+    ]
+    assert found == [], "cite docs/providers.md#<anchor> or a public URL instead:\n" + "\n".join(found)
+
+
+def test_every_docs_providers_anchor_cited_under_server_is_a_heading():
+    anchors = github_anchors(PROVIDERS_DOC.read_text(encoding="utf-8"))
+    cited = {
+        (path, anchor) for path, text in server_texts().items() for anchor in ANCHOR_CITATION.findall(text)
+    }
+    assert cited, "the server cites docs/providers.md anchors; finding none means the pattern broke"
+    missing = sorted(f"{path.relative_to(SERVER.parent)}: #{anchor}" for path, anchor in cited if anchor not in anchors)
+    assert missing == [], "no such heading in docs/providers.md:\n" + "\n".join(missing)

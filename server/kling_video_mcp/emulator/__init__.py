@@ -4,7 +4,7 @@ Kling's official API, fal.ai and Replicate.
 Tests never call a real provider; they point the clients at this emulator,
 which follows the contracts in docs/providers.md#the-emulator (routes,
 validation order, envelopes, task clock, result media) and, for the last three,
-``docs/hosts-emulated.md``, and adds control hooks (request log, fault injection,
+each host's "in the emulator" section there, and adds control hooks (request log, fault injection,
 forced completion).
 
     from kling_video_mcp.emulator import EmulatorConfig, EmulatorServer, create_app

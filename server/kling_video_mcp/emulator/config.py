@@ -68,7 +68,7 @@ class EmulatorConfig:
     webhook_retry_seconds: float = 2.0
     """Pause before re-sending a webhook that got no 2xx (scaled by ``time_scale``); Novita's webhook page gives no interval."""
 
-    # -- Kling's official API, fal.ai and Replicate (docs/hosts-emulated.md) --
+    # -- Kling's official API, fal.ai and Replicate (docs/providers.md, each one's "in the emulator") --
     kling_secret_key: str = "test-secret-key-of-the-kling-emulator"
     """The secret key paired with every valid access key: Kling JWTs must be HS256-signed with it
     (32 bytes or more, as RFC 7518 §3.2 asks of an HS256 key)."""

@@ -1,4 +1,4 @@
-"""fal.ai's queue and storage, serving Kling v3.0 (hosts.md §2; docs/hosts-emulated.md).
+"""fal.ai's queue and storage, serving Kling v3.0 (docs/providers.md#fal-in-the-emulator).
 
 Routes (relative to ``/fal``, which stands for both of fal's hosts: the queue
 ``https://queue.fal.run`` and the REST host ``https://rest.fal.ai``, whose paths do not meet):
@@ -57,7 +57,7 @@ ERRORS_DOC = "https://docs.fal.ai/errors"
 FAL_ERRORS: ErrorCatalogue = {
     # (HTTP status, error_type, detail). The wrong-key detail is the one fal users report
     # (github.com/fal-ai/fal/issues/1068); the balance detail is what accounts see in the wild
-    # (hosts.md §2.6, [I]); the others are the emulator's words for fal's statuses.
+    # (docs/providers.md#fal-errors, inferred); the others are the emulator's words for fal's statuses.
     "missing_key": (401, "", "Missing authorization header"),
     "unknown_key": (401, "", "No user found for Key ID and Secret"),
     "forbidden_key": (403, "", "Forbidden"),
@@ -78,7 +78,7 @@ CONTENT_FIELDS = {"illegal_prompt": "prompt", "illegal_image": "start_image_url"
 
 FAILURES: dict[Outcome, tuple[int, str, str, str | None]] = {
     # What the result of a failed request answers: (status, error_type, detail, field); a field
-    # makes it a 422 detail list (§2.6). Cancelled requests' results are not documented ([?]).
+    # makes it a 422 detail list (docs/providers.md#fal-errors). Cancelled requests' results are not documented.
     Outcome.MODERATION: (422, "content_policy_violation", FAL_ERRORS["illegal_prompt"][2], "prompt"),
     Outcome.MEDIA: (422, "file_download_error", "Failed to download the file from the URL.", "start_image_url"),
     Outcome.INTERNAL: (500, "", "Internal Server Error", None),
@@ -225,7 +225,8 @@ class Fal(Flavor):
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, 202)
 
     def _urls(self, request: Request, task: Task) -> dict[str, str]:
-        """The reply's own URLs: fal builds them from ``owner/app``, dropping the submit's subpath (§2.3)."""
+        """The reply's own URLs: fal builds them from ``owner/app``, dropping the submit's subpath
+        (docs/providers.md#fal-submit-routes)."""
         base = f"{self.flavor_base(request)}/{APP}/requests/{task.id}"
         return {
             "request_id": task.id,
@@ -235,7 +236,7 @@ class Fal(Flavor):
         }
 
     def _output(self, request: Request, task: Task, now: float) -> dict[str, Any]:
-        """``I2VOutput``: ``{"video": File}`` (§2.5)."""
+        """``I2VOutput``: ``{"video": File}`` (docs/providers.md#fal-task-result)."""
         url = self.result_url(request, task, now)
         return {"video": {"url": url, "content_type": "video/mp4", "file_name": f"{task.id}.mp4"}}
 
@@ -251,7 +252,7 @@ class Fal(Flavor):
     # -- webhooks ---------------------------------------------------------------------
 
     def _webhook_body(self, request: Request, task: Task, now: float) -> dict[str, Any]:
-        """``{request_id, gateway_request_id, status, payload, error}`` (§2.7)."""
+        """``{request_id, gateway_request_id, status, payload, error}`` (docs/providers.md#fal-webhooks)."""
         body: dict[str, Any] = {"request_id": task.id, "gateway_request_id": task.id}
         if task.phase(now) is Phase.SUCCEEDED:
             return {**body, "status": "OK", "payload": self._output(request, task, now), "error": None}
@@ -259,7 +260,8 @@ class Fal(Flavor):
         return {**body, "status": "ERROR", "payload": payload, "error": f"Invalid status code: {status}"}
 
     def _sign(self, task: Task, raw: bytes) -> dict[str, str]:
-        """fal's headers: ED25519 over ``request_id\\nuser_id\\ntimestamp\\nsha256_hex(body)`` (§2.7)."""
+        """fal's headers: ED25519 over ``request_id\\nuser_id\\ntimestamp\\nsha256_hex(body)``
+        (docs/providers.md#fal-webhooks)."""
         forged, backdate = webhook_tampering(self.emulator.faults, self.name)
         user_id = _user_id(task.key)
         timestamp = str(int(self.emulator.now()) - backdate)
@@ -280,7 +282,8 @@ class Fal(Flavor):
     # -- storage ----------------------------------------------------------------------
 
     async def _initiate(self, request: Request, body: bytes) -> Response:
-        """Step 1 of fal's upload (§2.8): a place for the file and the URL it will be served at."""
+        """Step 1 of fal's upload (docs/providers.md#fal-uploads): a place for the file and the URL it
+        will be served at."""
         self.admit(request, submission=False)
         payload = parse_object(body)
         content_type = payload.get("content_type") if payload is not None else None
@@ -306,7 +309,7 @@ class Fal(Flavor):
 
 
 def _answer(error: ApiError) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, body, headers) of ``error`` in fal's shapes (§2.6): a field refusal is a 422
+    """(status, body, headers) of ``error`` in fal's shapes (docs/providers.md#fal-errors): a field refusal is a 422
     ``detail`` list (``loc``, ``msg``, ``type``, ``url``); anything else ``{"detail"}``, with
     ``error_type`` and ``X-Fal-Error-Type`` when it has one."""
     if error.body is not None:

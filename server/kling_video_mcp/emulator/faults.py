@@ -32,7 +32,7 @@ is spent after ``times`` matching requests. Kinds and their parameters:
 - ``result_url`` (poll): a finished task's result URL in the answer becomes ``value``.
 - ``task_id`` (submit): the created task's id in the answer becomes ``value`` (an odd one).
 
-Kling's official API, fal.ai and Replicate (docs/hosts-emulated.md) add targets ``result`` (fal's
+Kling's official API, fal.ai and Replicate (docs/providers.md#emulator-injected-faults) add targets ``result`` (fal's
 ``response_url`` fetch, apart from its status poll) and ``cancel`` (fal's and Replicate's cancel),
 both taking ``status``, ``hang`` and ``echo_key`` (``result`` also ``ok_error`` and ``result_url``),
 and the target ``webhook`` (fal's and Replicate's signed deliveries) with two kinds:

@@ -1,4 +1,5 @@
-"""Kling's official API, the developer platform's own (hosts.md §1; docs/hosts-emulated.md).
+"""Kling's official API, the developer platform's own
+(docs/providers.md#kling-in-the-emulator).
 
 Routes (relative to ``/kling``; the real hosts are ``https://api-singapore.klingai.com`` and
 ``https://api-beijing.klingai.com``, with the same paths):
@@ -45,10 +46,11 @@ from .rules import KLING_HOST_RULES, Model
 from .tasks import Outcome, Phase, Task
 
 ENDPOINTS = {"text2video": "t2v", "image2video": "i2v"}
-"""Submit path -> route; the poll path must be the one the task was created on (§1.2)."""
+"""Submit path -> route; the poll path must be the one the task was created on
+(docs/providers.md#kling-task-result)."""
 
 KLING_ERRORS: ErrorCatalogue = {
-    # (HTTP status, business code, message): the official code table (hosts.md §1.7).
+    # (HTTP status, business code, message): the official code table (docs/providers.md#kling-errors).
     "missing_key": (401, "1001", "Authorization is empty"),
     "bad_token": (401, "1002", "Authorization is invalid"),
     "unknown_key": (401, "1000", "Authentication failed"),
@@ -75,7 +77,8 @@ CODES_BY_STATUS = {400: 1201, 401: 1000, 403: 1103, 404: 1203, 429: 1302, 500: 5
 STATUSES = {Phase.QUEUED: "submitted", Phase.RUNNING: "processing", Phase.SUCCEEDED: "succeed", Phase.FAILED: "failed"}
 
 FAILURE_MESSAGES = {
-    # task_status_msg: only "content risk" is described in the docs (hosts.md §1.6); the rest are the emulator's words.
+    # task_status_msg: only "content risk" is described in the docs (docs/providers.md#kling-task-result);
+    # the rest are the emulator's words.
     Outcome.MODERATION: "Failure to pass the risk control system",
     Outcome.INTERNAL: "Internal error, please try again",
     Outcome.MEDIA: "Failed to download the image",
@@ -84,10 +87,10 @@ FAILURE_MESSAGES = {
 
 UNITS_PER_SECOND = {"std": 0.3, "pro": 0.5, "4k": 1.0}
 """``final_unit_deduction`` per generated second: an emulator placeholder, Kling's v3 unit prices
-are not published (hosts.md §1.10)."""
+are not published (docs/providers.md#kling-price)."""
 
 PAGE_NUMBERS, PAGE_SIZES = (1, 1000), (1, 500)
-"""``pageNum`` and ``pageSize`` bounds of the task list (§1.2)."""
+"""``pageNum`` and ``pageSize`` bounds of the task list (docs/providers.md#kling-in-the-emulator)."""
 
 
 class Kling(Flavor):
@@ -136,7 +139,7 @@ class Kling(Flavor):
     # -- auth --------------------------------------------------------------------
 
     def identify(self, request: Request) -> Caller:
-        """The access key of a valid JWT (§1.1); raises 401 with the code of what is wrong."""
+        """The access key of a valid JWT (docs/providers.md#kling-sign-in); raises 401 with the code of what is wrong."""
         raw = (request.headers.get("authorization") or "").strip()
         if not raw:
             raise self.error("missing_key")
@@ -186,7 +189,7 @@ class Kling(Flavor):
         if external_id:
             self._external_ids[(caller.key, external_id)] = task.id
         if url := payload.get("callback_url"):
-            stages = ("created", "started", "ended")  # every status change (§1.9)
+            stages = ("created", "started", "ended")  # every status change (docs/providers.md#kling-webhooks)
             self.emulator.send_webhook(task, url, partial(self.task_data, request), stages=stages)
         return self.ok(self.task_data(request, task, task.created_at))
 
@@ -201,7 +204,8 @@ class Kling(Flavor):
         return self.ok(self.task_data(request, task, self.emulator.now()))
 
     async def _list(self, endpoint: str, request: Request, _body: bytes) -> Response:
-        """``pageNum`` [1, 1000] (default 1), ``pageSize`` [1, 500] (default 30), newest first (§1.2)."""
+        """``pageNum`` [1, 1000] (default 1), ``pageSize`` [1, 500] (default 30), newest first
+        (docs/providers.md#kling-in-the-emulator)."""
         caller = self.admit(request, submission=False)
         number = _query_int(request, "pageNum", 1, PAGE_NUMBERS)
         size = _query_int(request, "pageSize", 30, PAGE_SIZES)
@@ -211,7 +215,8 @@ class Kling(Flavor):
         return self.ok([self.task_data(request, task, now) for task in page])
 
     def task_data(self, request: Request, task: Task, now: float) -> dict[str, Any]:
-        """The task object at ``now`` (§1.6): the ``data`` of a query, the body of a callback (§1.9)."""
+        """The task object at ``now`` (docs/providers.md#kling-task-result): the ``data`` of a query, the body of
+        a callback (docs/providers.md#kling-webhooks)."""
         phase = task.phase(now)
         changed = {Phase.QUEUED: task.created_at, Phase.RUNNING: task.starts_at}.get(phase, task.finishes_at)
         external_id = task.extras.get("external_task_id")
@@ -234,7 +239,8 @@ class Kling(Flavor):
     # -- accounts ------------------------------------------------------------------
 
     async def _costs(self, request: Request, _body: bytes) -> Response:
-        """``start_time`` and ``end_time`` (ms) are required; one prepaid video pack (hosts.md §1.2)."""
+        """``start_time`` and ``end_time`` (ms) are required; one prepaid video pack
+        (docs/providers.md#kling-key-check)."""
         caller = self.admit(request, submission=False)
         for name in ("start_time", "end_time"):
             if not request.query_params.get(name, "").isdigit():
@@ -264,7 +270,8 @@ class Kling(Flavor):
         return self.emulator.find_task(self.name, task_id, key) if task_id else None
 
     def _running(self, key: str, now: float) -> int:
-        """Tasks holding a slot: from ``submitted`` until they end, failures included (§1.8)."""
+        """Tasks holding a slot: from ``submitted`` until they end, failures included
+        (docs/providers.md#kling-held-submits)."""
         return sum(1 for task in self._tasks(key) if task.created_at <= now < task.finishes_at)
 
     def peak(self, key: str) -> int:

@@ -1,4 +1,5 @@
-"""Replicate's predictions API running ``kwaivgi/kling-v3-video`` (hosts.md §3; docs/hosts-emulated.md).
+"""Replicate's predictions API running ``kwaivgi/kling-v3-video``
+(docs/providers.md#replicate-in-the-emulator).
 
 Routes (relative to ``/replicate``, which stands for ``https://api.replicate.com``; the API's
 paths start with ``/v1``):
@@ -54,13 +55,14 @@ from .tokens import Directives
 
 MODEL = "kwaivgi/kling-v3-video"
 VERSION = "4a8ba274" + hashlib.sha256(b"kling-video-mcp emulator: kling-v3-video").hexdigest()[:56]
-"""The emulated model version: the prefix of the one hosts.md read (§3.4), the rest the emulator's."""
+"""The emulated model version: the prefix of the one read on the model's API page
+(https://replicate.com/kwaivgi/kling-v3-video/api), the rest the emulator's."""
 PINNED = "pinned"
 """``Model.name`` of a create through ``POST /v1/predictions`` (its body names the version)."""
 
 REPLICATE_ERRORS: ErrorCatalogue = {
     # (HTTP status, title, detail): the auth, credit and throttling answers Replicate users quote
-    # (hosts.md §3.6); the other wordings are the emulator's.
+    # (docs/providers.md#replicate-errors); the other wordings are the emulator's.
     "missing_key": (401, "Unauthenticated", "You did not pass an authentication token"),
     "unknown_key": (401, "Unauthenticated", "You did not pass a valid authentication token"),
     "forbidden_key": (403, "Forbidden", "You do not have permission to perform this action"),
@@ -207,7 +209,8 @@ class Replicate(Flavor):
         return JSONResponse(self.prediction(request, task, now))
 
     def prediction(self, request: Request, task: Task, now: float) -> dict[str, Any]:
-        """The prediction object at ``now`` (§3.3): the body of a poll and of a webhook."""
+        """The prediction object at ``now`` (docs/providers.md#replicate-task-result): the body of a poll
+        and of a webhook."""
         phase = task.phase(now)
         ended = phase in (Phase.SUCCEEDED, Phase.FAILED)
         removed = ended and now >= self._removal_at(task)
@@ -246,7 +249,8 @@ class Replicate(Flavor):
     # -- webhooks ------------------------------------------------------------------------
 
     def _sign(self, task: Task, raw: bytes) -> dict[str, str]:
-        """Standard Webhooks headers under the account's secret (§3.5); the id is stable across retries."""
+        """Standard Webhooks headers under the account's secret (docs/providers.md#replicate-webhooks); the id
+        is stable across retries."""
         forged, backdate = webhook_tampering(self.emulator.faults, self.name)
         message_id = "msg_" + hashlib.sha256(task.id.encode() + raw).hexdigest()[:27]
         timestamp = datetime.fromtimestamp(int(self.emulator.now()) - backdate, UTC)
@@ -269,7 +273,8 @@ class Replicate(Flavor):
     # -- files -----------------------------------------------------------------------------
 
     async def _upload(self, request: Request, _body: bytes) -> Response:
-        """``POST /v1/files`` (§3.2): multipart ``content`` and optional JSON ``metadata``."""
+        """``POST /v1/files`` (docs/providers.md#replicate-uploads): multipart ``content`` and optional JSON
+        ``metadata``."""
         self.admit(request, submission=False)
         form = await read_form(request)
         upload = form.get("content") if form is not None else None

@@ -277,9 +277,10 @@ class _Checker:
         self.rules = rules
         self.inline_images = inline_images
         self.data_uri = data_uri
-        """Inline images may be ``data:`` URIs (Kling's own API refuses the prefix, hosts.md §1.1)."""
+        """Inline images may be ``data:`` URIs (Kling's own API refuses the prefix, docs/providers.md#kling-images)."""
         self.raw_base64 = raw_base64
-        """Inline images may be bare base64 (fal and Replicate take only data URIs, §2.4, §3.4)."""
+        """Inline images may be bare base64 (fal and Replicate take only data URIs,
+        docs/providers.md#fal-in-the-emulator, docs/providers.md#replicate-in-the-emulator)."""
 
     def error(
         self, field: str, problem: str, reason: str = "INVALID_REQUEST_BODY", kind: str = "value_error"
@@ -422,10 +423,10 @@ class _Checker:
 
 # ---------------------------------------------------------------------------------------------
 # Hosts with field dialects of their own: Kling's official API, fal.ai and Replicate
-# (docs/hosts-emulated.md). Each is one HostRules table: every field it reads, with its type,
-# bounds, default and the public source of the rule, plus the rules that tie fields together.
-# read_fields is the one interpreter. Fields a route does not list are ignored, unless the host
-# refuses unknown inputs (Replicate).
+# (docs/providers.md#kling-in-the-emulator and the fal and Replicate ones). Each is one HostRules
+# table: every field it reads, with its type, bounds, default and the public source of the rule,
+# plus the rules that tie fields together. read_fields is the one interpreter. Fields a route
+# does not list are ignored, unless the host refuses unknown inputs (Replicate).
 
 KLING_API = "https://app.klingai.com/global/dev/document-api/apiReference/commonInfo"
 KLING_API_COPY = "https://github.com/WHQ25/rawgenai/tree/main/docs/research/kling"
@@ -550,10 +551,11 @@ def _custom_shots(values: Mapping[str, Any]) -> bool:
 
 KLING_HOST_RULES = HostRules(
     fields=(
-        # Only kling-v3 is emulated; an omitted model_name means kling-v1 (hosts.md §1.3).
+        # Only kling-v3 is emulated; an omitted model_name means kling-v1
+        # (docs/providers.md#kling-fields-sent).
         FieldRule("model_name", Kind.CHOICE, KLING_VERCEL, required=True, choices={"kling-v3": "kling-v3"}),
         # std | pro, "standard" refused live; 4k on kling-v3 per several clients, not in the
-        # Vercel SDK's enum: EmulatorConfig.kling_4k_mode plays either reading (§1.4).
+        # Vercel SDK's enum: EmulatorConfig.kling_4k_mode plays either reading (docs/providers.md#kling-4k).
         FieldRule(
             "mode", Kind.CHOICE, KLING_V3_4K, role=Role.TIER, default="std",
             choices={"std": "std", "pro": "pro", "4k": "4k"}, switched=(("4k", "kling_4k_mode"),),
@@ -563,7 +565,7 @@ KLING_HOST_RULES = HostRules(
             "shot_type", Kind.CHOICE, KLING_V3_T2V, required=True, read_if=_multi_shot,
             choices={"customize": "customize", "intelligence": "intelligence"},
         ),
-        # Required unless multi_shot with shot_type customize, which ignores it (§1.4).
+        # Required unless multi_shot with shot_type customize, which ignores it (docs/providers.md#kling-prompt-rule).
         FieldRule(
             "prompt", Kind.TEXT, KLING_V3_T2V, role=Role.PROMPT, required=True, bounds=(0, PROMPT_MAX),
             read_if=lambda values: not _custom_shots(values),
@@ -581,7 +583,8 @@ KLING_HOST_RULES = HostRules(
             "duration", Kind.SECONDS, KLING_VERCEL, role=Role.DURATION, default=DEFAULT_DURATION,
             bounds=(MIN_DURATION, MAX_DURATION),
         ),
-        # [{index, prompt, duration: "3"}]: 1-6 shots of at least 1 s adding up to duration (§1.4).
+        # [{index, prompt, duration: "3"}]: 1-6 shots of at least 1 s adding up to duration
+        # (docs/providers.md#kling-multi-shot-prompts).
         FieldRule(
             "multi_prompt", Kind.SHOTS, KLING_V3_T2V, role=Role.SHOTS, required=True, read_if=_custom_shots,
             shots=ShotFormat(Kind.SECONDS, indexed=True, shortest=1),
@@ -611,14 +614,15 @@ KLING_HOST_RULES = HostRules(
             lambda values, _route: bool(values.get("element_list")) and bool(values.get("voice_list")),
         ),
     ),
-    # A URL or raw base64; the docs call a data: prefix incorrect (§1.1).
+    # A URL or raw base64; the docs call a data: prefix incorrect (docs/providers.md#kling-images).
     data_uri=False,
     raw_base64=True,
     image_source=KLING_V3_I2V,
 )
 
 FAL_HOST_RULES = HostRules(
-    # The tier is the path (standard | pro | 4k), so there is no mode field (hosts.md §2.2, §2.4).
+    # The tier is the path (standard | pro | 4k), so there is no mode field
+    # (docs/providers.md#fal-submit-routes).
     fields=(
         FieldRule("prompt", Kind.TEXT, FAL_KLING_V3, role=Role.PROMPT, bounds=(0, PROMPT_MAX)),
         FieldRule(
@@ -658,14 +662,15 @@ FAL_HOST_RULES = HostRules(
             lambda values, _route: bool(values.get("end_image_url")) and bool(values.get("multi_prompt")),
         ),
     ),
-    # A URL (fal's storage or any public one) or a data URI (hosts.md §2.4 "Image inputs").
+    # A URL (fal's storage or any public one) or a data URI (docs/providers.md#fal-uploads).
     data_uri=True,
     raw_base64=False,
     image_source=FAL_KLING_V3,
 )
 
 REPLICATE_HOST_RULES = HostRules(
-    # One model for both routes: a start_image makes it image-to-video (hosts.md §3.4).
+    # One model for both routes: a start_image makes it image-to-video
+    # (docs/providers.md#replicate-submit-routes).
     fields=(
         FieldRule("prompt", Kind.TEXT, REPLICATE_KLING_V3, role=Role.PROMPT, required=True, bounds=(0, PROMPT_MAX)),
         FieldRule("negative_prompt", Kind.TEXT, REPLICATE_KLING_V3, default="", bounds=(0, PROMPT_MAX)),
@@ -699,7 +704,7 @@ REPLICATE_HOST_RULES = HostRules(
             lambda values, _route: bool(values.get("end_image")) and not values.get("start_image"),
         ),
     ),
-    # A URL (a Replicate file's or any public one) or a data URI (hosts.md §3.4 "File inputs").
+    # A URL (a Replicate file's or any public one) or a data URI (docs/providers.md#replicate-uploads).
     data_uri=True,
     raw_base64=False,
     image_source=REPLICATE_JS,

@@ -180,7 +180,8 @@ class Emulator:
         sign: WebhookSigner | None = None,
         stages: Sequence[str] = ("ended",),
     ) -> None:
-        """POST ``body(task, instant)`` to ``url`` as the task passes each of ``stages`` (§1.5, §3.8).
+        """POST ``body(task, instant)`` to ``url`` as the task passes each of ``stages``
+        (docs/providers.md#emulator-webhooks).
 
         Stages: ``created`` (at once), ``started`` (it left the queue; skipped when it ended without
         running) and ``ended``. The body describes the stage: ``instant`` is the start for

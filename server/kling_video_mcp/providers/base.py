@@ -149,7 +149,7 @@ MARKET_USD_PER_SECOND: Mapping[tuple[Mode, bool], float] = {
     ("4k", False): 0.42,
     ("4k", True): 0.42,
 }
-"""Kling v3.0's market rate per second, by (mode, sound) (providers.md §5.1, read 2026-11-21):
+"""Kling v3.0's market rate per second, by (mode, sound) (docs/providers.md#prices, read 2026-11-21):
 4K $0.42/s with or without sound; Std $0.084/s silent ($0.42 per 5 s run, WaveSpeed's Std page);
 Pro $0.112/s; with sound x1.5, the tier Novita's Chinese twin PPIO charges."""
 

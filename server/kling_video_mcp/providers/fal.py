@@ -1,6 +1,6 @@
 """fal.ai's queue (``fal``): ``fal-ai/kling-video/v3/{standard|pro|4k}/{text-to-video|image-to-video}``.
 
-What it sends and reads (every rule with its public source in ``docs/hosts-adapters.md``):
+What it sends and reads (every rule with its public source in ``docs/providers.md#falai``):
 
 - Auth: ``Authorization: Key <FAL_KEY>`` (fal-js ``config.ts``, https://github.com/fal-ai/fal-js).
 - Submit: ``POST https://queue.fal.run/<endpoint>[?fal_webhook=<url>]`` with the model input as

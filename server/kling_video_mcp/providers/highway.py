@@ -5,8 +5,8 @@ from __future__ import annotations
 from kling_video_mcp.providers.base import SHORTEST_SHOT_3, EndpointRules, PromptRule, RulesTable
 from kling_video_mcp.providers.novita_family import NovitaProtocol
 
-# Each row's ``source`` says where its prompt/multi_prompt rule is written (providers.md §2, with
-# §10 winning). Shots and inline images as on Novita's routes (see ``novita.py``).
+# Each row's ``source`` says where its prompt/multi_prompt rule is written
+# (docs/providers.md#highway-prompt-rule). Shots and inline images as on Novita's routes (see ``novita.py``).
 RULES: RulesTable = {
     ("t2v", "std"): EndpointRules(source="HighwayAPI's std-t2v, like Novita's: no multi_prompt (docs/providers.md#highway-prompt-rule, inferred)"),
     ("t2v", "4k"): EndpointRules(
@@ -34,7 +34,7 @@ RULES: RulesTable = {
 
 
 class Highway(NovitaProtocol):
-    """HighwayAPI: ``HIGHWAY_API_KEY``, ``https://api.highwayapi.ai`` (providers.md §2)."""
+    """HighwayAPI: ``HIGHWAY_API_KEY``, ``https://api.highwayapi.ai`` (docs/providers.md#highwayapi)."""
 
     name = "highway"
     label = "HighwayAPI"

@@ -1,6 +1,6 @@
 """Kling's own developer API (``kling``): ``POST /v1/videos/{text2video,image2video}``.
 
-What it sends and reads (every rule with its public source in ``docs/hosts-adapters.md``):
+What it sends and reads (every rule with its public source in ``docs/providers.md#kling-official-api``):
 
 - Auth: a fresh HS256 JWT on every request (``iss`` = access key, ``exp`` = now + 30 min,
   ``nbf`` = now - 5 s), signed with the secret key by PyJWT and sent as ``Bearer``; never

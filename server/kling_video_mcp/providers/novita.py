@@ -35,7 +35,7 @@ RULES: RulesTable = {
 
 
 class Novita(NovitaProtocol):
-    """Novita AI: ``NOVITA_API_KEY``, ``https://api.novita.ai`` (providers.md §1)."""
+    """Novita AI: ``NOVITA_API_KEY``, ``https://api.novita.ai`` (docs/providers.md#novita-ai)."""
 
     name = "novita"
     label = "Novita AI"

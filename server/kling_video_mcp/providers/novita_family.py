@@ -61,11 +61,11 @@ def _number(value: Any) -> float | None:
 class NovitaProtocol(Provider):
     """A provider that speaks the Novita protocol; subclasses give its description."""
 
-    prices = market_prices()  # neither publishes a USD price (providers.md §5.1)
+    prices = market_prices()  # neither publishes a USD price (docs/providers.md#prices)
     webhook = Webhook(
         "body", ("extra", "webhook", "url"),
         "Novita's generic V3 async webhook, docs/providers.md#novita-webhooks (HighwayAPI is Novita-compatible); whether "
-        "Kling v3.0 routes honour it is unconfirmed (§10), so the watcher's safety-net polls cover it",
+        "Kling v3.0 routes honour it is unconfirmed, so the watcher's safety-net polls cover it",
     )  # fmt: skip
 
     def classify_error(self, response: httpx2.Response) -> KlingError:
@@ -91,7 +91,7 @@ class NovitaProtocol(Provider):
         return f"kling-v3.0-{mode}-{kind}"
 
     def body(self, request: GenerationRequest, images: dict[str, ImageSource]) -> dict[str, Any]:
-        """The JSON body of the submit, in the provider's field names (providers.md §1.3)."""
+        """The JSON body of the submit, in the provider's field names (docs/providers.md#novita-fields-sent)."""
         body: dict[str, Any] = {"duration": request.duration, "sound": request.sound}
         for field in ("prompt", "negative_prompt", "cfg_scale"):
             if (value := getattr(request, field)) is not None:

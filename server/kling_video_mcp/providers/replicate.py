@@ -1,6 +1,6 @@
 """Replicate (``replicate``): predictions of the ``kwaivgi/kling-v3-video`` model.
 
-What it sends and reads (every rule with its public source in ``docs/hosts-adapters.md``):
+What it sends and reads (every rule with its public source in ``docs/providers.md#replicate``):
 
 - Auth: ``Authorization: Bearer <REPLICATE_API_TOKEN>``.
 - Submit: ``POST /v1/models/kwaivgi/kling-v3-video/predictions`` with ``{"input": {...}}``, the

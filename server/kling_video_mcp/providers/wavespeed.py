@@ -5,8 +5,8 @@ Answers come in the envelope ``{code, message, data}``; results are read from
 ``POST /api/v3/media/upload/binary`` and are passed as the returned ``download_url``
 (docs/providers.md#wavespeedai).
 
-Cancelling: WaveSpeed documents no cancel endpoint for predictions (providers.md §3), so
-:meth:`~kling_video_mcp.providers.base.Provider.cancel` keeps its "cannot cancel" default.
+Cancelling: the adapter does not call WaveSpeed's task-deletion endpoint (docs/providers.md#wavespeed-cancel),
+so :meth:`~kling_video_mcp.providers.base.Provider.cancel` keeps its "cannot cancel" default.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ _STATUSES: dict[str, TaskStatus] = {
     "failed": "failed",
     "cancelled": "failed",
     "timeout": "failed",
+    "deleted": "failed",  # deleted from the account (its dashboard or API): it will never finish
 }
 """docs/providers.md#wavespeed-task-result; any other status counts as still running."""
 
@@ -77,7 +78,7 @@ class WaveSpeed(Provider):
     base_url_variable = "WAVESPEED_BASE_URL"
     default_base_url = "https://api.wavespeed.ai"
     rules_table = WAVESPEED_RULES
-    # providers.md §5.1: 4K $0.42/s "regardless of whether audio is on or off" (the 4K page);
+    # docs/providers.md#wavespeed-price: 4K $0.42/s "regardless of whether audio is on or off" (the 4K page);
     # Std $0.42 per default 5 s run, silent (the Std page); Std with sound and Pro are not published.
     prices = market_prices({
         ("4k", False): _WAVESPEED_PAGE["4k"], ("4k", True): _WAVESPEED_PAGE["4k"], ("std", False): _WAVESPEED_PAGE["std"],

@@ -19,7 +19,7 @@ from kling_video_mcp.tasks.service import TaskService
 
 MAX_WAIT_SECONDS = 50
 PROGRESS_INTERVAL = 5.0
-"""Seconds between progress notifications, at most (the issue asks for at most 10)."""
+"""Seconds between progress notifications, at most (a waiting client hears from the server at least every 10 s)."""
 
 
 async def _percent_and_left(service: TaskService, record: TaskRecord) -> tuple[float, float | None]:
