@@ -7,6 +7,7 @@ Serving logs go to stderr only: on stdio, stdout carries the protocol.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -103,10 +104,20 @@ def serve_http(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.stateless and args.transport != "streamable-http":
-        parser.error("--stateless applies to --transport streamable-http only (stdio and SSE connections are sessions)")
+    # Start-up builds long-lived objects (the SDK, pydantic schemas, the tools): collecting
+    # while they are built costs about 50 ms of cold start and finds almost no garbage. A
+    # server turns collection back on once built (settle_heap); the other commands at once.
+    gc.disable()
+    try:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.stateless and args.transport != "streamable-http":
+            parser.error("--stateless applies to --transport streamable-http only (stdio and SSE connections are sessions)")
+    except SystemExit:  # --help, --version or a usage error: nothing runs
+        gc.enable()
+        raise
+    if args.command is not None:
+        gc.enable()
     # The doctor's report is its output; request logs would only bury it.
     level = "WARNING" if args.command == "doctor" and args.log_level == "INFO" else args.log_level
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -27,14 +27,17 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
-
-import av
-from av.audio.frame import AudioFrame
-from av.video.frame import PictureType, VideoFrame
+from typing import TYPE_CHECKING, Literal
 
 from kling_video_mcp.atomic import atomic_path
 from kling_video_mcp.media.probe import AudioStream, Probe, UnreadableClip, VideoStream, read_clip
+
+if TYPE_CHECKING:
+    # PyAV is imported by each function that reads or writes video: this module is loaded at
+    # server start (the task service names it) but used only when a film is made.
+    import av
+    from av.audio.frame import AudioFrame
+    from av.video.frame import VideoFrame
 
 Method = Literal["stream_copy", "re_encode"]
 Progress = Callable[[float], None]
@@ -91,6 +94,8 @@ def join(
     Raises:
         JoinError: a clip cannot be read or decoded, or the film cannot be written.
     """
+    import av
+
     probes = [_streams(path) for path in clips]
     videos = [found.video for found in probes]
     sounds = [found.audio for found in probes]
@@ -121,6 +126,8 @@ def _copy(
     progress: Progress | None,
 ) -> Joined:
     """Remux every clip's packets one after the other, each clip's timestamps shifted to follow the last."""
+    import av
+
     with av.open(str(clips[0])) as first:
         rate = first.streams.video[0].average_rate or DEFAULT_RATE
         out_video = output.add_stream_from_template(first.streams.video[0])
@@ -197,6 +204,8 @@ def _reencode(
     progress: Progress | None,
 ) -> Joined:
     """Decode, fit, resample, blend and encode every frame; see the module docstring."""
+    from av.video.frame import PictureType
+
     rate = first.rate or DEFAULT_RATE
     width, height = first.width - first.width % 2, first.height - first.height % 2
     stream = output.add_stream("libx264", rate=rate, options=ENCODER_OPTIONS)
@@ -256,6 +265,8 @@ def _frames_at_rate(path: Path, rate: Fraction, count: int, size: tuple[int, int
     """Exactly ``count`` frames of the clip at ``rate``, fitted to ``size``: for each output time,
     the source frame showing then (repeated or skipped as the rates differ; the last one held).
     The clip stays open until the generator is exhausted or closed."""
+    import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -290,6 +301,8 @@ class _Fitter:
         return self._graph.vpull()
 
     def _build(self, frame: VideoFrame) -> av.filter.Graph:
+        import av
+
         width, height = self._size
         graph = av.filter.Graph()
         graph.link_nodes(
@@ -307,6 +320,7 @@ class _Fitter:
 
 def _blend(before: VideoFrame, after: VideoFrame, weight: float) -> VideoFrame:
     """``after`` mixed over ``before`` with ``weight`` (0 to 1), as a new yuv420p frame."""
+    from av.video.frame import VideoFrame
     from PIL import Image
 
     mixed = Image.blend(before.to_image(), after.to_image(), weight)
@@ -329,6 +343,8 @@ class _AudioEncoder:
 
     def add(self, path: Path, *, skip: float, seconds: float) -> None:
         """``seconds`` of the clip's sound from ``skip`` seconds in, padded with silence."""
+        import av
+
         wanted = round(seconds * self._rate)
         skipped = round(skip * self._rate)
         fifo = av.AudioFifo()
@@ -361,6 +377,8 @@ class _AudioEncoder:
         self._output.mux(self._stream.encode(frame))
 
     def _silence(self, samples: int) -> AudioFrame:
+        from av.audio.frame import AudioFrame
+
         frame = AudioFrame(format="fltp", layout=self._layout, samples=samples)
         for plane in frame.planes:
             plane.update(bytes(plane.buffer_size))

@@ -35,9 +35,6 @@ from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx2
-import jwt
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kling_video_mcp.errors import ContentPolicy, InvalidRequest, KlingError, NotFound, ProviderError, UnknownOutcome
 from kling_video_mcp.models import GenerationRequest, ImageSource, Kind, Mode, ProviderUpdate
@@ -47,6 +44,10 @@ from kling_video_mcp.providers.base import (
 from kling_video_mcp.providers.http import classify_body_error, classify_error, json_body
 
 if TYPE_CHECKING:
+    # PyJWT and cryptography load when fal's webhook keys are first read or used: every server
+    # imports this registry entry, few receive fal webhooks.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from kling_video_mcp.config import Settings
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,8 @@ def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -
 
 def signature_valid(headers: Mapping[str, str], body: bytes, keys: list[Ed25519PublicKey], now: float | None = None) -> bool:
     """Whether fal's ``X-Fal-Webhook-*`` headers carry a fresh ED25519 signature of ``body`` by one of ``keys``."""
+    from cryptography.exceptions import InvalidSignature
+
     lowered = {name.lower(): value for name, value in headers.items()}
     parts = [lowered.get(f"x-fal-webhook-{name}", "") for name in ("request-id", "user-id", "timestamp", "signature")]
     request_id, user_id, timestamp, signature = parts
@@ -341,6 +344,9 @@ class Fal(Provider):
 
     async def _signing_keys(self) -> list[Ed25519PublicKey]:
         """fal's ED25519 public keys, cached a day; empty when they cannot be fetched now."""
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         if time.monotonic() < self._keys_until:
             return self._keys
         try:

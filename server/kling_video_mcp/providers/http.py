@@ -37,6 +37,8 @@ from kling_video_mcp.models import utcnow
 from kling_video_mcp.redact import redacted_response
 
 if TYPE_CHECKING:
+    import ssl
+
     from kling_video_mcp.config import Settings  # config reads the provider registry, which imports this
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,12 @@ BodyErrorReader = Callable[[httpx2.Response], KlingError | None]
 """The error a successful (2xx) answer carries in its body, if any (docs/providers.md#http-200-errors)."""
 
 
-def make_client(settings: Settings) -> httpx2.AsyncClient:
-    """The process-wide HTTP client, with connect, read, write and pool timeouts set."""
+def make_client(settings: Settings, tls: ssl.SSLContext | None = None) -> httpx2.AsyncClient:
+    """The process-wide HTTP client, with connect, read, write and pool timeouts set.
+
+    ``tls``: a context from :func:`httpx2.create_ssl_context` made beforehand (the server loads
+    the CA bundle on another thread while it starts); by default the client makes its own.
+    """
     timeout = httpx2.Timeout(
         connect=settings.connect_timeout,
         read=settings.read_timeout,
@@ -55,6 +61,7 @@ def make_client(settings: Settings) -> httpx2.AsyncClient:
         pool=settings.connect_timeout,
     )
     return httpx2.AsyncClient(
+        verify=tls if tls is not None else True,
         timeout=timeout,
         follow_redirects=True,
         headers={"User-Agent": f"kling-video-mcp/{__version__}"},

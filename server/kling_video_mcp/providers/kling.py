@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx2
-import jwt
 
 from kling_video_mcp.errors import (
     AuthError,
@@ -116,6 +115,8 @@ class KlingJWT(httpx2.Auth):
 
     def token(self, now: float | None = None) -> str:
         """A token valid from ``now - 5 s`` to ``now + 30 min`` (``now`` in Unix seconds)."""
+        import jwt  # PyJWT loads on Kling's first request: every server imports this registry entry
+
         issued = int(time.time() if now is None else now)
         claims = {"iss": self._access_key, "exp": issued + self.LIFETIME_SECONDS, "nbf": issued - self.CLOCK_SKEW_SECONDS}
         return jwt.encode(claims, self._secret_key, algorithm="HS256", headers={"typ": "JWT"})

@@ -25,16 +25,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-import jwt
-from jwt import PyJWK, PyJWKSet
 from mcp.client.auth.utils import build_oauth_authorization_server_metadata_discovery_urls
 
 from kling_video_mcp.tasks.addresses import host_is_loopback
+
+if TYPE_CHECKING:
+    # PyJWT (and the cryptography it loads) is imported where a key set or token is first read:
+    # the sign-in module that imports this one is loaded on stdio too, where no token ever comes.
+    from jwt import PyJWK, PyJWKSet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,6 +179,8 @@ class JwtVerifier:
         Raises:
             IssuerUnavailable: its URL is unknown or refused, or it answers with anything but a usable key set.
         """
+        import jwt
+
         uri = await self._found_jwks_uri()
         async with httpx2.AsyncClient(timeout=DISCOVERY_TIMEOUT, follow_redirects=False) as client:
             try:
@@ -188,7 +193,7 @@ class JwtVerifier:
             document = response.json()
             if not isinstance(document, dict):
                 raise ValueError("not a JSON object")
-            return PyJWKSet.from_dict(document)
+            return jwt.PyJWKSet.from_dict(document)
         except (ValueError, jwt.PyJWTError) as exc:
             raise IssuerUnavailable(f"the issuer's keys at {uri} are not a JSON Web Key Set ({exc})") from exc
 
@@ -219,6 +224,8 @@ class JwtVerifier:
         Raises:
             IssuerUnavailable: the issuer's metadata or keys could not be fetched.
         """
+        import jwt
+
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
