@@ -38,7 +38,7 @@ from kling_video_mcp.surface.visibility import APP_ONLY_META, called_from_a_view
 from kling_video_mcp.surface.waiting import wait_reporting
 from kling_video_mcp.tasks import consent
 from kling_video_mcp.tasks.consent import ConsentAnswer
-from kling_video_mcp.tasks.submission import SubmitOptions
+from kling_video_mcp.tasks.service import SubmitOptions
 
 _ASYNC_NOTE = (
     " Returns within seconds with a task_id and an estimated cost in USD (wait_seconds, up to 50, waits for the "
