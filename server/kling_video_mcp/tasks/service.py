@@ -284,8 +284,12 @@ class TaskService:
                 pending.append(record.task_id)
         if pending:
             await self._watcher.wait_for_updates(pending, FRESH_NEWS_SECONDS)
-        # By our own ids, the records found for owner; then their missing companions made again.
-        records = [await self._delivery.repair(await self.get(record.task_id)) for record in found]
+        # By our own ids, the records found for owner, read again where they may have moved on (a
+        # finished one has not: only repair changes it, reading it itself); missing companions made again.
+        records = [
+            await self._delivery.repair(record if record.finished else await self.get(record.task_id))
+            for record in found
+        ]
         for record in records:
             if record.task_id in resumed and not record.finished:
                 # Said in this answer only (not journaled): the next check shows the task as it goes on.
