@@ -446,8 +446,12 @@ class Provider(ABC):
 
     async def upload(self, image: ImageSource) -> str:
         """Send local image bytes to the provider; returns the URL to pass as the image.
-        Only providers with :attr:`uploads_images` implement it."""
-        raise NotImplementedError(f"{self.label} takes no uploads")
+        Only providers with :attr:`uploads_images` implement it; the others refuse, naming the field.
+
+        Raises:
+            InvalidRequest: this provider takes no uploaded images.
+        """
+        raise InvalidRequest(f"image: {self.label} takes no uploaded images; pass a public https:// URL instead.")
 
     async def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool | None:
         """Whether a call to this provider's webhook URL was signed by the provider.

@@ -1,10 +1,9 @@
 """Submits held for a free slot, at a provider that limits how many tasks an account runs at once.
 
-Kling's own API counts an account's running tasks (from ``submitted`` until the task ends,
-failures included) and refuses a submit over its resource pack's limit with code 1303
-(https://app.klingai.com/global/dev/document-api/apiReference/rateLimits). Nothing was created,
+Some providers count an account's running tasks and refuse a submit over the account's limit
+(which provider, and how it says so: docs/providers.md#kling-held-submits). Nothing was created,
 and waiting a few seconds does not help: a slot frees only when one of the account's tasks ends.
-So the adapter raises :class:`~kling_video_mcp.errors.ConcurrencyLimited`, and instead of failing
+So the provider raises :class:`~kling_video_mcp.errors.ConcurrencyLimited`, and instead of failing
 the task the domain parks it here:
 
 1. :meth:`HeldSubmits.hold` keeps the journaled record ``queued``, without a provider task id,
@@ -16,13 +15,13 @@ the task the domain parks it here:
    is shared), every :data:`RETRY_SECONDS` besides (tasks started elsewhere on the same account
    end unseen), and once at start-up. It stops at the first refusal: the account is full again.
 3. Each resend is claimed first, inside the journal's ``exclusive`` section, by clearing
-   ``waiting_for_slot``: two workers never send the same held submit. A resend refused with
-   1303 again is held again, at the back of nothing: it keeps its place by ``created_at``.
+   ``waiting_for_slot``: two workers never send the same held submit. A resend refused for the
+   same reason is held again and keeps its place by ``created_at``.
 
-Wiring (the task domain owns the submit): the service's ``send`` catches ``ConcurrencyLimited``
-and calls :meth:`~HeldSubmits.hold` instead of deleting the record; the orphan rule skips held
-records (:func:`is_held`); the service starts :meth:`~HeldSubmits.run` beside its watcher, giving
-it a ``resend`` that submits a claimed record under its submit lock and starts watching it.
+Wiring: :class:`~kling_video_mcp.tasks.submission.Submission` holds a submit refused with
+``ConcurrencyLimited`` instead of withdrawing it and gives :class:`HeldSubmits` its ``resend``;
+the orphan rule skips held records (:func:`is_held`); the service runs :meth:`HeldSubmits.run`
+beside its watcher.
 """
 
 from __future__ import annotations
