@@ -53,7 +53,11 @@ async def test_clip_is_fetched_without_anyone_asking(client, settings):
     await eventually(lambda: list(settings.output_dir.glob("*.mp4")), timeout=20, what="a clip in the output folder")
     [clip] = settings.output_dir.glob("*.mp4")
     assert report["task_id"][:12] in clip.name
-    assert not list(settings.output_dir.glob("*.part"))
+    # Its companions are written atomically beside it right after; once they are, nothing temporary is left.
+    await eventually(
+        lambda: not list(settings.output_dir.glob("*.part")),
+        timeout=20, what="no temporary file left beside the clip and its companions",
+    )
 
 
 async def test_submit_429_is_retried_honouring_retry_after(client, emulator):
