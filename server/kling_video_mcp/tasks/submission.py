@@ -342,17 +342,16 @@ class Submission:
             return
         try:
             await self._send(record, images, adapter, resending=True)
-            self._held_images.pop(record.task_id, None)
         except ConcurrencyLimited:
-            raise
+            raise  # held again, its images kept for the next try
         except UnknownOutcome:
-            self._held_images.pop(record.task_id, None)  # _send journaled it on the task
+            pass  # _send journaled it on the task
         except KlingError as exc:
             # Refused outright after waiting: the task fails with the reason rather than vanishing.
-            self._held_images.pop(record.task_id, None)
             await self._delivery.record_error(record.task_id, exc, final=True)
         finally:
             self.release_submit(record.task_id)
+        self._held_images.pop(record.task_id, None)
 
     async def _send(
         self, record: TaskRecord, images: dict[str, ImageSource], adapter: Provider, *, resending: bool = False
