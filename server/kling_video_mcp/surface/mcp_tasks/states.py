@@ -31,6 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 from kling_video_mcp.errors import KlingError, NotFound
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.auth import caller_owner
+from kling_video_mcp.surface.mcp_tasks import asking
 from kling_video_mcp.surface.params import TASK_ID_RULE, TaskIdText
 from kling_video_mcp.surface.results import task_result
 from kling_video_mcp.surface.state import AppState, app_state, task_report
@@ -187,10 +188,8 @@ async def task_state(state: AppState, record: TaskRecord) -> TaskState:
 
 def ask_message(record: TaskRecord) -> str:
     """The status message of a task awaiting a person's yes: the question, and how it is answered."""
-    assert record.request is not None
-    question = consent.question(record.request, record.estimated_cost_usd or 0.0)
     return (
-        f"Awaiting the person's yes, nothing sent yet: {question}\nThey answer the task's input request "
+        f"Awaiting the person's yes, nothing sent yet: {asking.question(record)}\nThey answer the task's input request "
         "(or Confirm/Decline in the screening room); without an answer it ends as declined."
     )
 
