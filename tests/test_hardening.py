@@ -121,11 +121,16 @@ async def test_a_clip_above_the_size_ceiling_is_stopped(tmp_path, emulator, faul
 async def test_a_wrong_content_length_is_shown_then_fails_and_recovers(client, emulator, settings):
     emulator.inject_fault("novita", "media", "wrong_length", times=100)
     task_id = (await submit(client, provider="novita"))["task_id"]
-    checked = await eventually(
-        lambda: client.call_tool("check_task", {"task_id": task_id}), lambda result: result.structured_content["warnings"],
-        interval=0.1, what="a warning about the failed download attempt",
-    )  # fmt: skip
-    running = checked.structured_content
+
+    async def as_it_stands() -> dict:
+        # The task's resource, not check_task: a check waits up to five seconds for the poll
+        # under way, and the retries may all have failed by then.
+        resource = await client.read_resource(f"kling-video://tasks/{task_id}")
+        return json.loads(resource.contents[0].text)
+
+    running = await eventually(
+        as_it_stands, lambda report: report["warnings"], interval=0.1, what="a warning about the failed download attempt"
+    )
     assert running["status"] == "running" and "download attempt failed" in running["warnings"][-1], running
     assert "trouble" in running["message"]
     failed = await done(client, task_id)
