@@ -95,7 +95,10 @@ async def test_a_dropped_webhook_is_covered_by_the_safety_net(emulator, emulator
 
 
 async def test_forged_webhooks_change_nothing(emulator, tmp_path, database_url):
-    with workers(emulator, tmp_path, database_url, count=2, **PUBLIC) as (first, second):
+    # Polls ten times slower than the suite's usual pace: the safety net's next poll is over a minute
+    # after the first, so every poll counted here is one the webhooks caused, even on a slow machine.
+    slower = {"KLING_MCP_POLL_TIME_SCALE": "0.2"}
+    with workers(emulator, tmp_path, database_url, count=2, **PUBLIC, **slower) as (first, second):
         task_id = await submit(second, "novita", "a lighthouse that never finishes [[slow]]")
         url = webhook_url(emulator, "novita")
         await eventually(lambda: polls(emulator, "novita"), timeout=10, interval=0.02, what="a first poll")
