@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
-import anyio.lowlevel
 import httpx2
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
-from kling_video_mcp.journal import Journal, is_open, open_journal
+from kling_video_mcp.journal import Journal, open_journal
 from kling_video_mcp.models import AudioChoice, GenerationRequest, PublicStatus, TaskRecord, Transition, utcnow
 from kling_video_mcp.providers import Providers
 from kling_video_mcp.errors import KlingError
@@ -43,6 +42,7 @@ from kling_video_mcp.tasks import cancellation, consent
 from kling_video_mcp.tasks.adoption import Adoption
 from kling_video_mcp.tasks.consent import ConsentAnswer
 from kling_video_mcp.tasks.delivery import Delivery
+from kling_video_mcp.tasks.recovery import recover, resume_given_up
 from kling_video_mcp.tasks.submission import TASK_REFERENCE, SubmitOptions, SubmitResult, Submission
 from kling_video_mcp.tasks.watcher import Pace, Watcher
 
@@ -57,11 +57,6 @@ FRESH_NEWS_SECONDS = 5.0
 """How long ``check`` waits for the watcher's next poll when asked for fresh news."""
 LIST_SCAN_LIMIT = 10_000
 """Newest journal rows :meth:`TaskService.list` looks through when filtering by status."""
-STARTUP_REPAIR_SCAN = 1_000
-"""Newest finished tasks whose companions start-up checks (and makes again where they went missing)."""
-RECOVERY_DELAY_SECONDS = 0.1
-"""Start-up recovery waits this long after the server is up, so ``initialize`` and ``tools/list``
-are answered first; a task checked meanwhile is resumed by that check itself."""
 
 
 class TaskService:
@@ -79,7 +74,7 @@ class TaskService:
     @asynccontextmanager
     async def running(cls, settings: Settings, client: httpx2.AsyncClient) -> AsyncIterator[TaskService]:
         """A service whose watcher runs for the life of the context. Unfinished work left by an
-        earlier server (see :meth:`_recover`) is taken up in the background once it is ready."""
+        earlier server (see :func:`~kling_video_mcp.tasks.recovery.recover`) is taken up in the background once it is ready."""
         worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         """This worker's name on the leases it holds (host, process id, and a nonce for this run)."""
         async with open_journal(settings) as journal:
@@ -96,36 +91,13 @@ class TaskService:
                     if journal.shared:
                         # Workers share the tasks: each takes those nobody holds, now and as leases lapse.
                         task_group.start_soon(watcher.keep_leases, name="leases")
-                    task_group.start_soon(service._recover, name="start-up recovery")
+                    task_group.start_soon(recover, journal, submission, delivery, watcher, name="start-up recovery")
                     task_group.start_soon(submission.consent.sweep, name="expire unanswered spend confirmations")
                     task_group.start_soon(submission.held.run, name="submits held for a free provider slot")
                     yield service
                     task_group.cancel_scope.cancel()
             finally:
                 await providers.aclose()
-
-    async def _recover(self) -> None:
-        """Take up what an earlier server left: settle submits cut off mid-flight, watch unfinished
-        tasks again (a clip journaled without its companions gets them), and make again the
-        companions of recently finished clips that went missing. It only reads the journal and
-        resumes work, so a server stopped in the middle of it loses nothing: the next one does it again."""
-        await anyio.sleep(RECOVERY_DELAY_SECONDS)
-        for record in await self._journal.orphaned_submits(utcnow()):
-            await anyio.lowlevel.checkpoint()
-            if (current := await self._journal.get(record.task_id)) is not None:
-                await self._submission.settle_if_orphaned(current)
-        if not self._journal.shared:  # on a shared journal, leases hand the unfinished tasks out
-            for record in await self._journal.unfinished():
-                await anyio.lowlevel.checkpoint()
-                current = await self._journal.get(record.task_id)
-                if current is None or not is_open(current) or self._watcher.watches(current.task_id):
-                    continue  # finished, or taken up by a check meanwhile
-                current.watched_since = utcnow()  # the ceiling counts from now, not from a past run
-                await self._journal.save(current)
-                await self._watcher.watch(current.task_id)
-        for record in await self._journal.recent("succeeded", STARTUP_REPAIR_SCAN):
-            await anyio.lowlevel.checkpoint()
-            await self._delivery.repair(record)
 
     # -- submitting -------------------------------------------------------------------
 
@@ -269,16 +241,7 @@ class TaskService:
                 await self._submission.settle_if_orphaned(record)
                 continue
             if record.gave_up:
-                stopped = (record.error_code or "an error").replace("_", " ")
-                resumed[record.task_id] = (
-                    f"This task had stopped ({stopped}): {record.error_message} "
-                    "Checking it resumed watching; call check_task again in a while."
-                )
-                record.gave_up = False
-                record.status = "running" if record.status == "failed" else record.status
-                record.error_code = record.error_message = None
-                record.watched_since = utcnow()
-                await self._journal.save(record)
+                resumed[record.task_id] = await resume_given_up(self._journal, record)
             if not record.finished:
                 await self._watcher.watch(record.task_id)
                 pending.append(record.task_id)
