@@ -8,6 +8,7 @@ per task with three workers than with one.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import anyio
@@ -106,24 +107,30 @@ async def test_one_request_sent_to_two_workers_at_once_makes_one_task(emulator, 
     assert query(database_url, "SELECT count(*) FROM tasks") == [(1,)]
 
 
-async def requests_per_task(emulator, tmp_path: Path, database_url: str, count: int, tasks: int = 12) -> float:
-    """Provider requests per task (submit, polls, downloads) for ``tasks`` tasks spread over ``count`` workers.
-
-    Twelve tasks, as benchmark figure 8 runs: with six, one stray poll in two tasks already crossed
-    the 10% bound on a busy machine (18 requests against 21), a sample too small for the ratio."""
+async def provider_requests(emulator, tmp_path: Path, database_url: str, count: int, tasks: int = 12) -> Counter[str]:
+    """The provider requests (``submit``, ``poll``, ``download``) made for ``tasks`` tasks spread
+    over ``count`` workers, as benchmark figure 8 runs them."""
     emulator.reset()
     with workers(emulator, tmp_path / f"{count}-workers", database_url, count=count) as servers:
         task_ids = [await submit(servers[number % count], prompt=f"harbour at dusk {number}") for number in range(tasks)]
         wait_delivered(database_url, task_ids)
-    return len(emulator.requests("novita")) / tasks
+    sent = emulator.requests("novita")
+    return Counter(
+        "poll" if "task-result" in r["path"] else "download" if "/__fake/media/" in r["path"] else "submit" for r in sent
+    )
 
 
 async def test_three_workers_cost_the_provider_what_one_does(emulator, tmp_path, postgres):
     from pg_server import fresh_database
 
-    one = await requests_per_task(emulator, tmp_path, fresh_database(postgres, "scale_one"), 1)
-    three = await requests_per_task(emulator, tmp_path, fresh_database(postgres, "scale_three"), 3)
-    assert three <= one * 1.1, (one, three)
+    one = await provider_requests(emulator, tmp_path, fresh_database(postgres, "scale_one"), 1)
+    three = await provider_requests(emulator, tmp_path, fresh_database(postgres, "scale_three"), 3)
+    # Each task is sent once and its clip fetched once, however many workers share the tasks.
+    assert one["submit"] == three["submit"] == 12 and one["download"] == three["download"] == 12, (one, three)
+    # Polls follow each render's timing, which wanders on a busy machine: 12 to 18 for these twelve
+    # tasks with one worker or three alike. Workers polling each other's tasks would double them at
+    # least; figure 8 of `python -m bench` measures the ratio itself on a quiet machine.
+    assert three["poll"] <= 1.5 * max(one["poll"], 12), (one, three)
 
 
 async def test_a_waiting_check_on_another_worker_returns_within_a_second_of_the_change(emulator, tmp_path, database_url):
