@@ -421,9 +421,21 @@ async def test_fal_completed_can_hide_a_failure_only_the_result_shows(status, re
     assert all(r.url.path.startswith("/elsewhere/") for r in host.requests[1:])
 
 
+async def test_fal_urls_from_the_journal_are_followed_by_another_adapter():
+    """Another worker, or this one after a restart: the submit answer's URLs, journaled with the
+    task (``Submitted.follow_urls``), come back through ``follow`` and are polled as given."""
+    submitted = await fal(Host({("POST", T2V_PRO): lambda sent: queued(sent, ODD_URLS)})).submit(request(), {})
+    assert submitted.follow_urls == ODD_URLS
+    host = Host({("GET", f"/elsewhere/{REQUEST_ID}/state"): fal_status("IN_PROGRESS")})
+    other = fal(host)
+    other.follow(REQUEST_ID, submitted.follow_urls)
+    assert (await other.poll(REQUEST_ID)).status == "running"
+    assert [r.url.path for r in host.requests] == [f"/elsewhere/{REQUEST_ID}/state"]
+
+
 async def test_fal_request_it_did_not_submit_is_followed_by_the_documented_queue_layout():
-    """After a restart, or adopted by id, there is no submit answer to follow: fal's documented
-    layout (the one fal-js uses), owner/app only, never the submit path."""
+    """Adopted by id, there is no submit answer to follow: fal's documented layout (the one
+    fal-js uses), owner/app only, never the submit path."""
     host = Host({("GET", f"/fal-ai/kling-video/requests/{REQUEST_ID}/status"): fal_status("IN_PROGRESS")})
     assert (await fal(host).poll(REQUEST_ID)).status == "running"
 

@@ -493,6 +493,19 @@ def test_fal_cancel_stops_a_queued_request_and_not_a_finished_one(emu):
     assert missing_status.status_code == 404
 
 
+def test_fal_moved_request_urls_answer_only_where_the_reply_points(emu):
+    emu.config.fal_requests_moved = True
+    with fal(emu) as client:
+        queued = fal_submit(client)
+        documented = f"{FAL_APP}/requests/{queued['request_id']}"
+        by_hand = [client.get(f"{documented}/status"), client.get(documented), client.put(f"{documented}/cancel")]
+        followed = poll_fal(client, queued["status_url"])[-1]
+        result = client.get(queued["response_url"])
+    assert all("/queue-moved/requests/" in queued[name] for name in ("status_url", "response_url", "cancel_url"))
+    assert [answer.status_code for answer in by_hand] == [404, 404, 404]
+    assert followed.json()["status"] == "COMPLETED" and result.json()["video"]["url"]
+
+
 def test_fal_cancel_of_a_running_request_is_only_a_signal_by_default(emu):
     emu.config.time_scale = 0.1
     with fal(emu) as client:

@@ -204,8 +204,9 @@ def host_env(emulator, host: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("host", HOSTS)
-async def test_kill_9_mid_render_delivers_the_clip_once_after_restart(emulator, tmp_path, host):
+async def kill_9_mid_render_then_restart(emulator, tmp_path: Path, host: str) -> dict:
+    """Submit over stdio, kill -9 the server mid-render, start it again; the task's final report."""
+
     def rendering() -> bool:
         return len(submits(emulator, host)) == 1 and len(emulator.requests(host)) >= 3  # submitted and polled
 
@@ -213,11 +214,32 @@ async def test_kill_9_mid_render_delivers_the_clip_once_after_restart(emulator, 
     arguments = {"prompt": "a long pan over mountains [[render:200]]", "duration": 3, "provider": host, "mode": "pro"}
     env = host_env(emulator, host)
     task_id = await submit_then_kill(emulator, tmp_path, arguments, rendering, **env)
-    report = await deliver_after_restart(emulator, tmp_path, task_id, **env)
+    return await deliver_after_restart(emulator, tmp_path, task_id, **env)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+async def test_kill_9_mid_render_delivers_the_clip_once_after_restart(emulator, tmp_path, host):
+    report = await kill_9_mid_render_then_restart(emulator, tmp_path, host)
     assert report["status"] == "succeeded", report
     assert clip_duration(report["file_path"]) == pytest.approx(3, abs=0.1)
     assert len(submits(emulator, host)) == 1  # never re-sent
     assert len(list((tmp_path / "clips").glob("*.mp4"))) == 1  # delivered once
+
+
+@pytest.fixture
+def fal_requests_moved(emulator):
+    emulator.config.update({"fal_requests_moved": True})
+    yield
+    emulator.config.update({"fal_requests_moved": False})
+
+
+async def test_fal_after_a_restart_follows_the_urls_its_submit_answer_gave(emulator, tmp_path, fal_requests_moved):
+    """The URLs are off fal's documented layout, where alone they answer: the restarted server
+    finds the render only through the URLs journaled with the task."""
+    report = await kill_9_mid_render_then_restart(emulator, tmp_path, "fal")
+    assert report["status"] == "succeeded", report
+    followed = [r["path"] for r in emulator.requests("fal") if "/requests/" in r["path"]]
+    assert followed and all(path.startswith("/queue-moved/requests/") for path in followed), followed
 
 
 # -- Kling's concurrency limit ---------------------------------------------------------------------

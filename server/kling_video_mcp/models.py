@@ -164,6 +164,9 @@ class TaskRecord(BaseModel):
     assembly: Assembly | None = None
     fingerprint: str
     provider_task_id: str | None = None
+    provider_urls: dict[str, str] = Field(default_factory=dict)
+    """Where the provider's submit answer said to follow the task (status, result, cancel), for a
+    provider whose answers name them (:attr:`~kling_video_mcp.providers.base.Submitted.follow_urls`)."""
     status: TaskStatus = "queued"
     progress_percent: float | None = None
     eta_seconds: float | None = None

@@ -86,6 +86,10 @@ class EmulatorConfig:
     as fal's webhook page shows, instead of the queue's full reply with the three URLs."""
     fal_cancel_stops_running: bool = False
     """Whether cancelling an ``IN_PROGRESS`` fal request stops it (fal only signals the app)."""
+    fal_requests_moved: bool = False
+    """Give requests submitted meanwhile status, result and cancel URLs off fal's documented layout
+    (under ``/queue-moved/``, where alone they answer), as fal warns it may: a client that builds
+    those URLs by hand instead of following its submit's answer finds nothing."""
     replicate_4k_mode: bool = True
     """Whether the Replicate model takes ``mode: "4k"`` (added in a later model version)."""
     replicate_retention_seconds: float = 3600.0

@@ -50,6 +50,8 @@ from .tasks import Outcome, Phase, Task
 from .tokens import Directives
 
 APP = "fal-ai/kling-video"
+MOVED = "queue-moved"
+"""The requests' prefix with ``fal_requests_moved`` instead of ``APP``."""
 TIERS = {"standard": "std", "pro": "pro", "4k": "4k"}
 TASKS = {"text-to-video": "t2v", "image-to-video": "i2v"}
 ERRORS_DOC = "https://docs.fal.ai/errors"
@@ -111,12 +113,18 @@ class Fal(Flavor):
             for tier in TIERS
             for task, mode in TASKS.items()
         ]
-        requests = f"/{APP}/requests/{{request_id}}"
+        followed = [
+            route
+            for requests in (f"/{APP}/requests/{{request_id}}", f"/{MOVED}/requests/{{request_id}}")
+            for route in (
+                Route(f"{requests}/status", self.endpoint("poll", self._status), methods=["GET"]),
+                Route(f"{requests}/cancel", self.endpoint("cancel", self._cancel), methods=["PUT"]),
+                Route(requests, self.endpoint("result", self._result), methods=["GET"]),
+            )
+        ]
         return [
             *submits,
-            Route(f"{requests}/status", self.endpoint("poll", self._status), methods=["GET"]),
-            Route(f"{requests}/cancel", self.endpoint("cancel", self._cancel), methods=["PUT"]),
-            Route(requests, self.endpoint("result", self._result), methods=["GET"]),
+            *followed,
             Route("/storage/upload/initiate", self.endpoint("upload", self._initiate), methods=["POST"]),
             Route("/storage/upload/put/{name}", self.endpoint("upload", self._put), methods=["PUT"]),
             Route("/.well-known/jwks.json", self.endpoint(None, self._jwks), methods=["GET"]),
@@ -160,6 +168,8 @@ class Fal(Flavor):
         else:
             self.charge(caller, directives)
             task = await self.emulator.create_task(self.name, request_id, caller.key, submission, directives)
+        task.extras["requests_path"] = MOVED if self.config.fal_requests_moved else APP
+        self.emulator.store.save(task)
         webhook = request.query_params.get("fal_webhook")
         if webhook:
             self.emulator.send_webhook(task, webhook, partial(self._webhook_body, request), sign=self._sign)
@@ -180,8 +190,18 @@ class Fal(Flavor):
         self.emulator.store.save(task)
         return task
 
+    def _followed(self, request: Request, caller: Caller) -> Task | None:
+        """The caller's request at the URL its submit's answer gave; ``None`` elsewhere."""
+        task = self.emulator.find_task(self.name, request.path_params["request_id"], caller.key)
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if task is None or not path.startswith(f"/{task.extras.get('requests_path', APP)}/"):
+            return None
+        return task
+
     async def _status(self, request: Request, _body: bytes) -> Response:
         caller = self.admit(request, submission=False)
+        if self._followed(request, caller) is None:
+            raise self.error("task_not_found")
         task = self.find(request.path_params["request_id"], caller)
         now = self.emulator.now()
         phase = task.phase(now)
@@ -199,6 +219,8 @@ class Fal(Flavor):
 
     async def _result(self, request: Request, _body: bytes) -> Response:
         caller = self.admit(request, submission=False)
+        if self._followed(request, caller) is None:
+            raise self.error("task_not_found")
         task = self.find(request.path_params["request_id"], caller)
         now = self.emulator.now()
         phase = task.phase(now)
@@ -212,7 +234,7 @@ class Fal(Flavor):
     async def _cancel(self, request: Request, _body: bytes) -> Response:
         """Queued requests stop; running ones get a signal the app may ignore (``fal_cancel_stops_running``)."""
         caller = self.admit(request, submission=False)
-        task = self.emulator.find_task(self.name, request.path_params["request_id"], caller.key)
+        task = self._followed(request, caller)
         if task is None:
             return JSONResponse({"status": "NOT_FOUND"}, 404)
         now = self.emulator.now()
@@ -227,7 +249,7 @@ class Fal(Flavor):
     def _urls(self, request: Request, task: Task) -> dict[str, str]:
         """The reply's own URLs: fal builds them from ``owner/app``, dropping the submit's subpath
         (docs/providers.md#fal-submit-routes)."""
-        base = f"{self.flavor_base(request)}/{APP}/requests/{task.id}"
+        base = f"{self.flavor_base(request)}/{task.extras.get('requests_path', APP)}/requests/{task.id}"
         return {
             "request_id": task.id,
             "response_url": base,

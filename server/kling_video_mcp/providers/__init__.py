@@ -30,6 +30,7 @@ from kling_video_mcp.providers.wavespeed import WaveSpeed
 
 if TYPE_CHECKING:
     from kling_video_mcp.config import Settings
+    from kling_video_mcp.models import TaskRecord
 
 __all__ = [
     "PROVIDERS", "PROVIDER_NAMES", "REAL_PROVIDERS", "ProviderName", "EndpointRules", "KeyCheck", "Price",
@@ -111,6 +112,16 @@ class Providers:
                     provider.share_rate_gate(gate)
                 self._built[name] = provider
         return self._built[name]
+
+    async def for_task(self, record: TaskRecord) -> Provider:
+        """The task's provider, ready to poll or cancel it: given the URLs its submit's answer named
+        (:attr:`Submitted.follow_urls`, journaled with the task), so this worker follows them too.
+        Raises :class:`AuthError` when the provider's key is missing."""
+        assert record.provider is not None
+        provider = await self.get(record.provider)
+        if record.provider_task_id is not None and record.provider_urls:
+            provider.follow(record.provider_task_id, record.provider_urls)
+        return provider
 
     async def aclose(self) -> None:
         """Close every provider that was built (the sandbox stops its emulator)."""

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
@@ -202,6 +202,10 @@ class Submitted:
 
     provider_task_id: str
     notes: tuple[str, ...] = ()
+    follow_urls: Mapping[str, str] = field(default_factory=dict)
+    """Where the provider's answer said to follow the task (its status, result and cancel URLs),
+    for a provider whose answers name them; journaled with the task and handed back through
+    :meth:`Provider.follow` before every later poll or cancel, on any worker, after any restart."""
 
 
 class BearerToken(httpx2.Auth):
@@ -462,6 +466,11 @@ class Provider(ABC):
         had now, so the call is only a nudge to poll, trusted for nothing.
         """
         return None
+
+    def follow(self, provider_task_id: str, urls: Mapping[str, str]) -> None:
+        """Take up the URLs the task's submit answer gave (:attr:`Submitted.follow_urls`, as journaled),
+        so the next :meth:`poll` or :meth:`cancel` of ``provider_task_id`` goes there. The default
+        ignores them: most providers are followed at routes built from the task id."""
 
     async def cancel(self, provider_task_id: str) -> bool:
         """Ask the provider to stop the task; ``True`` when it agreed.

@@ -226,7 +226,8 @@ class Fal(Provider):
         self.hosts = FalHosts.for_base(self.base_url(settings))
         self._client = client
         self._followed: dict[str, dict[str, str]] = {}
-        """Each request's ``status_url``, ``response_url`` and ``cancel_url``, as its submit's answer gave them."""
+        """Each unfinished request's ``status_url``, ``response_url`` and ``cancel_url``, as its submit's
+        answer gave them (here, or through :meth:`follow` from the journal)."""
         self._keys: list[Ed25519PublicKey] = []
         self._keys_until = 0.0
 
@@ -289,18 +290,24 @@ class Fal(Provider):
         request_id = answer.get("request_id")
         if not request_id:
             raise UnknownOutcome("fal accepted the submit but its answer carried no request_id.")
-        # With fal_webhook the answer may carry only the ids (fal's webhooks page); then, or when a
-        # URL points off the queue, the request is followed by the documented layout instead.
-        if all(self._on_queue(answer.get(name)) for name in _FOLLOWED):
-            self._followed[str(request_id)] = {name: str(answer[name]) for name in _FOLLOWED}
-        elif any(answer.get(name) for name in _FOLLOWED):
-            log.warning("fal request %s: its answer pointed off the queue's origin; following the documented layout", request_id)
-        return Submitted(provider_task_id=str(request_id))
+        given = {name: answer.get(name) for name in _FOLLOWED}
+        self.follow(str(request_id), given)
+        return Submitted(provider_task_id=str(request_id), follow_urls=self._followed.get(str(request_id), {}))
+
+    def follow(self, provider_task_id: str, urls: Mapping[str, object]) -> None:
+        """Follow ``provider_task_id`` at the URLs its submit's answer gave, when all three are on the
+        queue's own origin. With ``fal_webhook`` the answer may carry only the ids (fal's webhooks
+        page); then, or when a URL points off the queue, the documented layout is used instead."""
+        if all(self._on_queue(urls.get(name)) for name in _FOLLOWED):
+            self._followed[provider_task_id] = {name: str(urls[name]) for name in _FOLLOWED}
+        elif any(urls.get(name) for name in _FOLLOWED):
+            log.warning("fal request %s: its answer pointed off the queue's origin; following the documented layout", provider_task_id)
 
     def _urls(self, request_id: str) -> Mapping[str, str]:
-        """The URLs fal gave when ``request_id`` was submitted. A request this process did not submit
-        (after a restart, or adopted by id) has no answer to follow: for it, fal's documented queue
-        layout ``{queue}/fal-ai/kling-video/requests/{id}[/status|/cancel]``, the one fal-js uses."""
+        """The URLs fal gave when ``request_id`` was submitted (journaled with the task, so they hold
+        on any worker and after a restart). Only a request adopted by its id has no answer to follow:
+        for it, fal's documented queue layout ``{queue}/fal-ai/kling-video/requests/{id}[/status|/cancel]``,
+        the one fal-js uses."""
         if (given := self._followed.get(request_id)) is not None:
             return given
         response_url = f"{self.hosts.queue}/{APP}/requests/{quote(request_id, safe='')}"
@@ -315,6 +322,7 @@ class Fal(Provider):
             return ProviderUpdate(status="queued")
         if status == "IN_PROGRESS":
             return ProviderUpdate(status="running")
+        self._followed.pop(provider_task_id, None)  # done: asked again, its journaled URLs come back through follow()
         try:
             result = json_body(await self._http.request("GET", urls["response_url"]))
         except _StillRunning:

@@ -73,7 +73,7 @@ async def _stop_at_provider(providers: Providers, record: TaskRecord) -> str:
     stopped = False
     if record.provider_task_id is not None:
         try:
-            provider = await providers.get(record.provider)
+            provider = await providers.for_task(record)
             stopped = await provider.cancel(record.provider_task_id)
         except KlingError as exc:  # no key any more, or the provider refused: cancelled here all the same
             log.warning("task %s: %s did not take the cancel (%s)", record.task_id, label, exc.message)

@@ -163,7 +163,7 @@ class Delivery:
             if record.kind == "assemble":
                 record = await self._make_film(record)
             else:
-                adapter = await self.providers.get(record.provider)
+                adapter = await self.providers.for_task(record)
                 assert record.provider_task_id is not None
                 update = await adapter.poll(record.provider_task_id)
                 if (latest := await self.get(task_id)).updated_at != record.updated_at:
@@ -251,7 +251,7 @@ class Delivery:
 
     async def _bring_home(self, record: TaskRecord) -> None:
         """Download the render's clip and journal it (step 1 of its delivery)."""
-        adapter = await self.providers.get(record.provider)
+        adapter = await self.providers.for_task(record)
         if not record.video_url:
             raise ProviderError(f"{adapter.label} reported success but gave no video URL.", retryable=True)
         result = await self._download(record, adapter)

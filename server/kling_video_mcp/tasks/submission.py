@@ -379,6 +379,7 @@ class Submission:
                 await self._delivery.record_error(record.task_id, UnknownOutcome(advice, task_id=record.task_id), final=True)
             raise
         record.provider_task_id = submitted.provider_task_id
+        record.provider_urls = dict(submitted.follow_urls)
         record.provider_requests += 1
         record.notes.extend(submitted.notes)
         record.watched_since = utcnow()
