@@ -31,6 +31,8 @@ async def _percent_and_left(service: TaskService, record: TaskRecord) -> tuple[f
     if record.status == "succeeded":
         return 99.0, None  # rendered; the clip is downloading
     pace = await service.pacing(record)
+    if pace is None:  # its provider's key was removed since: only what the provider last said
+        return record.progress_percent or 0.0, None
     left = max(pace.remaining(record), 0.0) or None
     if record.progress_percent:
         return record.progress_percent, left

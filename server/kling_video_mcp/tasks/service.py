@@ -317,6 +317,11 @@ class TaskService:
         """Wait up to ``timeout`` seconds for ``change`` (from :meth:`next_change`); ``True`` if it came."""
         return await Watcher.wait_for_change(change, timeout)
 
-    async def pacing(self, record: TaskRecord) -> Pace:
-        """How the task is paced: its expected time and poll intervals, in seconds (for progress estimates)."""
-        return await self._delivery.pacing(record)
+    async def pacing(self, record: TaskRecord) -> Pace | None:
+        """How the task is paced: its expected time and poll intervals, in seconds (for progress
+        estimates and how soon to ask again, :meth:`Pace.next_poll_in`); ``None`` when its
+        provider's key has been removed since, so its pace cannot be known."""
+        try:
+            return await self._delivery.pacing(record)
+        except KlingError:
+            return None

@@ -54,6 +54,11 @@ class Pace:
     webhook: bool = False
     """The provider will call our webhook when the task ends: polls are only a safety net."""
 
+    def next_poll_in(self, record: TaskRecord) -> float:
+        """Seconds until the watcher's next poll of ``record`` is due (:func:`next_poll_delay`),
+        within this pace's bounds: when a client asking after the task should ask again."""
+        return max(self.min_interval, min(next_poll_delay(record, self), self.max_interval))
+
     def remaining(self, record: TaskRecord) -> float:
         """Seconds until the render should end.
 

@@ -28,7 +28,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult
 from pydantic import TypeAdapter, ValidationError
 
-from kling_video_mcp.errors import KlingError, NotFound
+from kling_video_mcp.errors import NotFound
 from kling_video_mcp.models import TaskRecord
 from kling_video_mcp.surface.auth import caller_owner
 from kling_video_mcp.surface.mcp_tasks import asking
@@ -39,10 +39,11 @@ from kling_video_mcp.surface.view import with_media
 from kling_video_mcp.surface.waiting import describe
 from kling_video_mcp.tasks import consent
 from kling_video_mcp.tasks.cancellation import is_cancelled
-from kling_video_mcp.tasks.watcher import MAX_POLL_INTERVAL, next_poll_delay
 
 TASK_TOOLS = frozenset({"generate_video", "animate_image", "assemble_video"})
 """The tools answered with a task when the client asks for (2025-11-25) or accepts (2026-07-28) one."""
+UNKNOWN_PACE_POLL_SECONDS = 30.0
+"""``pollIntervalMs`` (before the poll time scale) for a task whose pace cannot be known."""
 RESULT_KEPT_SECONDS = 24 * 3600.0
 """How long past a render's latest possible end its task is promised to be kept (the journal keeps
 it for good): time for a client to come back for the result."""
@@ -160,14 +161,11 @@ async def task_state(state: AppState, record: TaskRecord) -> TaskState:
     """``record`` as an MCP task (see the module's docstring for the status)."""
     status = _status(record)
     service, settings = state.service, state.settings
-    try:
-        pace = await service.pacing(record)
-    except KlingError:  # its provider's key was removed since: say what is known without it
-        pace = None
-    if pace is None:
-        expected, interval = 0.0, MAX_POLL_INTERVAL * settings.poll_time_scale
+    pace = await service.pacing(record)
+    if pace is None:  # its provider's key was removed since: say what is known without it
+        expected, interval = 0.0, UNKNOWN_PACE_POLL_SECONDS * settings.poll_time_scale
     else:
-        expected, interval = pace.expected_seconds, max(pace.min_interval, min(next_poll_delay(record, pace), pace.max_interval))
+        expected, interval = pace.expected_seconds, pace.next_poll_in(record)
     if status == "working":
         message = await describe(service, record)
     elif status == "input_required":
