@@ -50,7 +50,7 @@ SETUP = [
     "6: two servers on one emulator, scaled as in 3. One runs figure 3's workload with nobody waiting; the other "
     "is a waiting client: each task submitted, then `check_task(wait_seconds=50)` called until it succeeded, one "
     "task after another. Success and clip on disk are timed as in 3; the baseline of requests per task is "
-    "figure 3's value before issue 9.",
+    "figure 3's value before waiting clients were polled faster (2026-11-21).",
     "7: one 10 s 1080p H.264 + AAC clip of FFmpeg's `testsrc2` pattern (libx264 veryfast, crf 18), copied to six "
     "files; `media.assembly.join` (what the server runs on its worker thread) alternated in one process with a bare "
     "PyAV demux of the same packets (stream copy) or a bare decode + encode with the same libx264 settings "

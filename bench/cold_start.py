@@ -13,7 +13,7 @@ from bench.sizes import Size
 from bench.stats import median
 from bench.stdio_rpc import StdioServer, clean_env
 
-TARGET_RATIO = 1.25  # issue 20: within 1.25x of a bare MCPServer
+TARGET_RATIO = 1.25  # within 1.25x of a bare MCPServer
 
 
 def time_to_tools(command: list[str], env: dict[str, str]) -> float:

@@ -1,11 +1,12 @@
 """Figure 6: never poll late. Success to clip on disk while a client waits; polls when nobody does.
 
 Two servers on one emulator, side by side. One runs figure 3's workload with nobody waiting:
-its provider requests per task must stay at the thrifty pace measured before issue 9. The other
-is driven as a waiting client would: each task is submitted and then waited on with
-``check_task(wait_seconds=50)`` until it succeeded; the delay from the emulator task's end to
-its clip on disk must stay within 1.5 times the provider's minimum poll interval. Clocks,
-polling pace and rate limit are scaled as in figure 3; delays are in emulated seconds.
+its provider requests per task must stay at the thrifty pace measured before waiting clients
+were polled faster (2026-11-21). The other is driven as a waiting client would: each task is
+submitted and then waited on with ``check_task(wait_seconds=50)`` until it succeeded; the delay
+from the emulator task's end to its clip on disk must stay within 1.5 times the provider's
+minimum poll interval. Clocks, polling pace and rate limit are scaled as in figure 3; delays are
+in emulated seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kling_video_mcp.providers.base import Provider
 MIN_POLL_INTERVAL = Provider.min_poll_interval
 """Seconds: the real providers' minimum poll interval, the pace of a waited-on task."""
 REQUESTS_BEFORE = 15.0
-"""Figure 3's provider requests per task before issue 9 (BENCHMARKS.md, 2026-11-21 full run)."""
+"""Figure 3's provider requests per task before waiting clients were polled faster (BENCHMARKS.md, 2026-11-21 full run)."""
 WAIT_SECONDS = 50
 
 
@@ -87,7 +88,7 @@ def run(size: Size) -> list[Row]:
             f"{waited.median_delay:.2f} s", f"{MIN_POLL_INTERVAL:g} s (minimum poll interval)",
             ratio_text(waited.median_delay, MIN_POLL_INTERVAL), f"≤ {limit:g} s (1.5×)", waited.median_delay <= limit),
         Row("6", f"provider requests per task, nobody waiting (figure 3's {n} tasks)", f"{alone.requests_per_task:.1f}",
-            f"{REQUESTS_BEFORE:.1f} (before issue 9)", ratio_text(alone.requests_per_task, REQUESTS_BEFORE),
+            f"{REQUESTS_BEFORE:.1f} (2026-11-21)", ratio_text(alone.requests_per_task, REQUESTS_BEFORE),
             f"≤ {REQUESTS_BEFORE:.1f}", alone.requests_per_task <= REQUESTS_BEFORE),
         Row("6", "provider requests per task, a client waiting, context", f"{waited.requests_per_task:.1f}"),
         Row("6", "clips delivered (nobody waiting, a client waiting)", f"{alone.delivered}/{n}, {waited.delivered}/{m}",

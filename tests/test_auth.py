@@ -1,4 +1,4 @@
-"""Who is calling: the OAuth resource server, the token file, scopes (issue 13, "Who is calling").
+"""Who is calling: the OAuth resource server, the token file, scopes.
 
 The OAuth tests run the installed server over streamable HTTP against the test authorization
 server in ``authserver.py`` (its own keys, metadata and JWKS on loopback): every kind of bad

@@ -1,4 +1,4 @@
-"""Cold start (issue 20): a plain stdio start with no keys loads only what answering needs.
+"""Cold start: a plain stdio start with no keys loads only what answering needs.
 
 How it is checked: the real stdio entry point (``python -m kling_video_mcp``, what the console
 script runs) is started under ``python -X importtime``, which makes CPython write one line to
@@ -8,7 +8,7 @@ moment ``tools/list`` has been answered the file is read. Every import before th
 been written by then, so the modules found are those loaded up to the answer (plus, at most,
 any loaded in the instant between the answer and the read: the check can only be stricter).
 
-The modules held back are those issue 20 names, which only some configurations use: PyAV and
+The modules held back are those only some configurations use: PyAV and
 Pillow (a clip or image is handled), PyJWT (an OAuth issuer), psycopg (a PostgreSQL URL),
 uvicorn and Starlette (the HTTP transports). With ``mcp`` 2.3 the SDK's own ``MCPServer`` imports
 Starlette and uvicorn (its low-level server imports the streamable HTTP and SSE transports), so
@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+
+from kling_video_mcp.providers import PROVIDERS
 
 pytestmark = pytest.mark.anyio
 
@@ -82,7 +84,8 @@ def sdk_loaded() -> set[str]:
 
 def keyless_env(tmp_path: Path) -> dict[str, str]:
     """This environment without provider keys or server settings: a first-time user's setup."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("KLING_MCP_")}
+    keys = {variable for provider in PROVIDERS for variable in provider.key_variables}
+    env = {k: v for k, v in os.environ.items() if k not in keys and not k.startswith("KLING_MCP_")}
     env.update(KLING_MCP_OUTPUT_DIR=str(tmp_path / "clips"), KLING_MCP_STATE_DIR=str(tmp_path / "state"))
     return env
 

@@ -1,7 +1,7 @@
 """The provider contract of docs/providers.md, end to end through mcp.Client.
 
 Each test drives the real adapters against the corrected emulator, and fails on the code
-from before issue 9: string shots on Pro, prompt with multi_prompt on Novita pro-i2v, no
+from before its correction: string shots on Pro, prompt with multi_prompt on Novita pro-i2v, no
 ``shot_type`` with WaveSpeed shots, 1-2 s shots where 3 s is the minimum, 200 answers that
 carry an error, and inline images refused by a 4K image-to-video route.
 """

@@ -1,7 +1,7 @@
 """A faulty provider, a broken disk or a hostile input never costs a clip, hides a failure or leaks a secret.
 
 Each test drives the real server through ``mcp.Client`` against the emulator, with the fault
-injected there (issue 10): pages and cut bodies instead of clips, links and redirects to private
+injected there: pages and cut bodies instead of clips, links and redirects to private
 addresses, wrong lengths, echoed keys, undocumented statuses, odd task ids; or a local fault
 (an output folder that is gone, companions that cannot be written).
 """

@@ -1,5 +1,4 @@
-"""The provider edge and the limits under attack (issue 19, "The provider edge", "The parser",
-"Limits and sizes"): the real server through ``mcp.Client`` against the emulator, each hostile
+"""The provider edge, the parser and the size limits under attack: the real server through ``mcp.Client`` against the emulator, each hostile
 provider answer an emulator fault, each test failing on the code before the fix it names.
 
 - a result URL naming loopback by a host name (``localhost``, ``127.1``, ``2130706433``) in

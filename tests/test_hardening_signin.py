@@ -1,4 +1,4 @@
-"""Sign-in under attack (issue 19, "Identity and owners" and "The issuer"): each test runs the
+"""Sign-in under attack (identities, owners and the OAuth issuer): each test runs the
 installed server over HTTP as users start it, against the test authorization server
 (``authserver.py``) or a token file, and fails on the code before the fix it names.
 

@@ -1,4 +1,4 @@
-"""How big and how deep an MCP message over HTTP may be (issue 19 items 10 and 13).
+"""How big and how deep an MCP message over HTTP may be: deep nesting refused, a 10 MB image fits.
 
 Black-box: the installed console script serving streamable HTTP on a loopback port, with and
 without sign-in (sign-in reads the body first, to learn the scopes a request needs). A body of

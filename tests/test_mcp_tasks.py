@@ -1,4 +1,4 @@
-"""Long renders as MCP tasks (issue 18), through ``mcp.Client`` in both protocol eras, on the wire.
+"""Long renders as MCP tasks, through ``mcp.Client`` in both protocol eras, on the wire.
 
 ``auto`` negotiates 2026-07-28 and opts in to the ``io.modelcontextprotocol/tasks`` extension
 (SEP-2663): the server answers the call with a task by itself. ``legacy`` speaks 2025-11-25

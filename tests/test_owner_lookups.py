@@ -1,4 +1,4 @@
-"""After an ownership check, the record the check found is the one acted on (issue 19, items 2 and 3).
+"""After an ownership check, the record the check found is the one acted on (confirm, decline, check, adopt, assemble).
 
 A caller's id may be a provider task id, and providers choose those: one may hand user B a
 task id equal to user A's task id. The ownership check finds B's own record by its provider

@@ -1,5 +1,5 @@
 """Three workers on one PostgreSQL journal (``--transport streamable-http --stateless``, separate
-processes), as issue 12 asks: any worker can check and deliver any task, a worker killed with
+processes): any worker can check and deliver any task, a worker killed with
 ``kill -9`` mid-render or mid-download loses its tasks to another that delivers the clip once,
 one request sent to two workers at once makes one task, and the provider sees no more requests
 per task with three workers than with one.

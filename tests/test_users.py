@@ -1,4 +1,4 @@
-"""Each user's work is their own (issue 13): owners, visibility, folders, idempotency, budgets.
+"""Each user's work is their own: owners, visibility, folders, idempotency, budgets.
 
 The installed server runs over streamable HTTP against the provider emulator, in both protocol
 eras, with users signed in by the test authorization server (``authserver.py``) or by a token
@@ -158,7 +158,7 @@ async def test_another_users_task_is_exactly_like_a_missing_one(tmp_path, emulat
     assert again.structured_content["task_id"] == task_id and again.structured_content["reused_existing"]
 
     # Each user's clips (and their companions) in their own folder, and nothing else there
-    # (an OAuth user's folder is "oauth@<sub>": issue 19 keeps it apart from a token-file name's).
+    # (an OAuth user's folder is "oauth@<sub>", kept apart from a token-file name's).
     clips = tmp_path / "clips"
     assert Path(done["file_path"]).parent == clips / "oauth@alice"
     assert Path(bobs_done["file_path"]).parent == clips / "oauth@bob"
@@ -180,7 +180,7 @@ def token_file(folder: Path, *names: str) -> tuple[Path, dict[str, str]]:
 
 
 async def test_only_the_owner_can_answer_a_spend_confirmation(tmp_path, emulator, era):
-    """A request awaiting a person's yes (issue 11) is its owner's: another user's confirm_spend,
+    """A request awaiting a person's yes is its owner's: another user's confirm_spend,
     from their own screening room, gets "not found" exactly like a missing id, and sends nothing."""
     with auth_server() as issuer:
         env = server_env(

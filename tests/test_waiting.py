@@ -1,6 +1,6 @@
 """Never poll late: a client waiting on a task gets its clip within moments of the render's end.
 
-The scenario of issue 9: a Novita render that reports ``eta: 0`` while it runs, watched by a
+The scenario: a Novita render that reports ``eta: 0`` while it runs, watched by a
 client calling with ``wait_seconds``. Before the fix the watcher read 0 as "unknown", fell back
 to the model's usual 4K time and slept long, so the clip landed well after the render ended.
 """

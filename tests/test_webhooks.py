@@ -1,4 +1,4 @@
-"""Webhooks instead of polling (issue 12), end to end: the emulator calls back like the providers,
+"""Webhooks instead of polling, end to end: the emulator calls back like the providers,
 workers on one PostgreSQL journal receive it, and the task's lease holder polls once.
 
 Every worker's ``KLING_MCP_PUBLIC_URL`` names the first worker, as a load balancer would: tasks

@@ -99,7 +99,7 @@ CfgScale = Annotated[
 Sound = Annotated[bool, Field(description="Also generate synchronized audio (can raise the price).")]
 ModeParam = Annotated[
     Literal["std", "pro", "4k"],
-    Field(description="Kling v3.0 tier: std (720p, cheapest), pro (1080p), 4k (2160p, $0.42/s)."),
+    Field(description="Kling v3.0 tier: std (720p, cheapest), pro (1080p), 4k (2160p, dearest)."),
 ]
 MultiPrompt = Annotated[
     list[Shot] | None,
