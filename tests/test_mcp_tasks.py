@@ -169,6 +169,20 @@ async def test_a_render_runs_as_a_task_from_start_to_its_clip(settings, era):
         assert result["_meta"][RELATED_TASK] == {"taskId": task_id}
 
 
+async def test_a_finished_tasks_result_makes_missing_companions_again(settings, era):
+    """Companion files deleted after delivery come back when the task's result is read as a task."""
+    companions = ("last_frame_path", "contact_sheet_path", "sidecar_path")
+    async with Client(build_server(settings), mode=era, extensions=opt_in(era)) as client:
+        task_id = (await create(client, era, "generate_video", SLOW))["taskId"]
+        done = await until(client, task_id, "completed")
+        first = (done["result"] if era == "auto" else await ask(client, "tasks/result", taskId=task_id))["structuredContent"]
+        for field in companions:
+            Path(first[field]).unlink()
+        again = await ask(client, "tasks/get" if era == "auto" else "tasks/result", taskId=task_id)
+    read = (again["result"] if era == "auto" else again)["structuredContent"]
+    assert all(Path(read[field]).is_file() for field in companions), read
+
+
 async def test_tasks_result_waits_for_the_end(settings):
     async with Client(build_server(settings), mode="legacy") as client:
         task = await create(client, "legacy", "generate_video", SLOW)

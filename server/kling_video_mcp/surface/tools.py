@@ -186,7 +186,7 @@ async def _submit(ctx: Context, kind: Kind, parameters: dict[str, Any]) -> CallT
         return error_result(exc)
     if parameters["wait_seconds"] and not reused:
         await wait_reporting(ctx, service, [record.task_id], parameters["wait_seconds"])
-        record = await service.get(record.task_id)
+        record = await service.read(record.task_id, owner=record.owner)
     return with_media(ctx, task_result(task_report(state, record, reused=reused)), [record])
 
 
@@ -279,7 +279,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(exc)
         if wait_seconds:
             await wait_reporting(ctx, service, [record.task_id], wait_seconds)
-            record = await service.get(record.task_id)
+            record = await service.read(record.task_id, owner=record.owner)
         return with_media(ctx, task_result(task_report(state, record)), [record])
 
     @mcp.tool(
@@ -307,7 +307,7 @@ def register_tools(mcp: MCPServer[AppState], settings: Settings) -> None:
             return error_result(exc)
         if wait_seconds:
             await wait_reporting(ctx, state.service, [record.task_id for record in records], wait_seconds)
-            records = [await state.service.get(record.task_id) for record in records]
+            records = [await state.service.read(record.task_id, owner=record.owner) for record in records]
         rows = [task_report(state, record) for record in records]
         result = task_result(rows[0]) if task_id is not None else table_result(rows, summary(rows))
         return with_media(ctx, result, records)

@@ -193,7 +193,7 @@ async def result(ctx: ServerRequestContext[AppState, Any], params: GetTaskPayloa
     with service.waiting([record.task_id]):
         while True:
             change = service.next_change()
-            record = await service.get(record.task_id)
+            record = await service.read(record.task_id, owner=record.owner)
             if record.finished:
                 break
             if record.status == AWAITING and not asked and can_answer_forms(tool_ctx):

@@ -109,7 +109,7 @@ def checked_id(task_id: str) -> str:
 
 
 async def owned(ctx: Context, task_id: str) -> TaskRecord:
-    """The caller's task ``task_id``.
+    """The caller's task ``task_id``, as it stands (a finished clip's missing companions made again first).
 
     Raises:
         MCPError: ``-32602`` (invalid params, as both eras' specs ask for an unknown task id) with
@@ -118,7 +118,7 @@ async def owned(ctx: Context, task_id: str) -> TaskRecord:
     """
     checked_id(task_id)
     try:
-        return await app_state(ctx).service.get(task_id, caller_owner(ctx))
+        return await app_state(ctx).service.read(task_id, owner=caller_owner(ctx))
     except NotFound as exc:
         raise MCPError(code=INVALID_PARAMS, message=exc.message) from exc
 
