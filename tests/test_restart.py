@@ -23,6 +23,7 @@ from PIL import Image
 from conftest import make_settings
 from helpers import clip_duration, eventually, total_requests, wait_done
 from kling_video_mcp.surface.server import build_server
+from kling_video_mcp.tasks import recovery
 from test_stdio import console_script, server_env
 
 pytestmark = pytest.mark.anyio
@@ -161,19 +162,25 @@ async def test_kill_9_between_a_film_and_its_companions(emulator, tmp_path):
         assert sheet.size[0] == 2 * 320  # still one frame per shot
 
 
-async def test_a_restarted_server_resumes_its_tasks_by_itself(emulator, tmp_path):
-    """Start-up recovery runs in the background once the server answers: nobody checks the task,
-    yet the next server watches it again and delivers it, with its companions."""
+async def test_a_restarted_server_resumes_its_tasks_by_itself(emulator, tmp_path, monkeypatch):
+    """Start-up recovery runs in the background once the server has answered its first request
+    after ``initialize``: nobody checks the task, yet the next server watches it again and
+    delivers it, with its companions; until that answer, it asks the provider nothing."""
+    monkeypatch.setattr(recovery, "RECOVERY_AFTER_SECONDS", 60.0)  # only the answer can start it here
     settings = make_settings(tmp_path, emulator)
     async with Client(build_server(settings)) as first:
         made = await first.call_tool("generate_video", {"prompt": "a slow tide [[render:60]]", "duration": 3})
         task_id = made.structured_content["task_id"]
+    asked = total_requests(emulator)
     async with Client(build_server(settings)) as second:
+        await anyio.sleep(0.5)  # initialized, and no other request yet
+        idle = total_requests(emulator)
         assert {"generate_video", "check_task"} <= {tool.name for tool in (await second.list_tools()).tools}
-        with anyio.fail_after(60):
-            while True:  # list_tasks only reads the journal: it neither polls nor watches
-                (row,) = (await second.call_tool("list_tasks", {})).structured_content["tasks"]
-                if row["status"] == "succeeded":
-                    break
-                await anyio.sleep(0.1)
+
+        async def listed() -> dict:  # list_tasks only reads the journal: it neither polls nor watches
+            (row,) = (await second.call_tool("list_tasks", {})).structured_content["tasks"]
+            return row
+
+        row = await eventually(listed, lambda row: row["status"] == "succeeded", timeout=60, interval=0.1, what="the task delivered")
+    assert idle == asked  # recovery waited for the first answer
     assert row["task_id"] == task_id and all(Path(row[field]).is_file() for field in ("last_frame_path", "sidecar_path"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import ValidationError
@@ -94,6 +95,21 @@ class KlingMCPServer(MCPServer[AppState]):
             raise
 
 
+HANDSHAKES = frozenset({"initialize", "server/discover"})
+"""How a client opens a session: 2025-11-25's ``initialize``, 2026-07-28's ``server/discover``."""
+
+
+class RecoverAfterFirstAnswer:
+    """Server middleware: once the first request after the handshake is answered (``tools/list``,
+    usually), start-up recovery may begin; a client starting the server is answered first."""
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        result = await call_next(ctx)
+        if ctx.request_id is not None and ctx.method not in HANDSHAKES:
+            ctx.lifespan_context.service.answering()
+        return result
+
+
 def build_server(
     settings: Settings | None = None,
     *,
@@ -135,7 +151,7 @@ def build_server(
         instructions=INSTRUCTIONS,
         icons=icons("server"),
         lifespan=lifespan,
-        middleware=[HideAppOnlyTools(), mcp_tasks.legacy],
+        middleware=[RecoverAfterFirstAnswer(), HideAppOnlyTools(), mcp_tasks.legacy],
         extensions=[screening_room(clip_base_url), mcp_tasks],
     )
     register_tools(mcp, settings)

@@ -17,16 +17,24 @@ from kling_video_mcp.tasks.watcher import Watcher
 
 STARTUP_REPAIR_SCAN = 1_000
 """Newest finished tasks whose companions start-up checks (and makes again where they went missing)."""
-RECOVERY_DELAY_SECONDS = 0.1
-"""Start-up recovery waits this long after the server is up, so ``initialize`` and ``tools/list``
-are answered first; a task checked meanwhile is resumed by that check itself."""
+RECOVERY_AFTER_SECONDS = 2.0
+"""Start-up recovery waits for the server's first answer after the handshake (``tools/list``,
+usually), and at most this long: an HTTP worker may have no client for a while."""
 
 
-async def recover(journal: Journal, submission: Submission, delivery: Delivery, watcher: Watcher) -> None:
+async def recover(
+    journal: Journal, submission: Submission, delivery: Delivery, watcher: Watcher, answering: anyio.Event
+) -> None:
     """Take up what an earlier server left: settle submits cut off mid-flight, watch unfinished
     tasks again (a clip journaled without its companions gets them), and make again the
-    companions of recently finished clips that went missing."""
-    await anyio.sleep(RECOVERY_DELAY_SECONDS)
+    companions of recently finished clips that went missing.
+
+    It starts once ``answering`` is set (the surface's first answer after the handshake is on
+    its way) or after :data:`RECOVERY_AFTER_SECONDS`, so a client starting the server is answered
+    first; a task checked meanwhile is resumed by that check itself."""
+    with anyio.move_on_after(RECOVERY_AFTER_SECONDS):
+        await answering.wait()
+    await anyio.sleep(0)  # the answer is sent before the first journal read
     for record in await journal.orphaned_submits(utcnow()):
         await anyio.lowlevel.checkpoint()
         if (current := await journal.get(record.task_id)) is not None:

@@ -21,21 +21,19 @@ provider's fastest pace while someone waits on them.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Literal
 
 import anyio
 import httpx2
 
 from kling_video_mcp.config import Mode, ProviderName, Settings
 from kling_video_mcp.journal import Journal, open_journal
-from kling_video_mcp.models import AudioChoice, GenerationRequest, PublicStatus, TaskRecord, Transition, utcnow
+from kling_video_mcp.models import AudioChoice, GenerationRequest, PublicStatus, TaskRecord, Transition
 from kling_video_mcp.providers import Providers
 from kling_video_mcp.errors import KlingError
 from kling_video_mcp.tasks import cancellation, consent
@@ -43,15 +41,10 @@ from kling_video_mcp.tasks.adoption import Adoption
 from kling_video_mcp.tasks.consent import ConsentAnswer
 from kling_video_mcp.tasks.delivery import Delivery
 from kling_video_mcp.tasks.recovery import recover, resume_given_up
-from kling_video_mcp.tasks.submission import TASK_REFERENCE, SubmitOptions, SubmitResult, Submission
+from kling_video_mcp.tasks.submission import TASK_REFERENCE, SubmitOptions, SubmitResult, Submission, WebhookVerdict
 from kling_video_mcp.tasks.watcher import Pace, Watcher
 
 __all__ = ["TASK_REFERENCE", "SubmitOptions", "TaskService", "WebhookVerdict"]
-
-WebhookVerdict = Literal["nudged", "unknown", "refused"]
-"""What became of a webhook call: its task polled now, no task has its token, or its signature was bad."""
-
-log = logging.getLogger(__name__)
 
 FRESH_NEWS_SECONDS = 5.0
 """How long ``check`` waits for the watcher's next poll when asked for fresh news."""
@@ -69,6 +62,7 @@ class TaskService:
         self._watcher = watcher
         self._submission = submission
         self._adoption = Adoption(journal, submission.providers, delivery)
+        self._answering = anyio.Event()
 
     @classmethod
     @asynccontextmanager
@@ -91,13 +85,20 @@ class TaskService:
                     if journal.shared:
                         # Workers share the tasks: each takes those nobody holds, now and as leases lapse.
                         task_group.start_soon(watcher.keep_leases, name="leases")
-                    task_group.start_soon(recover, journal, submission, delivery, watcher, name="start-up recovery")
+                    task_group.start_soon(
+                        recover, journal, submission, delivery, watcher, service._answering, name="start-up recovery"
+                    )
                     task_group.start_soon(submission.consent.sweep, name="expire unanswered spend confirmations")
                     task_group.start_soon(submission.held.run, name="submits held for a free provider slot")
                     yield service
                     task_group.cancel_scope.cancel()
             finally:
                 await providers.aclose()
+
+    def answering(self) -> None:
+        """The surface is answering a client's first request after the handshake: start-up
+        recovery may begin (:func:`~kling_video_mcp.tasks.recovery.recover`)."""
+        self._answering.set()
 
     # -- submitting -------------------------------------------------------------------
 
@@ -143,16 +144,7 @@ class TaskService:
                 (never with ``keep_refused``).
         """
         found = await self._delivery.get(task_id, owner)
-        try:
-            return await self._submission.send_confirmed(found.task_id, image_dirs=image_dirs)
-        except KlingError as exc:
-            if not keep_refused:
-                raise
-            if (kept := await self._journal.get(found.task_id)) is not None:
-                return kept  # the refusal is on the task already (a failed check, a decline)
-            found.status, found.error_code, found.error_message = "failed", exc.code, exc.message
-            found.finished_at, found.confirm_by = utcnow(), None
-            return await self._journal.save(found)
+        return await self._submission.send_confirmed(found, image_dirs=image_dirs, keep_refused=keep_refused)
 
     async def decline(self, task_id: str, *, owner: str, message: str) -> TaskRecord:
         """The person said no to ``owner``'s request awaiting confirmation: it ends as declined with
@@ -280,16 +272,7 @@ class TaskService:
         and changes nothing. Nothing else in the call is trusted (anyone may post anything to a
         URL): the poll that follows asks the provider itself. ``"unknown"``: no task has ``token``.
         """
-        record = await self._journal.find_webhook(token)
-        if record is None:
-            return "unknown"
-        provider = await self._submission.providers.get(record.provider)
-        if await provider.verify_webhook(headers, body) is False:
-            log.warning("task %s: a webhook call with a bad signature was refused", record.task_id)
-            return "refused"
-        if not record.finished:
-            await self._watcher.nudge(record.task_id)
-        return "nudged"
+        return await self._submission.webhook(token, headers, body)
 
     def previews_folder(self, record: TaskRecord) -> Path:
         """Where the task's preview proxy lives (see :meth:`Delivery.previews_folder`)."""

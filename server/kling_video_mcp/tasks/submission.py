@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import anyio
 from filelock import FileLock
@@ -43,6 +43,8 @@ from kling_video_mcp.tasks.watcher import Watcher
 log = logging.getLogger(__name__)
 
 TASK_REFERENCE = "task:"
+WebhookVerdict = Literal["nudged", "unknown", "refused"]
+"""What became of a webhook call: its task polled now, no task has its token, or its signature was bad."""
 ORPHAN_AFTER = timedelta(minutes=10)
 """On a shared journal (several machines, whose submit lock files cannot be seen), a journaled
 submit with no provider task id this old was cut off by a crash: a live submit answers within
@@ -191,14 +193,33 @@ class Submission:
             return SubmitResult(await self.hold_for_consent(record, can_show_view=can_show_view), False)
         return SubmitResult(await self.send(record, images, adapter), False)
 
-    async def send_confirmed(self, task_id: str, *, image_dirs: Sequence[Path] | None) -> TaskRecord:
-        """Send the request of the task ``task_id`` (our own id, of a record already found for its
-        owner) that the person confirmed; a task no longer waiting is returned as it is (never sent twice).
+    async def send_confirmed(
+        self, found: TaskRecord, *, image_dirs: Sequence[Path] | None, keep_refused: bool = False
+    ) -> TaskRecord:
+        """Send the request of ``found`` (a record already found for its owner) that the person
+        confirmed; a task no longer waiting is returned as it is (never sent twice).
+
+        ``keep_refused``: a refusal is returned as the task it left (an MCP task must not vanish under
+        its client): a request the provider refuses outright stays journaled as failed with that error
+        instead of being withdrawn.
 
         Raises:
             Declined: it had already ended as declined (answered no, or no answer in time).
             KlingError: its images no longer pass the checks (the task fails), or the provider refused it.
+            Neither with ``keep_refused``.
         """
+        try:
+            return await self._send_confirmed(found.task_id, image_dirs=image_dirs)
+        except KlingError as exc:
+            if not keep_refused:
+                raise
+            if (kept := await self.journal.get(found.task_id)) is not None:
+                return kept  # the refusal is on the task already (a failed check, a decline)
+            found.status, found.error_code, found.error_message = "failed", exc.code, exc.message
+            found.finished_at, found.confirm_by = utcnow(), None
+            return await self.journal.save(found)
+
+    async def _send_confirmed(self, task_id: str, *, image_dirs: Sequence[Path] | None) -> TaskRecord:
         record = await self.claim_confirmed(task_id)
         if record is None:
             return await self._delivery.get(task_id)
@@ -430,6 +451,24 @@ class Submission:
             f"there is one, call check_task with its task id and provider='{record.provider}', mode='{record.mode}'. "
             "Repeating this request returns this record; pass force_new=true only once you know nothing was created."
         )
+
+    # -- webhooks -----------------------------------------------------------------------
+
+    async def webhook(self, token: str, headers: Mapping[str, str], body: bytes) -> WebhookVerdict:
+        """A provider called the webhook URL carrying ``token`` (given with the task's submit):
+        the task's watcher polls it now. A provider that signs its webhooks has the signature
+        checked (:meth:`Provider.verify_webhook`): a forged or stale call is ``"refused"`` and
+        changes nothing. Nothing else in the call is trusted; the poll asks the provider itself."""
+        record = await self.journal.find_webhook(token)
+        if record is None:
+            return "unknown"
+        provider = await self.providers.get(record.provider)
+        if await provider.verify_webhook(headers, body) is False:
+            log.warning("task %s: a webhook call with a bad signature was refused", record.task_id)
+            return "refused"
+        if not record.finished:
+            await self._watcher.nudge(record.task_id)
+        return "nudged"
 
     # -- submits without an answer ----------------------------------------------------
 
