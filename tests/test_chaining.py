@@ -81,3 +81,7 @@ async def test_missing_companions_are_made_again_when_read_or_chained(client, em
     Path(shot["last_frame_path"]).unlink()
     await chain_from(client, shot["task_id"], "the lantern goes out")  # chaining makes it again first
     assert Path(shot["last_frame_path"]).is_file()
+
+    Path(shot["sidecar_path"]).unlink()
+    listed = (await client.call_tool("list_tasks", {})).structured_content["tasks"]
+    assert shot["task_id"] in {row["task_id"] for row in listed} and Path(shot["sidecar_path"]).is_file()

@@ -255,14 +255,15 @@ class TaskService:
         """``owner``'s newest tasks, at most ``limit``, only those whose public status is ``status`` if given.
 
         A submit cut off by a crash shows as the unknown outcome it is at once, even before
-        start-up recovery has come to it.
+        start-up recovery has come to it; a listed clip's missing companions are made again.
         """
         records = await self._journal.recent(None, limit if status is None else LIST_SCAN_LIMIT, owner=owner)
         for index, record in enumerate(records):
             if record.status == "queued" and record.provider_task_id is None and record.kind != "assemble":
                 await self._submission.settle_if_orphaned(record)
                 records[index] = await self.get(record.task_id)
-        return [record for record in records if status in (None, record.public_status)][:limit]
+        listed = [record for record in records if status in (None, record.public_status)][:limit]
+        return [await self._delivery.repair(record) for record in listed]
 
     async def webhook(self, token: str, headers: Mapping[str, str], body: bytes) -> WebhookVerdict:
         """A provider called the webhook URL carrying ``token``: the task's watcher polls it now.
