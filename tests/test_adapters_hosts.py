@@ -289,6 +289,22 @@ async def test_kling_polls_a_task_under_the_path_it_was_made_on():
         await kling(Host({})).poll("404")
 
 
+async def test_kling_follows_the_journaled_route_after_a_restart():
+    """The creation path rides in the submit's follow URLs; a fresh adapter given them polls there first."""
+    made = Host({("POST", "/v1/videos/image2video"): created("41")})
+    submitted = await kling(made).submit(request("i2v"), {"image": REMOTE})
+    assert submitted.follow_urls == {"poll": "v1/videos/image2video"}
+    host = Host({
+        ("GET", "/v1/videos/image2video/41"): envelope({"task_id": "41", "task_status": "processing"}),
+        ("GET", "/v1/videos/text2video/7"): envelope({"task_id": "7", "task_status": "processing"}),
+    })  # fmt: skip
+    restarted = kling(host)
+    restarted.follow("41", submitted.follow_urls)
+    restarted.follow("7", {"poll": "https://elsewhere.test/steal"})  # only Kling's own routes are taken up
+    assert (await restarted.poll("41")).status == "running" and (await restarted.poll("7")).status == "running"
+    assert not host.sent("GET", "/v1/videos/text2video/41") and len(host.requests) == 2
+
+
 async def test_kling_key_check_reads_the_free_account_costs():
     packs = [{"resource_pack_name": "video", "remaining_quantity": 120, "status": "online"},
              {"resource_pack_name": "old", "remaining_quantity": 40, "status": "expired"}]  # fmt: skip

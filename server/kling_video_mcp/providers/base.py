@@ -203,8 +203,8 @@ class Submitted:
     provider_task_id: str
     notes: tuple[str, ...] = ()
     follow_urls: Mapping[str, str] = field(default_factory=dict)
-    """Where the provider's answer said to follow the task (its status, result and cancel URLs),
-    for a provider whose answers name them; journaled with the task and handed back through
+    """Where to follow the task: the status, result and cancel URLs a provider's answer named, or
+    the route a task was made on where the provider polls it there (relative to the base URL); journaled with the task and handed back through
     :meth:`Provider.follow` before every later poll or cancel, on any worker, after any restart."""
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -287,7 +287,8 @@ class Kling(Provider):
     def __init__(self, client: httpx2.AsyncClient, settings: Settings) -> None:
         super().__init__(client, settings)
         self._routes: dict[str, str] = {}
-        """Each task's creation path, from its submit: Kling polls a task under the path it was made on."""
+        """Each task's creation path, from its submit (journaled as its ``poll`` follow URL, so it
+        holds after a restart too): Kling polls a task under the path it was made on."""
 
     def authorization(self, keys: tuple[str, ...]) -> httpx2.Auth:
         access_key, secret_key = keys
@@ -332,11 +333,17 @@ class Kling(Provider):
         if not task_id:
             raise UnknownOutcome("Kling accepted the submit but its answer carried no task_id.")
         self._routes[str(task_id)] = path
-        return Submitted(provider_task_id=str(task_id))
+        return Submitted(provider_task_id=str(task_id), follow_urls={"poll": path})
+
+    def follow(self, provider_task_id: str, urls: Mapping[str, str]) -> None:
+        """Poll ``provider_task_id`` under the creation path its submit journaled (relative to the
+        base URL, so a changed ``KLING_BASE_URL`` still holds); anything else journaled is ignored."""
+        if urls.get("poll") in {self.endpoint(kind, "std") for kind in _ROUTES}:
+            self._routes[provider_task_id] = urls["poll"]
 
     async def poll(self, provider_task_id: str) -> ProviderUpdate:
-        """``GET {creation path}/{task_id}``. A task this process did not submit (after a restart,
-        or adopted by id) is looked for under text-to-video, then image-to-video, and remembered."""
+        """``GET {creation path}/{task_id}``. A task adopted by id (no submit of ours to say its path)
+        is looked for under text-to-video, then image-to-video, and remembered."""
         task = quote(provider_task_id, safe="")
         path = self._routes.get(provider_task_id, self.endpoint("t2v", "std"))
         try:
