@@ -12,7 +12,7 @@ from mcp import Client, MCPError
 from mcp.types import ImageContent, TextResourceContents, BlobResourceContents
 
 from conftest import make_settings
-from helpers import clip_duration, submit_count, submits, total_requests, wait_done
+from helpers import submit_count, submits, total_requests, wait_done
 from kling_video_mcp.surface.server import build_server
 
 pytestmark = pytest.mark.anyio

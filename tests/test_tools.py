@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mcp.types import ResourceLink, TextContent
 
-from helpers import FLAVORS, clip_duration, clip_size, submits, total_requests, wait_done
+from helpers import FLAVORS, clip_duration, clip_size, submits, wait_done
 
 pytestmark = pytest.mark.anyio
 

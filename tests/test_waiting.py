@@ -75,7 +75,7 @@ async def test_eta_zero_is_read_through_progress_when_nobody_waits(world, emulat
         task_id = submitted.structured_content["task_id"]
         # list_tasks reads the journal without asking for a poll, so it leaves the pace alone.
         await eventually(
-            lambda: client.call_tool("list_tasks", {"status": "succeeded"}), lambda listed: listed.structured_content["tasks"],
+            lambda: client.call_tool("list_tasks", {"status": "succeeded"}), lambda listed: task_id in {row["task_id"] for row in listed.structured_content["tasks"]},
             timeout=20, interval=0.01, what="the task listed as succeeded",
         )  # fmt: skip
         delivered_at = time.time()
