@@ -204,8 +204,9 @@ class Submitted:
     notes: tuple[str, ...] = ()
     follow_urls: Mapping[str, str] = field(default_factory=dict)
     """Where to follow the task: the status, result and cancel URLs a provider's answer named, or
-    the route a task was made on where the provider polls it there (relative to the base URL); journaled with the task and handed back through
-    :meth:`Provider.follow` before every later poll or cancel, on any worker, after any restart."""
+    the route it was made on where the provider polls it there (relative to the base URL).
+    Journaled with the task and handed back through :meth:`Provider.follow` before every later
+    poll or cancel, on any worker, after any restart."""
 
 
 class BearerToken(httpx2.Auth):

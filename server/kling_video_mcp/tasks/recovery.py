@@ -34,7 +34,7 @@ async def recover(
     first; a task checked meanwhile is resumed by that check itself."""
     with anyio.move_on_after(RECOVERY_AFTER_SECONDS):
         await answering.wait()
-    await anyio.sleep(0)  # the answer is sent before the first journal read
+    await anyio.sleep(0)  # yield once, so the answer's write goes ahead of the first journal read
     for record in await journal.orphaned_submits(utcnow()):
         await anyio.lowlevel.checkpoint()
         if (current := await journal.get(record.task_id)) is not None:
